@@ -1,0 +1,1 @@
+"""Where and how sweeps run: the Tune driver, MLflow wiring, resources, the CLI."""

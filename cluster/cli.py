@@ -1,0 +1,165 @@
+"""The ``emotune`` command line: data synth | data prepare | sweep | demo."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _set_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emotune", description="Hyperparameter search for continuous emotion recognition "
+                                                            "(valence/arousal) from face video.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="make and prepare datasets").add_subparsers(dest="data_command", required=True)
+    s = data.add_parser("synth", help="write a synthetic face-video dataset (mp4 + labels + face sidecars + manifest)")
+    s.add_argument("--out", required=True, help="dataset folder to write")
+    s.add_argument("--subjects", type=int, default=8)
+    s.add_argument("--videos-per-subject", type=int, default=2)
+    s.add_argument("--frames", type=int, default=250)
+    s.add_argument("--fps", type=int, default=25)
+    s.add_argument("--size", type=int, default=96)
+    s.add_argument("--lag-frames", type=int, default=4, help="planted annotator delay in frames")
+    s.add_argument("--variant", default="per_frame")
+    s.add_argument("--seed", type=int, default=0)
+
+    pr = data.add_parser("prepare", help="decode videos once, crop faces, write the clip cache and a dataset index")
+    pr.add_argument("--manifest", required=True)
+    pr.add_argument("--cache", required=True, help="cache folder (shared by every dataset and trial)")
+    pr.add_argument("--size", type=int, default=64, help="face crop size in pixels")
+    pr.add_argument("--margin", type=float, default=0.15)
+    pr.add_argument("--min-score", type=float, default=0.8, help="frames with a lower detection score are invalid")
+    pr.add_argument("--grayscale", action="store_true")
+    pr.add_argument("--workers", type=int, default=1)
+    pr.add_argument("--index", default=None, help="where to write the dataset index (default: in the cache)")
+
+    sw = sub.add_parser("sweep", help="run a hyperparameter sweep")
+    _sweep_args(sw)
+    sw.add_argument("--data", required=True, help="dataset index written by `emotune data prepare`")
+
+    d = sub.add_parser("demo", help="synthesise data, prepare it, run the smoke sweep and print a leaderboard")
+    d.add_argument("--root", default="emotune-demo", help="folder for the demo's data, cache, MLflow store and results")
+    d.add_argument("--trials", type=int, default=8)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--max-concurrent", type=int, default=None)
+    return p
+
+
+def _sweep_args(sw: argparse.ArgumentParser) -> None:
+    sw.add_argument("--space", default="smoke", help="a study file or the name of a shipped one")
+    sw.add_argument("--trials", type=int, default=8, help="number of trials")
+    sw.add_argument("--max-concurrent", type=int, default=None, help="cap on concurrent trials (default: what fits)")
+    sw.add_argument("--workers", type=int, default=None, help="Ray Train workers per trial")
+    sw.add_argument("--cpus-per-worker", type=float, default=None)
+    sw.add_argument("--gpus-per-worker", type=float, default=None)
+    sw.add_argument("--storage", default="ray_results", help="Ray results folder or s3:// URI")
+    sw.add_argument("--name", default=None, help="sweep name (default: space name + process id)")
+    sw.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    sw.add_argument("--time-budget", type=float, default=None, help="stop starting trials after this many seconds")
+    sw.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite file ./mlflow.db)")
+    sw.add_argument("--experiment", default="emotune", help="MLflow experiment name")
+    sw.add_argument("--set", dest="overrides", action="append", type=_set_value, default=[],
+                    metavar="KEY=VALUE", help="fix a trial setting or pin a searched parameter")
+
+
+def cmd_synth(a) -> int:
+    from trainables.data.synth import synthesize
+
+    manifest = synthesize(a.out, subjects=a.subjects, videos_per_subject=a.videos_per_subject, frames=a.frames,
+                          fps=a.fps, size=a.size, lag_frames=a.lag_frames, variant=a.variant, seed=a.seed)
+    print(f"manifest: {manifest}")
+    return 0
+
+
+def cmd_prepare(a) -> int:
+    from trainables.data.cache import Registration
+    from trainables.data.prepare import prepare
+
+    reg = Registration(size=a.size, margin=a.margin, min_score=a.min_score, grayscale=a.grayscale)
+    index, summary = prepare(a.manifest, a.cache, reg, workers=a.workers, index_path=a.index)
+    print("\n".join(summary.lines()))
+    print(f"dataset index: {index}")
+    return 0
+
+
+def _print_outcome(outcome, max_epochs: int) -> None:
+    from analysis.leaderboard import format_leaderboard, rows_from_results
+
+    params = list(outcome.space.params)
+    rows = rows_from_results(outcome.results, outcome.space.metric, outcome.space.mode, params, max_epochs,
+                             epoch_key=outcome.space.fidelity["attr"])
+    print()
+    print(f"Leaderboard of sweep {outcome.name} ({len(rows)} trials, objective {outcome.space.metric}):")
+    print(format_leaderboard(rows, outcome.space.metric))
+    print()
+    print(f"MLflow store:  {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
+    if outcome.tracking_uri.startswith("sqlite:///"):
+        print(f"  open it with: mlflow ui --backend-store-uri {outcome.tracking_uri} --port 5000")
+    print(f"Ray results:   {outcome.storage / outcome.name}")
+    if outcome.best_trial_id:
+        print(f"Best trial:    {outcome.best_trial_id} (checkpoint logged to MLflow run {outcome.best_run_id})")
+
+
+def cmd_sweep(a) -> int:
+    from cluster.sweep import SweepOptions, run_sweep
+
+    opts = SweepOptions(space=a.space, data_index=a.data, num_samples=a.trials, max_concurrent=a.max_concurrent,
+                        workers=a.workers, cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
+                        storage=a.storage, name=a.name, seed=a.seed, time_budget_s=a.time_budget,
+                        tracking_uri=a.mlflow_uri, experiment=a.experiment, overrides=dict(a.overrides))
+    outcome = run_sweep(opts)
+    _print_outcome(outcome, int(outcome.space.fidelity["max"]))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from cluster.sweep import SweepOptions, run_sweep
+    from cluster.tracking import default_tracking_uri
+    from trainables.data.cache import Registration
+    from trainables.data.prepare import prepare
+    from trainables.data.synth import synthesize
+
+    root = Path(a.root).resolve()
+    t0 = time.time()
+    print(f"[1/3] synthetic face videos -> {root / 'data'}")
+    manifest = synthesize(root / "data", seed=a.seed)
+    print(f"[2/3] prepare (decode once, crop faces) -> {root / 'cache'}")
+    index, summary = prepare(manifest, root / "cache", Registration())
+    print("\n".join("      " + line for line in summary.lines()))
+    print("[3/3] sweep on search_spaces/smoke.yaml")
+    opts = SweepOptions(space="smoke", data_index=str(index), num_samples=a.trials, max_concurrent=a.max_concurrent,
+                        storage=str(root / "ray_results"), name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
+                        seed=a.seed, tracking_uri=default_tracking_uri(root), experiment="emotune-demo")
+    import os
+    cwd = os.getcwd()
+    os.chdir(root)  # MLflow's local artifact folder lands beside its store
+    try:
+        outcome = run_sweep(opts)
+    finally:
+        os.chdir(cwd)
+    _print_outcome(outcome, int(outcome.space.fidelity["max"]))
+    print(f"Demo finished in {time.time() - t0:.0f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"synth": cmd_synth, "prepare": cmd_prepare}
+    if args.command == "data":
+        return handlers[args.data_command](args)
+    return {"sweep": cmd_sweep, "demo": cmd_demo}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

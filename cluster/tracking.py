@@ -1,0 +1,108 @@
+"""MLflow records of a sweep: one parent run per sweep, one child run per trial.
+
+Everything is written from the Tune driver process (a Tune callback), so trials need no access to the tracking store
+and a local SQLite store works unchanged when trials run on other nodes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+SKIP_CONFIG_KEYS = ("runtime",)
+
+
+def default_tracking_uri(workdir: str | Path = ".") -> str:
+    """A SQLite store under ``workdir`` (MLflow 3 refuses the plain file store)."""
+    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def trial_params(config: dict) -> dict[str, Any]:
+    """The params a trial's run records: its config without runtime plumbing."""
+    return {k: v for k, v in config.items() if k not in SKIP_CONFIG_KEYS}
+
+
+def open_experiment(tracking_uri: str, name: str, artifact_root: str | Path | None = None):
+    """(client, experiment_id) for ``name``, created if absent; local stores keep artifacts in ``artifact_root``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return client, exp.experiment_id
+    location = None
+    if artifact_root is not None and not tracking_uri.startswith(("http://", "https://", "databricks")):
+        location = Path(artifact_root).resolve().as_uri()
+    return client, client.create_experiment(name, artifact_location=location)
+
+
+class MlflowTrialCallback(Callback):
+    """Child run per trial under ``parent_run_id``: params and resolved config at start, metrics per epoch
+    (step = epoch), the final status at the end. A trial that already has a run (a resumed sweep) reuses it."""
+
+    def __init__(self, client, experiment_id: str, parent_run_id: str, step_key: str = "epoch"):
+        self.client, self.experiment_id, self.parent_run_id, self.step_key = client, experiment_id, parent_run_id, step_key
+        self.runs: dict[str, str] = {}
+
+    def run_id(self, trial_id: str) -> str | None:
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`emotune.trial_id` = '{trial_id}'")
+        if found:
+            self.runs[trial_id] = found[0].info.run_id
+        return self.runs.get(trial_id)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.run_id(trial.trial_id):
+            return
+        run = self.client.create_run(self.experiment_id, run_name=trial.trial_id, tags={
+            "mlflow.parentRunId": self.parent_run_id, "emotune.trial_id": trial.trial_id})
+        self.runs[trial.trial_id] = run.info.run_id
+        params = trial_params(trial.config)
+        from mlflow.entities import Param
+        self.client.log_batch(run.info.run_id, params=[Param(k, _short(v)) for k, v in sorted(params.items())])
+        self.client.log_dict(run.info.run_id, trial.config, "config.json")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.run_id(trial.trial_id)
+        if run_id is None:
+            return
+        from mlflow.entities import Metric
+        step = int(result.get(self.step_key, result.get("training_iteration", 0)))
+        ts = int(result.get("timestamp", 0) * 1000)
+        metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != self.step_key
+                   and (k.startswith(("val_", "train_")) or k in ("epoch_time_s", "clips_per_s"))
+                   and math.isfinite(float(v))]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "FAILED")
+
+    def _end(self, trial, status: str) -> None:
+        run_id = self.run_id(trial.trial_id)
+        if run_id is None:
+            return
+        last = trial.last_result or {}
+        self.client.set_tag(run_id, "emotune.epochs_run", str(last.get(self.step_key, 0)))
+        self.client.set_terminated(run_id, status)
+
+
+def log_checkpoint(client, run_id: str, checkpoint_dir: str | Path) -> None:
+    """Copy a trial checkpoint folder into the run's artifacts under ``checkpoint/``."""
+    client.log_artifacts(run_id, str(checkpoint_dir), artifact_path="checkpoint")
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:6000]

@@ -1,0 +1,200 @@
+"""The search-space schema: YAML study files -> a validated ``SearchSpace`` -> Optuna define-by-run calls.
+
+A study file::
+
+    name: smoke
+    description: ...
+    objective: {metric: val_ccc_mean, mode: max}
+    fidelity: {attr: epoch, max: 4, grace: 1, reduction_factor: 2}   # ASHA's time axis
+    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}  # defaults; the CLI may override
+    fixed: {backbone: cnn_rnn_tiny, ...}                             # trial settings not searched
+    params:
+      lr: {type: loguniform, low: 3.0e-4, high: 3.0e-3}
+      ssts_stride: {type: categorical, choices: [1, 2, 3, 4]}
+      rnn_layers: {type: int, low: 1, high: 2, when: {rnn: [gru]}}  # conditional: only when rnn is gru
+
+Every error names the file and the key and says what is allowed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DISTRIBUTIONS = {
+    "uniform": ("low", "high"),
+    "loguniform": ("low", "high"),
+    "int": ("low", "high"),
+    "categorical": ("choices",),
+    "constant": ("value",),
+}
+OPTIONAL_PARAM_KEYS = {"step", "log", "when"}
+TOP_KEYS = {"name", "description", "objective", "fidelity", "resources", "fixed", "params"}
+RESOURCE_KEYS = {"workers", "cpus_per_worker", "gpus_per_worker"}
+FIDELITY_KEYS = {"attr", "max", "grace", "reduction_factor"}
+HERE = Path(__file__).parent
+
+
+class SpaceError(ValueError):
+    """A search-space file that does not follow the schema."""
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    path: Path
+    metric: str
+    mode: str
+    fidelity: dict[str, Any]
+    resources: dict[str, float]
+    fixed: dict[str, Any]
+    params: dict[str, dict[str, Any]]
+    description: str = ""
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+def shipped_spaces() -> list[Path]:
+    """Every study file shipped in this package."""
+    return sorted(HERE.glob("*.yaml"))
+
+
+def resolve_space_path(name_or_path: str | Path) -> Path:
+    """A path as given, or the name of a shipped study (``smoke`` -> ``search_spaces/smoke.yaml``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = HERE / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(s.stem for s in shipped_spaces())
+    raise SpaceError(f"search space {name_or_path!r} is neither a file nor a shipped study; shipped: {names}")
+
+
+def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
+    """Load and validate a study file. ``overrides`` (from ``--set key=value``) replace fixed settings or pin a
+    searched parameter to a constant.
+
+    Raises:
+        SpaceError: the message names the file, the key and what is allowed.
+    """
+    path = resolve_space_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: the top level must be a mapping with keys {sorted(TOP_KEYS)}")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise SpaceError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+
+    objective = _mapping(raw.get("objective", {}), path, "objective")
+    metric = objective.get("metric", "val_ccc_mean")
+    mode = objective.get("mode", "max")
+    if mode not in ("min", "max"):
+        raise SpaceError(f"{path}: objective.mode is {mode!r}; allowed: min, max")
+
+    fidelity = {"attr": "epoch", "max": 4, "grace": 1, "reduction_factor": 2,
+                **_mapping(raw.get("fidelity", {}), path, "fidelity")}
+    _only(fidelity, FIDELITY_KEYS, path, "fidelity")
+    for key in ("max", "grace", "reduction_factor"):
+        if not isinstance(fidelity[key], int) or fidelity[key] < 1:
+            raise SpaceError(f"{path}: fidelity.{key} is {fidelity[key]!r}; allowed: an integer >= 1")
+    if fidelity["grace"] > fidelity["max"]:
+        raise SpaceError(f"{path}: fidelity.grace ({fidelity['grace']}) exceeds fidelity.max ({fidelity['max']})")
+
+    resources = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0,
+                 **_mapping(raw.get("resources", {}), path, "resources")}
+    _only(resources, RESOURCE_KEYS, path, "resources")
+
+    fixed = dict(_mapping(raw.get("fixed", {}), path, "fixed"))
+    params = {}
+    for key, spec in _mapping(raw.get("params", {}), path, "params").items():
+        params[key] = _check_param(spec, path, f"params.{key}")
+    for key, spec in params.items():
+        for cond_key, allowed in spec.get("when", {}).items():
+            if cond_key not in params and cond_key not in fixed:
+                raise SpaceError(f"{path}: params.{key}.when refers to {cond_key!r}, which is neither a param nor fixed")
+            if not isinstance(allowed, list):
+                raise SpaceError(f"{path}: params.{key}.when.{cond_key} must be a list of values")
+    for key, value in (overrides or {}).items():
+        if key in params:
+            params[key] = {"type": "constant", "value": value, **({"when": params[key]["when"]} if "when" in params[key] else {})}
+        else:
+            fixed[key] = value
+    clash = set(fixed) & set(params)
+    if clash:
+        raise SpaceError(f"{path}: key(s) {sorted(clash)} are both fixed and searched; keep one")
+    return SearchSpace(name=str(raw.get("name", path.stem)), path=path, metric=metric, mode=mode, fidelity=fidelity,
+                       resources=resources, fixed=fixed, params=params, description=str(raw.get("description", "")),
+                       raw=raw)
+
+
+def suggest(space: SearchSpace, trial) -> dict[str, Any]:
+    """Optuna define-by-run: ask ``trial`` for every active parameter, in file order; returns the constants
+    (fixed settings and ``constant`` params) that Optuna does not track. A conditional param is asked only when
+    every ``when`` condition holds for the values chosen before it."""
+    chosen: dict[str, Any] = dict(space.fixed)
+    constants: dict[str, Any] = dict(space.fixed)
+    for key, spec in space.params.items():
+        if any(chosen.get(k) not in allowed for k, allowed in spec.get("when", {}).items()):
+            continue
+        kind = spec["type"]
+        if kind == "constant":
+            value = constants[key] = spec["value"]
+        elif kind == "categorical":
+            value = trial.suggest_categorical(key, spec["choices"])
+        elif kind == "int":
+            value = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False))
+        elif kind == "uniform":
+            value = trial.suggest_float(key, spec["low"], spec["high"], step=spec.get("step"))
+        else:  # loguniform
+            value = trial.suggest_float(key, spec["low"], spec["high"], log=True)
+        chosen[key] = value
+    return constants
+
+
+def _mapping(value: Any, path: Path, key: str) -> dict:
+    if not isinstance(value, dict):
+        raise SpaceError(f"{path}: {key} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _only(value: dict, allowed: set[str], path: Path, key: str) -> None:
+    unknown = set(value) - allowed
+    if unknown:
+        raise SpaceError(f"{path}: unknown key(s) {sorted(unknown)} in {key}; allowed: {sorted(allowed)}")
+
+
+def _check_param(spec: Any, path: Path, key: str) -> dict[str, Any]:
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise SpaceError(f"{path}: {key} must be a mapping with a 'type' ({', '.join(DISTRIBUTIONS)})")
+    kind = spec["type"]
+    if kind not in DISTRIBUTIONS:
+        raise SpaceError(f"{path}: {key}.type is {kind!r}; allowed: {', '.join(DISTRIBUTIONS)}")
+    needed = DISTRIBUTIONS[kind]
+    missing = [k for k in needed if k not in spec]
+    if missing:
+        raise SpaceError(f"{path}: {key} ({kind}) lacks {', '.join(missing)}")
+    unknown = set(spec) - {"type", *needed, *OPTIONAL_PARAM_KEYS}
+    if unknown:
+        raise SpaceError(f"{path}: {key} has unknown key(s) {sorted(unknown)}; allowed for {kind}: "
+                         f"{sorted({'type', *needed, *OPTIONAL_PARAM_KEYS})}")
+    if kind in ("uniform", "loguniform", "int"):
+        low, high = spec["low"], spec["high"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+            raise SpaceError(f"{path}: {key}.low/high must be finite numbers, got {low!r}, {high!r}")
+        if low > high:
+            raise SpaceError(f"{path}: {key}.low ({low}) exceeds high ({high})")
+        if kind == "loguniform" and low <= 0:
+            raise SpaceError(f"{path}: {key}.low must be > 0 for loguniform, got {low}")
+        if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
+            raise SpaceError(f"{path}: {key}.low/high must be integers for int, got {low!r}, {high!r}")
+    if kind == "categorical" and (not isinstance(spec["choices"], list) or not spec["choices"]):
+        raise SpaceError(f"{path}: {key}.choices must be a non-empty list")
+    if "when" in spec and not isinstance(spec["when"], dict):
+        raise SpaceError(f"{path}: {key}.when must be a mapping of parameter -> list of values")
+    return dict(spec)

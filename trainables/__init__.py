@@ -1,0 +1,1 @@
+"""Trainable components: data, models, objectives."""

@@ -1,0 +1,45 @@
+"""Video decoding with decord, in bounded-memory chunks."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+class VideoDecodeError(ValueError):
+    """A video that decord cannot decode; the message names the file."""
+
+
+def open_video(path: str | Path):
+    """Open ``path`` with decord and check it has frames and a usable frame rate.
+
+    Returns:
+        (reader, fps, num_frames)
+    Raises:
+        VideoDecodeError: empty, truncated or non-video file, no frames, or a frame rate that is 0 or missing.
+    """
+    import decord  # imported here so that modules importing this one stay light
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise VideoDecodeError(f"video {path} is missing or empty (0 bytes)")
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    except Exception as exc:  # decord raises DECORDError (a RuntimeError) with ffmpeg's text
+        raise VideoDecodeError(f"video {path} cannot be decoded: {str(exc).splitlines()[0][:200]}") from None
+    n = len(reader)
+    fps = float(reader.get_avg_fps() or 0.0)
+    if n == 0:
+        raise VideoDecodeError(f"video {path} has no frames")
+    if not np.isfinite(fps) or fps <= 0:
+        raise VideoDecodeError(f"video {path} reports frame rate {fps}; a positive fps is required")
+    return reader, fps, n
+
+
+def iter_frames(reader, num_frames: int, chunk: int = 64) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first index, uint8 RGB frames (k, H, W, 3)) in chunks of at most ``chunk`` frames, so a long video never
+    sits in memory whole."""
+    for start in range(0, num_frames, chunk):
+        idx = list(range(start, min(start + chunk, num_frames)))
+        yield start, reader.get_batch(idx).asnumpy()

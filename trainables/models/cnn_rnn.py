@@ -1,0 +1,56 @@
+"""2D-CNN-RNN (papers 003, 004): a timm 2D CNN embeds every frame, a GRU or LSTM runs over the frames, a small FC head
+regresses the target dimensions per frame; the window output is the last frame's (the RNN has then seen the whole clip).
+"""
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn as nn
+
+from trainables.models.registry import register_backbone
+
+
+class CnnRnn(nn.Module):
+    """Per-frame timm CNN -> RNN -> FC head.
+
+    Args:
+        cnn: any timm model name (``resnet18``, ``vgg16_bn``, ``test_convnext`` ...), built without its classifier.
+        rnn: ``gru`` or ``lstm``.
+        hidden: RNN hidden size; layers: RNN layers; dropout: between RNN layers and before the head.
+        out_dims: number of target dimensions (valence, arousal, ...).
+        pretrained: timm's own weights (only where they are available offline) — local checkpoint files arrive with
+            the backbone registry's ``pretrained=path`` support.
+        in_chans: 3 for RGB, 1 for grayscale crops.
+    """
+
+    def __init__(self, cnn: str = "resnet18", rnn: str = "gru", hidden: int = 128, layers: int = 1,
+                 dropout: float = 0.0, out_dims: int = 2, pretrained: bool = False, in_chans: int = 3):
+        super().__init__()
+        if rnn not in ("gru", "lstm"):
+            raise ValueError(f"rnn must be 'gru' or 'lstm', got {rnn!r}")
+        self.encoder = timm.create_model(cnn, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+        rnn_cls = nn.GRU if rnn == "gru" else nn.LSTM
+        self.rnn = rnn_cls(self.encoder.num_features, hidden, num_layers=layers, batch_first=True,
+                           dropout=dropout if layers > 1 else 0.0)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dims))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: (B, T, C, H, W) -> {"frames": (B, T, D), "window": (B, D)}."""
+        b, t = x.shape[:2]
+        feats = self.encoder(x.flatten(0, 1)).view(b, t, -1)
+        seq, _ = self.rnn(feats)
+        frames = self.head(seq)
+        return {"frames": frames, "window": frames[:, -1]}
+
+
+@register_backbone("cnn_rnn")
+def cnn_rnn(**kwargs) -> CnnRnn:
+    return CnnRnn(**kwargs)
+
+
+@register_backbone("cnn_rnn_tiny")
+def cnn_rnn_tiny(**kwargs) -> CnnRnn:
+    """A variant that trains on CPU in seconds: timm's tiny ``test_convnext`` per frame and a 64-unit GRU."""
+    kwargs.setdefault("cnn", "test_convnext")
+    kwargs.setdefault("hidden", 64)
+    return CnnRnn(**kwargs)

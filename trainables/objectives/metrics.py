@@ -1,0 +1,326 @@
+"""Regression metrics for continuous emotion recognition (valence / arousal).
+
+All functions are pure NumPy, take plain array-likes and return Python floats
+(or a dict of floats), so they can be used both in evaluation loops and in
+reporting code without dragging torch in.
+
+Conventions shared by every pairwise metric (:func:`ccc`, :func:`pcc`,
+:func:`rmse`, :func:`mae`):
+
+* inputs are 1-D, of equal length ``N >= 2`` and contain only finite values;
+  anything else raises :class:`ValueError` whose message says what was wrong;
+* moments are *population* moments (divide by ``N``, not ``N - 1``), which is
+  what Lin (1989) uses for the concordance correlation coefficient and what
+  the AVEC / ABAW challenge evaluation scripts use;
+* the result is never NaN for valid input: degenerate cases (a constant
+  series) have an explicit, documented value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["ccc", "pcc", "rmse", "mae", "regression_report"]
+
+
+def _as_pair(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Validate and convert a (target, prediction) pair to float64 vectors.
+
+    Args:
+        y_true: Ground-truth values, 1-D array-like.
+        y_pred: Predicted values, 1-D array-like.
+
+    Returns:
+        ``(t, p)`` as contiguous float64 arrays of shape ``(N,)``.
+
+    Raises:
+        ValueError: If either input is not 1-D, the lengths differ, ``N < 2``,
+            or any value is NaN / infinite. The message names the offending
+            argument.
+    """
+    # float64 throughout: the metrics are reported to 3-4 decimals and are
+    # often computed on tens of thousands of frames, where float32 sums drift.
+    t = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(y_pred, dtype=np.float64)
+    if t.ndim != 1:
+        raise ValueError(f"y_true must be 1-D, got shape {t.shape}")
+    if p.ndim != 1:
+        raise ValueError(f"y_pred must be 1-D, got shape {p.shape}")
+    if t.shape[0] != p.shape[0]:
+        raise ValueError(f"length mismatch: y_true has {t.shape[0]} values, y_pred has {p.shape[0]}")
+    if t.shape[0] < 2:
+        raise ValueError(f"need at least 2 values, got {t.shape[0]}")
+    if not np.all(np.isfinite(t)):
+        raise ValueError("y_true contains non-finite values (NaN or inf)")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("y_pred contains non-finite values (NaN or inf)")
+    return t, p
+
+
+def _joint_scale(t: NDArray[np.float64], p: NDArray[np.float64]) -> float:
+    """Largest absolute value over both series (0.0 if both are all zeros).
+
+    CCC is invariant to a joint rescaling ``(t, p) -> (t/s, p/s)`` (every
+    term of the formula is quadratic), and dividing by this factor keeps all
+    intermediates in ``[-1, 1]``: squared deviations can then neither
+    overflow (values near 1e308) nor make the denominator underflow to an
+    exact 0 (values near 1e-200), either of which would give NaN.
+    """
+    return float(max(np.max(np.abs(t)), np.max(np.abs(p))))
+
+
+def _scaled_errors(t: NDArray[np.float64], p: NDArray[np.float64]) -> tuple[NDArray[np.float64], float]:
+    """Errors ``t - p`` written as ``m * d`` with ``max|d| = 1``.
+
+    Returns ``(d, m)``; ``m = max|t - p|`` (possibly ``inf`` when the true
+    maximum error exceeds the float64 range) and ``d`` is all zeros when
+    ``m == 0``. Averaging ``d**2`` / ``|d|`` and multiplying by ``m`` avoids
+    both the underflow of tiny squared errors (``(1e-200)**2 == 0``) and the
+    overflow of huge ones.
+    """
+    with np.errstate(over="ignore"):
+        diff = t - p
+    if np.all(np.isfinite(diff)):
+        m = float(np.max(np.abs(diff)))
+        return (diff / m if m > 0 else diff), m
+    # t - p overflowed: halve first (|t/2 - p/2| <= float64 max), then rescale.
+    half = t / 2 - p / 2
+    m_half = float(np.max(np.abs(half)))
+    with np.errstate(over="ignore"):
+        return half / m_half, 2.0 * m_half
+
+
+def _is_constant(x: NDArray[np.float64]) -> bool:
+    """Return True when every element equals the first one exactly.
+
+    An exact comparison is used instead of ``var == 0`` because the variance
+    of a constant float series can come out as a tiny non-zero number (the
+    mean is rounded), which would turn a 0/0 into an arbitrary ratio.
+    """
+    return bool(np.all(x == x[0]))
+
+
+def ccc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Lin's concordance correlation coefficient (Lin, 1989).
+
+    Formula (population moments, ``N`` = number of samples)::
+
+        mu_t = mean(t), mu_p = mean(p)
+        var_t = mean((t - mu_t)^2), var_p = mean((p - mu_p)^2)
+        cov = mean((t - mu_t) * (p - mu_p))
+        CCC = 2 * cov / (var_t + var_p + (mu_t - mu_p)^2)
+
+    Edge cases:
+
+    * **A constant prediction scores 0.0, always** - including when the
+      target is the same constant (where the formula is 0/0). A model that
+      outputs a constant has captured no temporal variation, and giving it
+      1.0 in the degenerate case would reward collapse on flat clips.
+    * A constant target with a non-constant prediction gives ``cov = 0`` and
+      a positive denominator, hence 0.0 from the formula itself.
+    * The result is clipped to ``[-1, 1]`` to remove rounding overshoot.
+    * Both series are first divided by their common max magnitude (CCC is
+      invariant to that), so values near 1e308 or 1e-300 cannot overflow
+      or underflow into NaN.
+
+    Args:
+        y_true: Ground truth, 1-D, finite, length ``N >= 2``.
+        y_pred: Prediction, 1-D, finite, same length as ``y_true``.
+
+    Returns:
+        CCC in ``[-1, 1]``; 1 for perfect agreement, -1 for ``p = 2*mean - t``
+        style perfect disagreement (e.g. ``p = -t`` for a zero-mean ``t``).
+
+    Raises:
+        ValueError: Non 1-D input, length mismatch, ``N < 2`` or non-finite
+            values (the message says which).
+    """
+    t, p = _as_pair(y_true, y_pred)
+    if _is_constant(p):
+        return 0.0
+    # p is not constant, so the scale is > 0; after the joint rescaling the
+    # denominator cannot underflow to 0 (see _joint_scale).
+    scale = _joint_scale(t, p)
+    t, p = t / scale, p / scale
+    mu_t = t.mean()
+    mu_p = p.mean()
+    dt = t - mu_t
+    dp = p - mu_p
+    var_t = float(np.mean(dt * dt))
+    var_p = float(np.mean(dp * dp))
+    cov = float(np.mean(dt * dp))
+    # denom > 0: it is 0 only if t' is constant, p' equals that constant on
+    # average and var_p underflowed - impossible once max|value| == 1.
+    denom = var_t + var_p + float(mu_t - mu_p) ** 2
+    return float(np.clip(2.0 * cov / denom, -1.0, 1.0))
+
+
+def pcc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Pearson correlation coefficient with population moments.
+
+    Formula::
+
+        PCC = cov(t, p) / sqrt(var_t * var_p)
+
+    (the ``1/N`` factors cancel, so population vs. sample moments does not
+    matter here; population moments are used for consistency with
+    :func:`ccc`).
+
+    Edge cases: if either series is constant the correlation is undefined
+    (0/0); it is defined as 0.0 here, so that a constant prediction scores 0
+    as in :func:`ccc`. The result is clipped to ``[-1, 1]``.
+
+    Args:
+        y_true: Ground truth, 1-D, finite, length ``N >= 2``.
+        y_pred: Prediction, 1-D, finite, same length as ``y_true``.
+
+    Returns:
+        PCC in ``[-1, 1]``.
+
+    Raises:
+        ValueError: Non 1-D input, length mismatch, ``N < 2`` or non-finite
+            values (the message says which).
+    """
+    t, p = _as_pair(y_true, y_pred)
+    if _is_constant(p) or _is_constant(t):
+        return 0.0
+    # PCC is invariant to rescaling each series separately: normalise by the
+    # max magnitude before centring (no overflow in the mean) and again after
+    # centring (no underflow of the variances), so the ratio is always finite.
+    t = t / np.max(np.abs(t))
+    p = p / np.max(np.abs(p))
+    dt = t - t.mean()
+    dp = p - p.mean()
+    dt = dt / np.max(np.abs(dt))
+    dp = dp / np.max(np.abs(dp))
+    var_t = float(np.mean(dt * dt))
+    var_p = float(np.mean(dp * dp))
+    cov = float(np.mean(dt * dp))
+    return float(np.clip(cov / np.sqrt(var_t * var_p), -1.0, 1.0))
+
+
+def rmse(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Root mean squared error: ``sqrt(mean((t - p)^2))``.
+
+    Args:
+        y_true: Ground truth, 1-D, finite, length ``N >= 2`` (the same input
+            contract as :func:`ccc`, so all metrics accept exactly the same
+            inputs).
+        y_pred: Prediction, 1-D, finite, same length as ``y_true``.
+
+    Returns:
+        RMSE ``>= 0``; 0.0 iff the series are identical. Computed on jointly
+        rescaled inputs, so it is finite unless the true value itself exceeds
+        the float64 range (then ``inf``, never NaN).
+
+    Raises:
+        ValueError: Non 1-D input, length mismatch, ``N < 2`` or non-finite
+            values (the message says which).
+    """
+    t, p = _as_pair(y_true, y_pred)
+    d, m = _scaled_errors(t, p)
+    if m == 0.0:
+        return 0.0
+    with np.errstate(over="ignore"):  # inf is the correct answer past float64 max
+        return float(m * np.sqrt(np.mean(d * d)))
+
+
+def mae(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Mean absolute error: ``mean(|t - p|)``.
+
+    Args:
+        y_true: Ground truth, 1-D, finite, length ``N >= 2`` (the same input
+            contract as :func:`ccc`).
+        y_pred: Prediction, 1-D, finite, same length as ``y_true``.
+
+    Returns:
+        MAE ``>= 0``; 0.0 iff the series are identical (finite unless the
+        true value exceeds the float64 range, never NaN).
+
+    Raises:
+        ValueError: Non 1-D input, length mismatch, ``N < 2`` or non-finite
+            values (the message says which).
+    """
+    t, p = _as_pair(y_true, y_pred)
+    d, m = _scaled_errors(t, p)
+    if m == 0.0:
+        return 0.0
+    with np.errstate(over="ignore"):  # inf is the correct answer past float64 max
+        return float(m * np.mean(np.abs(d)))
+
+
+def regression_report(
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    dims: Sequence[str] = ("valence", "arousal"),
+) -> dict[str, float]:
+    """Per-dimension CCC / PCC / RMSE / MAE plus the mean CCC.
+
+    For each dimension ``d`` (column ``j`` of the inputs) the rows where
+    ``y_true[:, j]`` is NaN are dropped **for that dimension only** - NaN marks
+    an unannotated time step (e.g. frames the annotators skipped, or the
+    ``-5`` sentinel of Aff-Wild2 after conversion to NaN). The remaining rows
+    are scored with :func:`ccc`, :func:`pcc`, :func:`rmse` and :func:`mae`.
+
+    Returned keys (in this order): for each dim ``ccc_<dim>``, ``pcc_<dim>``,
+    ``rmse_<dim>``, ``mae_<dim>``; then ``ccc_mean`` = arithmetic mean of the
+    per-dimension CCCs (the usual challenge score, e.g. ``(CCC_V + CCC_A)/2``).
+
+    Args:
+        y_true: Ground truth of shape ``(N, D)``; NaN = unannotated. Infinite
+            values are rejected (they are never a legitimate annotation).
+        y_pred: Predictions of shape ``(N, D)``. Must be finite on every row
+            that is kept (a NaN prediction at an unannotated step is allowed
+            and ignored).
+        dims: Names of the ``D`` columns, unique and non-empty, used as key
+            suffixes. Defaults to ``("valence", "arousal")``.
+
+    Returns:
+        Dict of Python floats as described above.
+
+    Raises:
+        ValueError: If the inputs are not 2-D, their shapes differ, ``D`` does
+            not equal ``len(dims)``, ``dims`` is empty or has duplicates,
+            ``y_true`` contains infinities, a dimension has fewer than 2
+            annotated rows, or a kept prediction is non-finite. The message
+            names the dimension where relevant.
+    """
+    t = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(y_pred, dtype=np.float64)
+    names = list(dims)
+    if t.ndim != 2:
+        raise ValueError(f"y_true must be 2-D (N, D), got shape {t.shape}")
+    if p.ndim != 2:
+        raise ValueError(f"y_pred must be 2-D (N, D), got shape {p.shape}")
+    if t.shape != p.shape:
+        raise ValueError(f"shape mismatch: y_true {t.shape} vs y_pred {p.shape}")
+    if not names:
+        raise ValueError("dims must name at least one dimension")
+    if len(set(names)) != len(names):
+        raise ValueError(f"dims must be unique, got {names}")
+    if t.shape[1] != len(names):
+        raise ValueError(f"inputs have D={t.shape[1]} columns but dims has {len(names)} names: {names}")
+    if np.any(np.isinf(t)):
+        raise ValueError("y_true contains infinite values (only NaN may mark unannotated steps)")
+
+    report: dict[str, float] = {}
+    cccs: list[float] = []
+    for j, name in enumerate(names):
+        keep = ~np.isnan(t[:, j])
+        tj = t[keep, j]
+        pj = p[keep, j]
+        if tj.shape[0] < 2:
+            raise ValueError(f"dimension {name!r} has {tj.shape[0]} annotated rows, need at least 2")
+        if not np.all(np.isfinite(pj)):
+            raise ValueError(f"y_pred has non-finite values on annotated rows of dimension {name!r}")
+        c = ccc(tj, pj)
+        cccs.append(c)
+        report[f"ccc_{name}"] = c
+        report[f"pcc_{name}"] = pcc(tj, pj)
+        report[f"rmse_{name}"] = rmse(tj, pj)
+        report[f"mae_{name}"] = mae(tj, pj)
+    report["ccc_mean"] = float(np.mean(cccs))
+    return report
