@@ -140,14 +140,9 @@ def cmd_demo(a) -> int:
     print("[3/3] sweep on search_spaces/smoke.yaml")
     opts = SweepOptions(space="smoke", data_index=str(index), num_samples=a.trials, max_concurrent=a.max_concurrent,
                         storage=str(root / "ray_results"), name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
-                        seed=a.seed, tracking_uri=default_tracking_uri(root), experiment="emotune-demo")
-    import os
-    cwd = os.getcwd()
-    os.chdir(root)  # MLflow's local artifact folder lands beside its store
-    try:
-        outcome = run_sweep(opts)
-    finally:
-        os.chdir(cwd)
+                        seed=a.seed, tracking_uri=default_tracking_uri(root), experiment="emotune-demo",
+                        artifact_root=str(root / "mlartifacts"))
+    outcome = run_sweep(opts)
     _print_outcome(outcome, int(outcome.space.fidelity["max"]))
     print(f"Demo finished in {time.time() - t0:.0f} s")
     return 0

@@ -30,6 +30,7 @@ class SweepOptions:
     time_budget_s: float | None = None
     tracking_uri: str | None = None
     experiment: str = "emotune"
+    artifact_root: str = "mlartifacts"
     overrides: dict[str, Any] = field(default_factory=dict)
     ray_address: str | None = None
     verbose: int = 1
@@ -45,6 +46,17 @@ class SweepOutcome:
     parent_run_id: str
     best_trial_id: str | None
     best_run_id: str | None
+
+
+class DefineByRun:
+    """Optuna define-by-run function of a space plus the constant trial settings; a class (not a closure) because
+    Tune pickles the searcher into its experiment checkpoint."""
+
+    def __init__(self, space: SearchSpace, constants: dict[str, Any]):
+        self.space, self.constants = space, constants
+
+    def __call__(self, trial) -> dict[str, Any]:
+        return {**suggest(self.space, trial), **self.constants}
 
 
 def init_ray(address: str | None = None) -> None:
@@ -86,16 +98,14 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     data_index = str(Path(opts.data_index).resolve())
     epochs = int(space.fidelity["max"])
 
-    def define_by_run(trial):
-        return {**suggest(space, trial), "data_index": data_index, "epochs": epochs, "runtime": runtime}
-
+    define_by_run = DefineByRun(space, {"data_index": data_index, "epochs": epochs, "runtime": runtime})
     searcher = OptunaSearch(space=define_by_run, metric=space.metric, mode=space.mode,
                             sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, concurrent)))
     scheduler = ASHAScheduler(time_attr=space.fidelity["attr"], max_t=epochs, grace_period=space.fidelity["grace"],
                               reduction_factor=space.fidelity["reduction_factor"])
 
     tracking_uri = opts.tracking_uri or default_tracking_uri()
-    client, experiment_id = open_experiment(tracking_uri, opts.experiment, artifact_root=Path("mlartifacts"))
+    client, experiment_id = open_experiment(tracking_uri, opts.experiment, artifact_root=Path(opts.artifact_root))
     parent = client.create_run(experiment_id, run_name=name, tags={"emotune.sweep": name, "emotune.space": space.name})
     parent_id = parent.info.run_id
     client.log_artifact(parent_id, str(space.path))
