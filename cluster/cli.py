@@ -69,6 +69,8 @@ def _sweep_args(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("--time-budget", type=float, default=None, help="stop starting trials after this many seconds")
     sw.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite file ./mlflow.db)")
     sw.add_argument("--experiment", default="emotune", help="MLflow experiment name")
+    sw.add_argument("-v", "--verbose", action="count", default=0,
+                    help="-v: Tune's status tables; -vv: also every worker's log")
     sw.add_argument("--set", dest="overrides", action="append", type=_set_value, default=[],
                     metavar="KEY=VALUE", help="fix a trial setting or pin a searched parameter")
 
@@ -117,7 +119,8 @@ def cmd_sweep(a) -> int:
     opts = SweepOptions(space=a.space, data_index=a.data, num_samples=a.trials, max_concurrent=a.max_concurrent,
                         workers=a.workers, cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
                         storage=a.storage, name=a.name, seed=a.seed, time_budget_s=a.time_budget,
-                        tracking_uri=a.mlflow_uri, experiment=a.experiment, overrides=dict(a.overrides))
+                        tracking_uri=a.mlflow_uri, experiment=a.experiment, overrides=dict(a.overrides),
+                        verbose=a.verbose)
     outcome = run_sweep(opts)
     _print_outcome(outcome, int(outcome.space.fidelity["max"]))
     return 0

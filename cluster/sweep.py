@@ -11,6 +11,7 @@ from typing import Any
 from search_spaces.schema import SearchSpace, load_space, suggest
 from trainables.trial import TRIAL_DRIVER_RESOURCES, run_trial
 
+from cluster.progress import ProgressPrinter
 from cluster.resources import max_concurrent_trials
 from cluster.tracking import MlflowTrialCallback, default_tracking_uri, log_checkpoint, open_experiment
 
@@ -33,7 +34,7 @@ class SweepOptions:
     artifact_root: str = "mlartifacts"
     overrides: dict[str, Any] = field(default_factory=dict)
     ray_address: str | None = None
-    verbose: int = 1
+    verbose: int = 0  # 0: one line per trial event; 1: Tune's status tables; 2: also every worker's log
 
 
 @dataclass
@@ -59,7 +60,7 @@ class DefineByRun:
         return {**suggest(self.space, trial), **self.constants}
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     """Connect to ``address`` (or $RAY_ADDRESS), else start Ray in-process. The dashboard stays on: Train V2 watches
     its controller through the State API, which the dashboard serves (without it, trials after the first hang)."""
     import ray
@@ -68,9 +69,9 @@ def init_ray(address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=log_to_driver)
     else:
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=log_to_driver)
 
 
 def run_sweep(opts: SweepOptions) -> SweepOutcome:
@@ -84,7 +85,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     space = load_space(opts.space, opts.overrides)
     if not Path(opts.data_index).is_file():
         raise FileNotFoundError(f"dataset index {opts.data_index!r} not found; run `emotune data prepare` first")
-    init_ray(opts.ray_address)
+    init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2)
 
     workers = int(opts.workers if opts.workers is not None else space.resources["workers"])
     cpus = float(opts.cpus_per_worker if opts.cpus_per_worker is not None else space.resources["cpus_per_worker"])
@@ -113,14 +114,18 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     client.log_batch(parent_id, params=[Param("space", space.name), Param("num_samples", str(opts.num_samples)),
                                         Param("max_concurrent", str(concurrent)), Param("seed", str(opts.seed)),
                                         Param("workers", str(workers)), Param("data_index", data_index)])
-    callback = MlflowTrialCallback(client, experiment_id, parent_id, step_key=space.fidelity["attr"])
+    callback = MlflowTrialCallback(client, experiment_id, parent_id, step_key=space.fidelity["attr"], max_steps=epochs)
+    callbacks = [callback]
+    if opts.verbose == 0:
+        callbacks.append(ProgressPrinter(space.metric, space.fidelity["attr"], epochs))
 
     tuner = tune.Tuner(
         tune.with_resources(run_trial, TRIAL_DRIVER_RESOURCES),
         tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=opts.num_samples, max_concurrent_trials=concurrent,
                                     time_budget_s=opts.time_budget_s),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[callback], verbose=opts.verbose),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks,
+                                   verbose=min(opts.verbose, 1)),
     )
     status = "FAILED"
     best_trial = best_run = None

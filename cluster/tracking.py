@@ -44,8 +44,10 @@ class MlflowTrialCallback(Callback):
     """Child run per trial under ``parent_run_id``: params and resolved config at start, metrics per epoch
     (step = epoch), the final status at the end. A trial that already has a run (a resumed sweep) reuses it."""
 
-    def __init__(self, client, experiment_id: str, parent_run_id: str, step_key: str = "epoch"):
+    def __init__(self, client, experiment_id: str, parent_run_id: str, step_key: str = "epoch",
+                 max_steps: int | None = None):
         self.client, self.experiment_id, self.parent_run_id, self.step_key = client, experiment_id, parent_run_id, step_key
+        self.max_steps = max_steps
         self.runs: dict[str, str] = {}
 
     def run_id(self, trial_id: str) -> str | None:
@@ -94,7 +96,10 @@ class MlflowTrialCallback(Callback):
         if run_id is None:
             return
         last = trial.last_result or {}
-        self.client.set_tag(run_id, "emotune.epochs_run", str(last.get(self.step_key, 0)))
+        steps = int(last.get(self.step_key, 0))
+        self.client.set_tag(run_id, "emotune.epochs_run", str(steps))
+        if self.max_steps and status == "FINISHED":
+            self.client.set_tag(run_id, "emotune.stopped_early", str(steps < self.max_steps).lower())
         self.client.set_terminated(run_id, status)
 
 

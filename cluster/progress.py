@@ -1,0 +1,37 @@
+"""A compact progress printer for sweeps: one line per trial start, epoch and end, instead of Tune's tables."""
+from __future__ import annotations
+
+import sys
+import time
+
+from ray.tune import Callback
+
+
+class ProgressPrinter(Callback):
+    def __init__(self, metric: str, step_key: str = "epoch", max_steps: int | None = None, stream=None):
+        self.metric, self.step_key, self.max_steps = metric, step_key, max_steps
+        self.stream = stream or sys.stdout
+        self.t0 = time.time()
+        self.done = 0
+
+    def _say(self, text: str) -> None:
+        print(f"  [{time.time() - self.t0:6.0f} s] {text}", file=self.stream, flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._say(f"trial {trial.trial_id} started")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        self._say(f"trial {trial.trial_id} {self.step_key} {result.get(self.step_key)}/{self.max_steps}: "
+                  f"{self.metric} {shown}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        steps = (trial.last_result or {}).get(self.step_key)
+        early = " (stopped early by ASHA)" if self.max_steps and steps is not None and steps < self.max_steps else ""
+        self._say(f"trial {trial.trial_id} finished after {steps} {self.step_key}(s){early}; {self.done} done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done += 1
+        self._say(f"trial {trial.trial_id} FAILED; see {trial.local_path}; {self.done} done")

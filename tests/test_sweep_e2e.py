@@ -1,0 +1,101 @@
+"""The walking skeleton end to end through the real CLI: synth -> prepare -> a real Ray Tune sweep (Optuna + ASHA,
+Ray Train workers) -> MLflow records. Small, but every component is the one a user runs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SPACE = """
+name: e2e
+objective: {metric: val_ccc_mean, mode: max}
+fidelity: {attr: epoch, max: 2, grace: 1, reduction_factor: 2}
+resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
+fixed: {backbone: cnn_rnn_tiny, window_length: 24, clip_len: 24, label_fusion: mean, ssts_stochastic: true,
+        batch_size: 8, w_ccc: 1.0, seed: 0, rnn_hidden: 16, window_overlap: 0.5}
+params:
+  lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}
+  ssts_stride: {type: categorical, choices: [4, 6]}
+  w_mse: {type: uniform, low: 0.0, high: 1.0}
+"""
+
+
+def emotune(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("emotune")
+    proc = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, f"emotune {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    emotune("data", "synth", "--out", "data", "--subjects", "3", "--videos-per-subject", "1", "--frames", "72",
+            "--size", "64", cwd=work)
+    prep = emotune("data", "prepare", "--manifest", "data/manifest.csv", "--cache", "cache", "--size", "32", cwd=work)
+    (work / "e2e.yaml").write_text(SPACE)
+    sweep = emotune("sweep", "--space", "e2e.yaml", "--data", "cache/" + Path(prep.stdout.split("dataset index: ")[1]
+                    .strip()).name, "--trials", "3", "--name", "e2e", "--seed", "1", cwd=work)
+    return work, prep.stdout, sweep.stdout
+
+
+def test_prepare_reports_summary(sweep_run):
+    _, out, _ = sweep_run
+    assert "videos ok: 3, skipped: 0" in out
+    assert "frames with a face:" in out
+
+
+def test_leaderboard_lists_every_trial(sweep_run):
+    _, _, out = sweep_run
+    board = out.split("Leaderboard of sweep e2e")[1]
+    rows = [line for line in board.splitlines() if line[:1].isdigit()]
+    assert [r.split()[0] for r in rows] == ["1", "2", "3"]
+    assert "ccc_valence" in board and "ccc_arousal" in board
+    assert "MLflow store:" in out and "Best trial:" in out
+
+
+def test_mlflow_parent_and_child_runs(sweep_run):
+    from mlflow.tracking import MlflowClient
+
+    work, _, _ = sweep_run
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("emotune")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3
+    best_run = parents[0].data.tags["emotune.best_run_id"]
+    for child in children:
+        assert {"lr", "ssts_stride", "w_mse", "backbone"} <= set(child.data.params)
+        history = client.get_metric_history(child.info.run_id, "val_ccc_mean")
+        epochs = int(child.data.tags["emotune.epochs_run"])
+        assert [m.step for m in history] == list(range(1, epochs + 1))
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "config.json" in artifacts
+        assert ("checkpoint" in artifacts) == (child.info.run_id == best_run)
+    ckpt = {a.path for a in client.list_artifacts(best_run, "checkpoint")}
+    assert {"checkpoint/state.pt", "checkpoint/val_predictions.npz"} <= ckpt
+    config = json.loads((Path(client.download_artifacts(best_run, "config.json"))).read_text())
+    assert config["backbone"] == "cnn_rnn_tiny" and config["epochs"] == 2
+
+
+def test_trial_metrics_are_on_the_label_timeline(sweep_run):
+    """The checkpointed validation predictions cover every label step of every validation video."""
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    work, _, _ = sweep_run
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("emotune")
+    parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
+    path = client.download_artifacts(parent.data.tags["emotune.best_run_id"], "checkpoint/val_predictions.npz")
+    preds = np.load(path)
+    assert len(preds.files) == 1  # one validation subject with one video
+    assert preds[preds.files[0]].shape == (72, 2)
+    assert np.isfinite(preds[preds.files[0]]).all()
