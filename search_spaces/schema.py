@@ -114,10 +114,14 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     params = {}
     for key, spec in _mapping(raw.get("params", {}), path, "params").items():
         params[key] = _check_param(spec, path, f"params.{key}")
-    for key, spec in params.items():
+    for index, (key, spec) in enumerate(params.items()):
         for cond_key, allowed in spec.get("when", {}).items():
             if cond_key not in params and cond_key not in fixed:
                 raise SpaceError(f"{path}: params.{key}.when refers to {cond_key!r}, which is neither a param nor fixed")
+            if cond_key in params and cond_key not in list(params)[:index]:
+                # suggest() asks in file order, so a condition on this param or a later one could never hold.
+                raise SpaceError(f"{path}: params.{key}.when refers to {cond_key!r}, which is not declared before "
+                                 f"{key!r}; a condition may only use fixed settings or params listed earlier")
             if not isinstance(allowed, list):
                 raise SpaceError(f"{path}: params.{key}.when.{cond_key} must be a list of values")
     for key, value in (overrides or {}).items():
