@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="run a hyperparameter sweep")
     _sweep_args(sw)
-    sw.add_argument("--data", required=True, help="dataset index written by `emotune data prepare`")
+    sw.add_argument("--data", default=None, help="dataset index written by `emotune data prepare` (not with --resume)")
 
     d = sub.add_parser("demo", help="synthesise data, prepare it, run the smoke sweep and print a leaderboard")
     d.add_argument("--root", default="emotune-demo", help="folder for the demo's data, cache, MLflow store and results")
@@ -69,6 +69,13 @@ def _sweep_args(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("--time-budget", type=float, default=None, help="stop starting trials after this many seconds")
     sw.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite file ./mlflow.db)")
     sw.add_argument("--experiment", default="emotune", help="MLflow experiment name")
+    sw.add_argument("--resume", default=None, metavar="NAME",
+                    help="finish the sweep NAME in --storage after its driver stopped (trials continue from checkpoints)")
+    sw.add_argument("--optuna-storage", default=None,
+                    help="Optuna RDB storage URL (default: sqlite file ./optuna.db; optuna-dashboard opens it)")
+    sw.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per trial (the best by objective)")
+    sw.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial or worker from its last "
+                                                                "checkpoint")
     sw.add_argument("-v", "--verbose", action="count", default=0,
                     help="-v: Tune's status tables; -vv: also every worker's log")
     sw.add_argument("--set", dest="overrides", action="append", type=_set_value, default=[],
@@ -108,7 +115,7 @@ def _print_outcome(outcome, max_epochs: int) -> None:
     print(f"MLflow store:  {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
     if outcome.tracking_uri.startswith("sqlite:///"):
         print(f"  open it with: mlflow ui --backend-store-uri {outcome.tracking_uri} --port 5000")
-    print(f"Ray results:   {outcome.storage / outcome.name}")
+    print(f"Ray results:   {outcome.storage}/{outcome.name}")
     if outcome.best_trial_id:
         print(f"Best trial:    {outcome.best_trial_id} (checkpoint logged to MLflow run {outcome.best_run_id})")
 
@@ -116,18 +123,23 @@ def _print_outcome(outcome, max_epochs: int) -> None:
 def cmd_sweep(a) -> int:
     from cluster.sweep import SweepOptions, run_sweep
 
+    if not a.resume and not a.data:
+        print("emotune sweep: --data is required (the dataset index from `emotune data prepare`)", file=sys.stderr)
+        return 2
+
     opts = SweepOptions(space=a.space, data_index=a.data, num_samples=a.trials, max_concurrent=a.max_concurrent,
                         workers=a.workers, cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
                         storage=a.storage, name=a.name, seed=a.seed, time_budget_s=a.time_budget,
                         tracking_uri=a.mlflow_uri, experiment=a.experiment, overrides=dict(a.overrides),
-                        verbose=a.verbose)
+                        resume=a.resume, optuna_storage=a.optuna_storage, keep_checkpoints=a.keep_checkpoints,
+                        max_failures=a.max_failures, verbose=a.verbose)
     outcome = run_sweep(opts)
     _print_outcome(outcome, int(outcome.space.fidelity["max"]))
     return 0
 
 
 def cmd_demo(a) -> int:
-    from cluster.sweep import SweepOptions, run_sweep
+    from cluster.sweep import SweepOptions, default_optuna_storage, run_sweep
     from cluster.tracking import default_tracking_uri
     from trainables.data.cache import Registration
     from trainables.data.prepare import prepare
@@ -144,7 +156,7 @@ def cmd_demo(a) -> int:
     opts = SweepOptions(space="smoke", data_index=str(index), num_samples=a.trials, max_concurrent=a.max_concurrent,
                         storage=str(root / "ray_results"), name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
                         seed=a.seed, tracking_uri=default_tracking_uri(root), experiment="emotune-demo",
-                        artifact_root=str(root / "mlartifacts"))
+                        artifact_root=str(root / "mlartifacts"), optuna_storage=default_optuna_storage(root))
     outcome = run_sweep(opts)
     _print_outcome(outcome, int(outcome.space.fidelity["max"]))
     print(f"Demo finished in {time.time() - t0:.0f} s")

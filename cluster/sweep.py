@@ -2,8 +2,9 @@
 ``trainables.trial.run_trial``, recorded in MLflow."""
 from __future__ import annotations
 
-import json
 import os
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from trainables.trial import TRIAL_DRIVER_RESOURCES, run_trial
 
 from cluster.progress import ProgressPrinter
 from cluster.resources import max_concurrent_trials
-from cluster.tracking import MlflowTrialCallback, default_tracking_uri, log_checkpoint, open_experiment
+from cluster.records import data_fingerprint, git_commit, package_versions
+from cluster.tracking import MlflowTrialCallback, default_tracking_uri, open_experiment
 
 
 @dataclass
@@ -34,6 +36,10 @@ class SweepOptions:
     artifact_root: str = "mlartifacts"
     overrides: dict[str, Any] = field(default_factory=dict)
     ray_address: str | None = None
+    resume: str | None = None
+    optuna_storage: str | None = None
+    keep_checkpoints: int = 2
+    max_failures: int = 2
     verbose: int = 0  # 0: one line per trial event; 1: Tune's status tables; 2: also every worker's log
 
 
@@ -75,12 +81,21 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
 
 
 def run_sweep(opts: SweepOptions) -> SweepOutcome:
-    """Run one sweep and return its results with the MLflow ids; the best trial's checkpoint is logged to its run."""
-    import optuna
+    """Run (or, with ``opts.resume``, finish) one sweep and return its results with the MLflow ids.
+
+    Resume: the Tune experiment ``<storage>/<name>`` is restored with its searcher state, unfinished trials continue from
+    their last Ray Train checkpoint (their TorchTrainer has the same name and storage, so Train picks up its own
+    checkpoint), errored ones are retried, and the MLflow callback (pickled with the experiment) reuses each trial's
+    run, so no run is duplicated and exactly ``num_samples`` trials exist at the end.
+    """
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    storage = str(Path(opts.storage).resolve()) if "://" not in opts.storage else opts.storage
+    trainable = tune.with_resources(run_trial, TRIAL_DRIVER_RESOURCES)
+    if opts.resume:
+        return _resume(opts, storage, trainable)
 
     space = load_space(opts.space, opts.overrides)
     if not Path(opts.data_index).is_file():
@@ -90,43 +105,111 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     workers = int(opts.workers if opts.workers is not None else space.resources["workers"])
     cpus = float(opts.cpus_per_worker if opts.cpus_per_worker is not None else space.resources["cpus_per_worker"])
     gpus = float(opts.gpus_per_worker if opts.gpus_per_worker is not None else space.resources["gpus_per_worker"])
-    concurrent = max_concurrent_trials(ray.cluster_resources(), workers, cpus, gpus, opts.max_concurrent)
+    autoscaling = bool(opts.ray_address or os.environ.get("RAY_ADDRESS")) and opts.max_concurrent is not None
+    concurrent = max_concurrent_trials(ray.cluster_resources(), workers, cpus, gpus, opts.max_concurrent, autoscaling)
 
-    storage = Path(opts.storage).resolve() if "://" not in opts.storage else opts.storage
-    name = opts.name or f"{space.name}-{os.getpid()}"
+    name = opts.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if _experiment_exists(storage, name):
+        raise FileExistsError(f"a sweep named {name!r} already exists in {storage}; resume it with "
+                              f"`emotune sweep --resume {name} --storage {opts.storage}` or choose another --name")
     runtime = {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
-               "storage_path": str(Path(storage) / name)}
+               "storage_path": f"{storage}/{name}", "keep_checkpoints": opts.keep_checkpoints,
+               "max_failures": opts.max_failures}
     data_index = str(Path(opts.data_index).resolve())
     epochs = int(space.fidelity["max"])
 
-    define_by_run = DefineByRun(space, {"data_index": data_index, "epochs": epochs, "runtime": runtime})
-    searcher = OptunaSearch(space=define_by_run, metric=space.metric, mode=space.mode,
-                            sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, concurrent)))
-    scheduler = ASHAScheduler(time_attr=space.fidelity["attr"], max_t=epochs, grace_period=space.fidelity["grace"],
-                              reduction_factor=space.fidelity["reduction_factor"])
-
     tracking_uri = opts.tracking_uri or default_tracking_uri()
     client, experiment_id = open_experiment(tracking_uri, opts.experiment, artifact_root=Path(opts.artifact_root))
-    parent = client.create_run(experiment_id, run_name=name, tags={"emotune.sweep": name, "emotune.space": space.name})
-    parent_id = parent.info.run_id
-    client.log_artifact(parent_id, str(space.path))
-    from mlflow.entities import Param
-    client.log_batch(parent_id, params=[Param("space", space.name), Param("num_samples", str(opts.num_samples)),
-                                        Param("max_concurrent", str(concurrent)), Param("seed", str(opts.seed)),
-                                        Param("workers", str(workers)), Param("data_index", data_index)])
-    callback = MlflowTrialCallback(client, experiment_id, parent_id, step_key=space.fidelity["attr"], max_steps=epochs)
+    parent_id = _start_parent_run(client, experiment_id, name, space, opts, data_index, concurrent, workers)
+
+    searcher = make_searcher(space, opts, name, concurrent,
+                             {"data_index": data_index, "epochs": epochs, "runtime": runtime})
+    scheduler = ASHAScheduler(time_attr=space.fidelity["attr"], max_t=epochs, grace_period=space.fidelity["grace"],
+                              reduction_factor=space.fidelity["reduction_factor"])
+    callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=space.fidelity["attr"],
+                                   max_steps=epochs, metric=space.metric, mode=space.mode)
     callbacks = [callback]
     if opts.verbose == 0:
         callbacks.append(ProgressPrinter(space.metric, space.fidelity["attr"], epochs))
-
     tuner = tune.Tuner(
-        tune.with_resources(run_trial, TRIAL_DRIVER_RESOURCES),
+        trainable,
         tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=opts.num_samples, max_concurrent_trials=concurrent,
-                                    time_budget_s=opts.time_budget_s),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks,
-                                   verbose=min(opts.verbose, 1)),
+                                    time_budget_s=opts.time_budget_s, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                                  verbose=min(opts.verbose, 1)),
     )
+    return _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id)
+
+
+def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent: int, constants: dict[str, Any]):
+    """OptunaSearch over the space's define-by-run function, its study kept in an RDB storage (SQLite by default,
+    which optuna-dashboard opens) under the sweep's name. The TPE sampler is seeded: the same seed gives the same
+    suggestions."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = optuna.storages.RDBStorage(opts.optuna_storage or default_optuna_storage())
+    return OptunaSearch(space=DefineByRun(space, constants), metric=space.metric, mode=space.mode,
+                        sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, concurrent)),
+                        study_name=name, storage=storage)
+
+
+def default_optuna_storage(workdir: str | Path = ".") -> str:
+    return f"sqlite:///{Path(workdir).resolve() / 'optuna.db'}"
+
+
+def _trial_dirname(trial) -> str:
+    # Tune's default folder name repeats the whole config and overflows path limits with long values.
+    return f"trial-{trial.trial_id}"
+
+
+def _experiment_exists(storage: str, name: str) -> bool:
+    from ray import tune
+
+    try:
+        return tune.Tuner.can_restore(f"{storage}/{name}")
+    except Exception:  # an unreachable remote storage is reported when the sweep writes to it
+        return False
+
+
+def _start_parent_run(client, experiment_id: str, name: str, space: SearchSpace, opts: SweepOptions,
+                      data_index: str, concurrent: int, workers: int) -> str:
+    from mlflow.entities import Param
+
+    parent = client.create_run(experiment_id, run_name=name, tags={
+        "emotune.sweep": name, "emotune.space": space.name, "emotune.git_commit": git_commit(Path(__file__).parent),
+        "emotune.command": " ".join(sys.argv)})
+    parent_id = parent.info.run_id
+    client.log_artifact(parent_id, str(space.path))
+    client.log_dict(parent_id, {"options": {k: v for k, v in vars(opts).items()}, "argv": sys.argv,
+                                "packages": package_versions()}, "sweep.json")
+    params = {"space": space.name, "num_samples": opts.num_samples, "max_concurrent": concurrent, "seed": opts.seed,
+              "workers": workers, "data_index": data_index, **data_fingerprint(data_index)}
+    client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return parent_id
+
+
+def _resume(opts: SweepOptions, storage: str, trainable) -> SweepOutcome:
+    from ray import tune
+
+    name = opts.resume
+    path = f"{storage}/{name}"
+    if not _experiment_exists(storage, name):
+        raise FileNotFoundError(f"no sweep named {name!r} in {storage} to resume")
+    init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2)
+    tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    run_config = tuner._local_tuner.get_run_config()
+    callback = next(c for c in run_config.callbacks if isinstance(c, MlflowTrialCallback))
+    client = callback.client
+    parent = client.get_run(callback.parent_run_id)
+    space = load_space(parent.data.tags.get("emotune.space", opts.space), opts.overrides)
+    client.set_tag(callback.parent_run_id, "emotune.resumed", time.strftime("%Y-%m-%d %H:%M:%S"))
+    return _fit(tuner, name, space, storage, callback.tracking_uri, client, callback, callback.parent_run_id)
+
+
+def _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id) -> SweepOutcome:
     status = "FAILED"
     best_trial = best_run = None
     try:
@@ -134,28 +217,24 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
         best_trial, best_run = _record_best(results, space, client, callback, parent_id)
         status = "FINISHED"
     finally:
+        # A sweep stopped by a dead driver stays RUNNING until --resume finishes it; failures end it FAILED.
         client.set_terminated(parent_id, status)
-    return SweepOutcome(name, results, space, Path(str(storage)), tracking_uri, parent_id, best_trial, best_run)
+    return SweepOutcome(name, results, space, Path(storage) if "://" not in storage else storage, tracking_uri,
+                        parent_id, best_trial, best_run)
 
 
 def _record_best(results, space: SearchSpace, client, callback: MlflowTrialCallback, parent_id: str):
-    """Log the best trial's best-epoch checkpoint to its run and tag the parent with it."""
+    """Tag the parent run with the best trial (by its best epoch) and that run's id."""
     try:
         best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all")
     except RuntimeError:
         return None, None
-    df = best.metrics_dataframe
-    if df is None or space.metric not in df or "checkpoint_path" not in df:
-        return None, None
-    df = df.dropna(subset=[space.metric])
-    row = df.loc[df[space.metric].idxmax() if space.mode == "max" else df[space.metric].idxmin()]
     trial_id = best.metrics.get("trial_id")
     run_id = callback.run_id(trial_id)
-    ckpt = row.get("checkpoint_path")
-    if run_id and isinstance(ckpt, str) and Path(ckpt).is_dir():
-        log_checkpoint(client, run_id, ckpt)
-        client.set_tag(run_id, "emotune.best_checkpoint_epoch", str(int(row[space.fidelity["attr"]])))
+    value = callback.best.get(trial_id, (None, None))[0]
+    if run_id:
         client.set_tag(parent_id, "emotune.best_trial", trial_id)
         client.set_tag(parent_id, "emotune.best_run_id", run_id)
-        client.log_metric(parent_id, f"best_{space.metric}", float(row[space.metric]))
+    if value is not None:
+        client.log_metric(parent_id, f"best_{space.metric}", value)
     return trial_id, run_id

@@ -44,11 +44,27 @@ class MlflowTrialCallback(Callback):
     """Child run per trial under ``parent_run_id``: params and resolved config at start, metrics per epoch
     (step = epoch), the final status at the end. A trial that already has a run (a resumed sweep) reuses it."""
 
-    def __init__(self, client, experiment_id: str, parent_run_id: str, step_key: str = "epoch",
-                 max_steps: int | None = None):
-        self.client, self.experiment_id, self.parent_run_id, self.step_key = client, experiment_id, parent_run_id, step_key
-        self.max_steps = max_steps
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, step_key: str = "epoch",
+                 max_steps: int | None = None, metric: str = "val_ccc_mean", mode: str = "max"):
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.step_key, self.max_steps, self.metric, self.mode = step_key, max_steps, metric, mode
         self.runs: dict[str, str] = {}
+        self.best: dict[str, tuple[float, str | None]] = {}  # trial id -> (best objective, its checkpoint path)
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def __getstate__(self):
+        # Tune pickles its callbacks into the experiment state (for --resume); a live client does not travel.
+        state = self.__dict__.copy()
+        state["_client"] = None
+        return state
 
     def run_id(self, trial_id: str) -> str | None:
         if trial_id in self.runs:
@@ -84,6 +100,11 @@ class MlflowTrialCallback(Callback):
                    and math.isfinite(float(v))]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            better = (lambda a, b: a > b) if self.mode == "max" else (lambda a, b: a < b)
+            if trial.trial_id not in self.best or better(value, self.best[trial.trial_id][0]):
+                self.best[trial.trial_id] = (float(value), result.get("checkpoint_path"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, "FINISHED")
@@ -98,8 +119,17 @@ class MlflowTrialCallback(Callback):
         last = trial.last_result or {}
         steps = int(last.get(self.step_key, 0))
         self.client.set_tag(run_id, "emotune.epochs_run", str(steps))
+        if last.get("diverged"):
+            self.client.set_tag(run_id, "emotune.diverged", "true")
         if self.max_steps and status == "FINISHED":
             self.client.set_tag(run_id, "emotune.stopped_early", str(steps < self.max_steps).lower())
+        best_value, ckpt = self.best.get(trial.trial_id, (None, None))
+        if best_value is not None:
+            self.client.log_metric(run_id, f"best_{self.metric}", best_value)
+        if ckpt and Path(ckpt).is_dir():
+            # The trial's best checkpoint (Ray Train keeps the best k by the objective, so it is still on disk).
+            log_checkpoint(self.client, run_id, ckpt)
+            self.client.set_tag(run_id, "emotune.best_checkpoint", ckpt)
         self.client.set_terminated(run_id, status)
 
 

@@ -69,6 +69,9 @@ def test_mlflow_parent_and_child_runs(sweep_run):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {"data_index_sha1", "manifest_sha1", "space"} <= set(parents[0].data.params)
+    assert parents[0].data.tags["emotune.git_commit"]
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"e2e.yaml", "sweep.json"}
     assert len(children) == 3
     best_run = parents[0].data.tags["emotune.best_run_id"]
     for child in children:
@@ -77,8 +80,8 @@ def test_mlflow_parent_and_child_runs(sweep_run):
         epochs = int(child.data.tags["emotune.epochs_run"])
         assert [m.step for m in history] == list(range(1, epochs + 1))
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert "config.json" in artifacts
-        assert ("checkpoint" in artifacts) == (child.info.run_id == best_run)
+        assert {"config.json", "checkpoint"} <= artifacts  # every trial keeps its best checkpoint
+        assert child.data.metrics["best_val_ccc_mean"] == max(m.value for m in history)
     ckpt = {a.path for a in client.list_artifacts(best_run, "checkpoint")}
     assert {"checkpoint/state.pt", "checkpoint/val_predictions.npz"} <= ckpt
     config = json.loads((Path(client.download_artifacts(best_run, "config.json"))).read_text())

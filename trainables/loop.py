@@ -99,17 +99,24 @@ def train_loop_per_worker(config: dict) -> None:
         model.train()
         t0 = time.perf_counter()
         losses, clips = [], 0
+        diverged = False
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             loss = loss_fn(model(x)["window"], y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}")
+            if not _all_finite(loss):
+                diverged = True
+                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
             clips += len(x)
         train_time = time.perf_counter() - t0
+        if diverged:
+            # A NaN/inf loss ends this trial, not the sweep: report it once with the objective at its worst
+            # possible value (CCC >= -1) so the searcher learns the region is bad, and stop without retrying.
+            ray.train.report({"epoch": epoch + 1, "diverged": 1, OBJECTIVE: -1.0, "train_loss": math.nan})
+            return
 
         metrics, preds = evaluate(_unwrap(model), val_videos, spec, device, seed=seed)
         val_metrics = {f"val_{k}": v for k, v in metrics.items()}
@@ -125,6 +132,14 @@ def train_loop_per_worker(config: dict) -> None:
                 (Path(tmp) / "metrics.json").write_text(json.dumps(report, indent=1))
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(report, checkpoint=ckpt)
+
+
+def _all_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every worker (all workers must agree, or DDP would hang on the next step)."""
+    flag = torch.isfinite(loss.detach()).float().reshape(1)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item() > 0)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
