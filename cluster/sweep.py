@@ -74,6 +74,9 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    # Ray Train gives a worker group 60 s to start; on a loaded laptop, or while an autoscaler adds a node, starting a
+    # worker process takes longer and the trial failed for nothing. Processes of a local Ray inherit this variable.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
     else:

@@ -14,6 +14,7 @@ resources change.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from trainables.loop import OBJECTIVE, train_loop_per_worker
@@ -24,11 +25,15 @@ TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
 
 def run_trial(config: dict) -> None:
     """Fit one configuration with a TorchTrainer; ``config["runtime"]`` holds the resources and storage."""
+    import ray
     import ray.tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    # Train polls its controller through the State API, which finds the cluster via RAY_ADDRESS or, failing that,
+    # refuses to choose when two local Ray instances run on one machine: point it at the cluster this trial is in.
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     runtime = config["runtime"]
     trial_id = ray.tune.get_context().get_trial_id()
     gpus = float(runtime.get("gpus_per_worker", 0))

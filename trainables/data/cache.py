@@ -1,4 +1,5 @@
-"""The clip cache: one entry per (video content, registration settings), written once, memory-mapped by trials.
+"""The clip cache: one entry per (video, label file and face file content, registration settings), written once,
+memory-mapped by trials.
 
 An entry is a folder holding ``frames.npy`` (T, S, S, C) uint8 face crops, ``valid.npy`` (T,) bool, ``scores.npy`` (T,),
 ``labels.npy`` (T, D) float32 on the video's canonical label timeline (NaN = not annotated) and ``meta.json``. Entries
@@ -49,9 +50,17 @@ def file_digest(path: Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def entry_key(video: Path, reg: Registration) -> str:
-    """Content address of a cache entry: the video's bytes and the registration settings."""
-    return f"{file_digest(video)[:20]}-{reg.digest()}"
+def entry_key(video: Path, reg: Registration, *sources: Path | None) -> str:
+    """Content address of a cache entry: the video's bytes, the bytes of the files its labels / crops are built from
+    (``sources``: label file, face sidecar; an edited label or face file must not be served from a stale entry) and the
+    registration settings."""
+    key = file_digest(video)[:20]
+    if sources:
+        h = hashlib.sha1()
+        for src in sources:
+            h.update((file_digest(Path(src)) if src is not None else "-").encode())
+        key = f"{key}-{h.hexdigest()[:12]}"
+    return f"{key}-{reg.digest()}"
 
 
 @dataclass
@@ -118,7 +127,7 @@ def build_entry(entry: VideoEntry, cache_root: str | Path, reg: Registration) ->
     if reg.detector != "precomputed":
         raise ValueError(f"detector {reg.detector!r} is not available; available: precomputed")
     cache_root = Path(cache_root)
-    final = cache_root / entry_key(entry.path, reg)
+    final = cache_root / entry_key(entry.path, reg, entry.labels, entry.faces)
     if (final / "meta.json").is_file():
         return final
 

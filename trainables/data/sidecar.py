@@ -37,7 +37,15 @@ def read_frame_labels(path: str | Path, dims: tuple[str, ...] = ("valence", "aro
     frames = pd.to_numeric(df["frame"], errors="coerce").to_numpy()
     if not np.array_equal(frames, np.arange(len(df))):
         raise LabelFileError(f"label file {path}: column 'frame' must count 0..{len(df) - 1} in order")
-    values = df[list(dims)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+    raw = df[list(dims)]
+    values = raw.apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+    # Empty cells are "not annotated"; anything else that does not parse as a number is an error, not a silent NaN.
+    present = raw.apply(lambda col: col.notna() & (col.astype(str).str.strip() != "")).to_numpy()
+    bad = np.isnan(values) & present
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise LabelFileError(f"label file {path}: non-numeric value {raw.iat[row, col]!r} in column {dims[col]!r} "
+                             f"at frame {row}")
     if np.isinf(values).any():
         raise LabelFileError(f"label file {path}: infinite label values")
     if np.isnan(values).all():

@@ -1,0 +1,45 @@
+"""Shared pytest fixtures.
+
+Session-scoped fixtures build their data once per test run under ``tmp_path_factory``; tests must treat what they
+return as read-only (copy files into ``tmp_path`` before editing them).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# Small synthetic dataset: 3 subjects (one per split), one 80-frame 64x64 video each.
+SYNTH_PARAMS = dict(subjects=3, videos_per_subject=1, frames=80, size=64, seed=0, progress=False)
+# Face crop size of the prepared cache used by the data-path and clip tests.
+CROP_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def synth_manifest(tmp_path_factory) -> Path:
+    """``manifest.csv`` of a small synthetic dataset (real mp4 files, labels, face sidecars); see ``SYNTH_PARAMS``."""
+    from trainables.data.synth import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("synth") / "ds", **SYNTH_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def _prepared(synth_manifest, tmp_path_factory):
+    from trainables.data.cache import Registration
+    from trainables.data.prepare import prepare
+
+    cache_root = tmp_path_factory.mktemp("cache")
+    return prepare(synth_manifest, cache_root, Registration(size=CROP_SIZE), workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def prepared_index(_prepared) -> Path:
+    """Dataset index JSON of ``synth_manifest`` prepared with ``Registration(size=CROP_SIZE)``; the cache entries sit
+    next to it (``prepared_index.parent``)."""
+    return _prepared[0]
+
+
+@pytest.fixture(scope="session")
+def prepare_summary(_prepared):
+    """The ``PrepareSummary`` of the run that built ``prepared_index``."""
+    return _prepared[1]

@@ -1,0 +1,242 @@
+"""Tests for trainables.data.clips: training windows over cached videos and dense timeline prediction.
+
+Uses the session fixture ``prepared_index`` (tests/conftest.py): three 80-frame synthetic videos, 32x32 crops. Expected
+values are computed from the cache arrays with independent code (plain loops), not with the functions under test.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.data.clips import ClipSpec, TrainWindows, predict_timeline, to_tensor
+from trainables.data.prepare import load_split
+
+T = 80
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def videos(prepared_index):
+    return [v for split in ("train", "val", "test") for v in load_split(prepared_index, split)]
+
+
+def _starts(num_frames: int, length: int, overlap: float) -> list[int]:
+    step = max(1, round(length * (1 - overlap)))
+    return list(range(0, num_frames - length + 1, step))
+
+
+def _expected_windows(videos, spec: ClipSpec) -> list[tuple[int, int]]:
+    """(video index, start) of every full window with at least clip_len valid frames, in dataset order."""
+    out = []
+    for v_i, v in enumerate(videos):
+        for s in _starts(v.num_frames, spec.length, spec.overlap):
+            if int(np.asarray(v.valid[s:s + spec.length]).sum()) >= spec.clip_len:
+                out.append((v_i, s))
+    return out
+
+
+def _frame_positions(clip: torch.Tensor, window_frames: np.ndarray) -> list[int]:
+    """Position inside the window of every clip frame, found by pixel equality after undoing to_tensor."""
+    pixels = np.rint((clip.permute(0, 2, 3, 1).numpy().astype(np.float64) + 1.0) * 127.5).astype(np.uint8)
+    pos = []
+    for img in pixels:
+        hits = [j for j in range(len(window_frames)) if np.array_equal(window_frames[j], img)]
+        assert len(hits) == 1, f"clip frame matches window frames {hits}"
+        pos.append(hits[0])
+    return pos
+
+
+# ---------------------------------------------------------------------------
+# ClipSpec
+# ---------------------------------------------------------------------------
+
+def test_clipspec_refuses_window_shorter_than_clip():
+    with pytest.raises(ValueError, match="window_length=16 is shorter than clip_len=24"):
+        ClipSpec(length=16, clip_len=24)
+    with pytest.raises(ValueError, match="window_length=20 is shorter than clip_len=21"):
+        ClipSpec.from_config({"window_length": 20, "clip_len": 21})
+    assert ClipSpec(length=24, clip_len=24).length == 24  # equal is allowed
+
+
+def test_clipspec_from_config():
+    spec = ClipSpec.from_config({"window_length": 40, "window_overlap": 0.25, "label_fusion": "median",
+                                 "clip_len": 12, "ssts_stride": 3, "ssts_stochastic": False})
+    assert spec == ClipSpec(length=40, overlap=0.25, fusion="median", clip_len=12, stride=3, stochastic=False)
+    assert ClipSpec.from_config({}) == ClipSpec()
+
+
+# ---------------------------------------------------------------------------
+# TrainWindows
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("length,overlap,clip_len,expected_len", [
+    (32, 0.5, 24, 12),  # every window of every video has >= 24 faces
+    (32, 0.5, 30, 9),   # three windows have only 29 faces
+    (32, 0.5, 32, 6),   # windows without a single missing face
+    (40, 0.75, 38, 7),  # step 10: five windows per video with 36..40 faces
+])
+def test_train_windows_length(videos, length, overlap, clip_len, expected_len):
+    spec = ClipSpec(length=length, overlap=overlap, clip_len=clip_len, stride=1)
+    ds = TrainWindows(videos, spec, seed=0)
+    expected = _expected_windows(videos, spec)
+    assert len(ds) == len(expected) == expected_len
+
+
+def test_train_windows_none_left(videos):
+    with pytest.raises(ValueError, match="no training window"):
+        TrainWindows(videos, ClipSpec(length=80, overlap=0.5, clip_len=80, stride=1))
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 4, 6])
+def test_train_window_items(videos, stride):
+    spec = ClipSpec(length=32, overlap=0.5, clip_len=24, stride=stride)
+    ds = TrainWindows(videos, spec, seed=3)
+    expected = _expected_windows(videos, spec)
+    assert len(ds) == len(expected)
+    for i in (0, len(ds) // 2, len(ds) - 1):
+        clip, label = ds[i]
+        assert clip.shape == (24 // stride, 3, 32, 32) and clip.dtype == torch.float32
+        assert float(clip.min()) >= -1.0 and float(clip.max()) <= 1.0
+        # The clip is made of the window's face frames, in temporal order.
+        v_i, s = expected[i]
+        v = videos[v_i]
+        pos = _frame_positions(clip, np.asarray(v.frames[s:s + 32]))
+        assert pos == sorted(set(pos))
+        assert all(v.valid[s + p] for p in pos)
+        # Fused label = mean of the window's per-frame labels.
+        assert label.shape == (2,) and label.dtype == torch.float32
+        np.testing.assert_allclose(label.numpy(), np.asarray(v.labels[s:s + 32], np.float64).mean(axis=0),
+                                   rtol=0, atol=1e-6)
+
+
+def test_train_window_labels_all_windows(videos):
+    spec = ClipSpec(length=32, overlap=0.5, clip_len=30, stride=2)
+    ds = TrainWindows(videos, spec)
+    expected = _expected_windows(videos, spec)
+    got = np.stack([ds[i][1].numpy() for i in range(len(ds))])
+    want = np.stack([np.asarray(videos[v].labels[s:s + 32], np.float64).mean(axis=0) for v, s in expected])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_train_window_draws_are_seeded_by_seed_epoch_index(videos):
+    spec = ClipSpec(length=32, overlap=0.5, clip_len=24, stride=2)
+    a, b = TrainWindows(videos, spec, seed=7), TrainWindows(videos, spec, seed=7)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    i = 5
+    assert torch.equal(a[i][0], b[i][0])
+    assert torch.equal(a[i][0], a[i][0])
+    _ = b[i + 1]  # what else was loaded before does not matter
+    assert torch.equal(a[i][0], b[i][0])
+
+    v_i, s = _expected_windows(videos, spec)[i]
+    window = np.asarray(videos[v_i].frames[s:s + 32])
+    draw_epoch2 = _frame_positions(a[i][0], window)
+    a.set_epoch(3)
+    draw_epoch3 = _frame_positions(a[i][0], window)
+    assert draw_epoch3 != draw_epoch2
+    assert torch.equal(a[i][1], b[i][1])  # the label does not depend on the draw
+    a.set_epoch(2)
+    assert _frame_positions(a[i][0], window) == draw_epoch2
+    c = TrainWindows(videos, spec, seed=8)
+    c.set_epoch(2)
+    assert _frame_positions(c[i][0], window) != draw_epoch2
+
+
+def test_train_windows_skip_unlabelled_windows(videos):
+    """A window whose labels are all NaN is not a training window, even with enough faces."""
+    from dataclasses import replace
+
+    v = videos[0]
+    labels = np.array(v.labels, copy=True)
+    labels[:32] = np.nan  # the first window (0..31) loses every label; the window at 16 keeps 16..47
+    spec = ClipSpec(length=32, overlap=0.5, clip_len=24, stride=1)
+    ds = TrainWindows([replace(v, labels=labels)], spec)
+    assert len(ds) == len(_expected_windows([v], spec)) - 1
+    np.testing.assert_allclose(ds[0][1].numpy(), np.asarray(v.labels[32:48], np.float64).mean(axis=0), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# predict_timeline
+# ---------------------------------------------------------------------------
+
+class ConstantModel(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = torch.tensor(value, dtype=torch.float32)
+        self.shapes = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return {"window": self.value.expand(x.shape[0], -1).clone()}
+
+
+class MeanPixelModel(torch.nn.Module):
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3, 4))
+        return {"window": torch.stack([m, -0.5 * m], dim=1)}
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_predict_timeline_constant_model(videos, stride):
+    value = [0.375, -1.25]  # exact in binary, so averaging copies of it is exact
+    model = ConstantModel(value)
+    spec = ClipSpec(length=32, overlap=0.6, clip_len=24, stride=stride)
+    out = predict_timeline(model, videos[0], spec, CPU, batch_size=2)
+    assert out.shape == (T, 2)
+    np.testing.assert_array_equal(out, np.tile(value, (T, 1)))
+    # dense windows 0, 13, 26, 39 and the end-aligned 48: 5 windows x stride views, in batches of <= 2 windows
+    assert sum(s[0] for s in model.shapes) == 5 * stride
+    assert {s[1:] for s in model.shapes} == {(24 // stride, 3, 32, 32)}
+
+
+def test_predict_timeline_mean_pixel_model(videos):
+    spec = ClipSpec(length=32, overlap=0.6, clip_len=24, stride=2)
+    for v in videos:
+        out = predict_timeline(MeanPixelModel(), v, spec, CPU, seed=1)
+        assert out.shape == (T, 2)
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out[:, 1], -0.5 * out[:, 0], rtol=1e-6)
+        assert (np.abs(out) <= 1).all() and np.ptp(out[:, 0]) > 0
+        np.testing.assert_array_equal(out, predict_timeline(MeanPixelModel(), v, spec, CPU, seed=1))
+
+
+def test_predict_timeline_exact_values_without_stochasticity(videos):
+    """stochastic=False: each window's clip is its first clip_len face frames (all its frames if it has fewer), the
+    stride views are averaged, and each frame averages the windows covering it -- recomputed here by hand."""
+    spec = ClipSpec(length=32, overlap=0.6, clip_len=30, stride=2, stochastic=False)
+    v = videos[0]
+    out = predict_timeline(MeanPixelModel(), v, spec, CPU)
+    frames = np.asarray(v.frames, np.float64) / 127.5 - 1.0
+    starts = [0, 13, 26, 39, 48]
+    sums, counts = np.zeros(T), np.zeros(T)
+    fallback = 0
+    for s in starts:
+        pos = [s + j for j in range(32) if v.valid[s + j]]
+        if len(pos) < 30:
+            pos, fallback = list(range(s, s + 32)), fallback + 1
+        clip = pos[:30]
+        pred = np.mean([frames[clip[k::2]].mean() for k in range(2)])
+        sums[s:s + 32] += pred
+        counts[s:s + 32] += 1
+    assert fallback >= 1  # this video has windows with fewer than 30 faces
+    np.testing.assert_allclose(out[:, 0], sums / counts, rtol=0, atol=1e-5)
+
+
+def test_predict_timeline_short_video_is_neutral(videos):
+    from dataclasses import replace
+
+    v = videos[0]
+    short = replace(v, frames=v.frames[:20], valid=v.valid[:20], scores=v.scores[:20], labels=v.labels[:20])
+    model = ConstantModel([0.5, 0.5])
+    out = predict_timeline(model, short, ClipSpec(length=32, clip_len=24), CPU)
+    np.testing.assert_array_equal(out, np.zeros((20, 2)))
+    assert model.shapes == []
+
+
+def test_to_tensor_range():
+    x = np.array([[[[0, 255, 127]]]], dtype=np.uint8)  # (T=1, H=1, W=1, C=3)
+    t = to_tensor(x)
+    assert t.shape == (1, 3, 1, 1)
+    np.testing.assert_allclose(t.flatten().numpy(), [-1.0, 1.0, 127 / 127.5 - 1.0], rtol=0, atol=1e-7)
