@@ -35,6 +35,10 @@ T = 80  # frames per synthetic video (conftest SYNTH_PARAMS)
 # helpers
 # ---------------------------------------------------------------------------
 
+ENTRY_FILES = ["frame_times.npy", "frames.npy", "label_frames.npy", "label_times.npy", "labels.npy", "meta.json",
+               "scores.npy", "valid.npy"]
+
+
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -349,8 +353,7 @@ def test_prepare_one_entry_per_video(synth_manifest, prepared_index, prepare_sum
     cache_root = prepared_index.parent
     assert sorted(p.name for p in cache_root.iterdir() if p.is_dir()) == sorted(p.name for p in entries.values())
     for folder in entries.values():
-        assert sorted(p.name for p in folder.iterdir()) == ["frames.npy", "labels.npy", "meta.json", "scores.npy",
-                                                            "valid.npy"]
+        assert sorted(p.name for p in folder.iterdir()) == ENTRY_FILES
 
 
 def test_prepare_entry_contents(synth_manifest, prepared_index):
@@ -547,8 +550,7 @@ def test_concurrent_build_of_same_entry(synth_manifest, tmp_path):
     names = sorted(os.listdir(cache_root))
     assert names == [Path(results[0][1]).name]
     folder = cache_root / names[0]
-    assert sorted(p.name for p in folder.iterdir()) == ["frames.npy", "labels.npy", "meta.json", "scores.npy",
-                                                        "valid.npy"]
+    assert sorted(p.name for p in folder.iterdir()) == ENTRY_FILES
     frames = np.load(folder / "frames.npy")
     valid = np.load(folder / "valid.npy")
     assert frames.shape == (T, 32, 32, 3) and frames[valid].any() and not frames[~valid].any()

@@ -1,24 +1,43 @@
-"""From cached videos to model inputs: training windows with fused labels, and dense evaluation on the label timeline.
+"""From cached videos to model inputs: training windows with fused or per-frame labels, and dense evaluation on the
+label timeline.
 
-A window is ``length`` consecutive frames. Frame selection inside a window works on the window's *valid* (face found)
-frames, as in paper 000 where a clip is built from its valid face frames: SSTS draws ``clip_len`` of them, sorts, and
-keeps every ``stride``-th from a random offset.
+A trial may look at a cached video at a lower frame rate than the cache holds (``fps``, paper 003 compares 10 and 50
+fps): the video is then seen through a *grid* of cached frames, and windows, overlaps and gaps count grid frames. A
+window is ``length`` consecutive grid frames. Frame selection inside a window works on the window's *valid* (face found)
+frames, as in paper 000 where a clip is built from its valid face frames: SSTS draws ``clip_len`` of them, sorts them,
+and keeps every ``stride``-th from a random offset; the uniform and consecutive samplers take ``num_frames`` of them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
-from trainables.data.cache import CachedVideo
-from trainables.data.sampling import ssts_indices, ssts_views
-from trainables.data.windows import coverage_mean, dense_window_starts, fuse_labels, window_starts
+from trainables.data.adapters import label_frame_index
+from trainables.data.cache import CachedVideo, kept_frame_indices
+from trainables.data.sampling import consecutive_indices, ssts_indices, ssts_views, uniform_indices
+from trainables.data.windows import FUSION_MODES, coverage_mean, dense_window_starts, fuse_labels, window_starts
+
+SAMPLERS = ("ssts", "uniform", "consecutive")
+TARGETS = ("window", "sequence")
 
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """Window and sampling knobs of a trial (all searchable)."""
+    """Window and sampling knobs of a trial (all searchable).
+
+    Attributes:
+        length: window length in grid frames; overlap: fraction shared with the previous window.
+        fusion: how a window's labels become one target (``mean``, ``extremum``, ``median``, ``center``, ``last``).
+        clip_len, stride, stochastic: SSTS (paper 000); sampler: ``ssts`` | ``uniform`` | ``consecutive``.
+        num_frames: frames taken by the uniform / consecutive samplers (default ``clip_len``).
+        fps: view the cache at this rate (None: the cache's own rate).
+        gap_tolerance: drop a training window whose consecutive valid frames are more than this many grid frames
+            apart (paper 003); None keeps every window.
+        target: ``window`` (one fused label per window) or ``sequence`` (the label of every sampled frame).
+    """
 
     length: int = 32
     overlap: float = 0.5
@@ -26,9 +45,17 @@ class ClipSpec:
     clip_len: int = 24
     stride: int = 2
     stochastic: bool = True
+    sampler: str = "ssts"
+    num_frames: int | None = None
+    fps: float | None = None
+    gap_tolerance: int | None = None
+    target: str = "window"
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ClipSpec":
+        def opt(key, cast):
+            return None if cfg.get(key) in (None, "none", "null") else cast(cfg[key])
+
         return cls(
             length=int(cfg.get("window_length", cls.length)),
             overlap=float(cfg.get("window_overlap", cls.overlap)),
@@ -36,44 +63,133 @@ class ClipSpec:
             clip_len=int(cfg.get("clip_len", cls.clip_len)),
             stride=int(cfg.get("ssts_stride", cls.stride)),
             stochastic=bool(cfg.get("ssts_stochastic", cls.stochastic)),
+            sampler=str(cfg.get("sampler", cls.sampler)),
+            num_frames=opt("num_frames", int),
+            fps=opt("fps", float),
+            gap_tolerance=opt("gap_tolerance", int),
+            target=str(cfg.get("label_target", cls.target)),
         )
 
     def __post_init__(self) -> None:
-        if self.length < self.clip_len:
-            raise ValueError(f"window_length={self.length} is shorter than clip_len={self.clip_len}; "
-                             "SSTS draws clip_len frames from each window")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+        if self.target not in TARGETS:
+            raise ValueError(f"label_target {self.target!r} is unknown; allowed: {', '.join(TARGETS)}")
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"label_fusion {self.fusion!r} is unknown; allowed: {', '.join(FUSION_MODES)}")
+        if self.length < self.needed:
+            what = "clip_len" if self.sampler == "ssts" else "num_frames"
+            raise ValueError(f"window_length={self.length} is shorter than {what}={self.needed}; "
+                             f"the {self.sampler} sampler draws {self.needed} frames from each window")
+
+    @property
+    def needed(self) -> int:
+        """Valid frames a window must hold for the sampler."""
+        return self.clip_len if self.sampler == "ssts" else int(self.num_frames or self.clip_len)
+
+    def sample(self, num_valid: int, rng: np.random.Generator) -> np.ndarray:
+        if self.sampler == "ssts":
+            return ssts_indices(num_valid, self.stride, rng, self.clip_len, self.stochastic)
+        if self.sampler == "uniform":
+            return uniform_indices(num_valid, self.needed)
+        return consecutive_indices(num_valid, self.needed, rng, self.stochastic)
+
+    def views(self, num_valid: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Evaluation views of one window: the ``stride`` SSTS views of one draw (the ensemble of paper 000), or the
+        single deterministic view of the other samplers."""
+        if self.sampler == "ssts":
+            return ssts_views(num_valid, self.stride, rng, self.clip_len, self.stochastic)
+        if self.sampler == "uniform":
+            return [uniform_indices(num_valid, self.needed)]
+        start = (num_valid - self.needed) // 2  # the centred run: deterministic and symmetric
+        return [np.arange(start, start + self.needed, dtype=np.int64)]
+
+
+class VideoView:
+    """A cached video seen at the trial's frame rate: grid -> cached frame, and each label step's grid position."""
+
+    def __init__(self, video: CachedVideo, fps: float | None):
+        self.video = video
+        self.grid = kept_frame_indices(video.num_frames, video.fps, fps)
+        self.fps = fps or video.fps
+        self.valid = np.asarray(video.valid)[self.grid]
+        if video.label_times is not None:
+            self.label_pos = label_frame_index(video.label_times, self.fps, len(self.grid))
+        else:
+            self.label_pos = np.minimum(np.rint(video.label_frames * self.fps / video.fps).astype(np.int64),
+                                        len(self.grid) - 1)
+        self.labels = video.labels
+        self._frame_labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.grid)
+
+    def window_labels(self, s: int, length: int) -> np.ndarray:
+        return self.labels[(self.label_pos >= s) & (self.label_pos < s + length)]
+
+    def frame_labels(self) -> np.ndarray:
+        """(G, D) the label of every grid frame: the nearest label step by grid position (ties -> the earlier);
+        positions more than one label period from any step are NaN."""
+        if self._frame_labels is None:
+            g = np.arange(len(self.grid))
+            order = np.argsort(self.label_pos, kind="stable")
+            pos, lab = self.label_pos[order], self.labels[order]
+            j = np.clip(np.searchsorted(pos, g), 1, max(len(pos) - 1, 1))
+            left = np.clip(j - 1, 0, len(pos) - 1)
+            right = np.clip(j, 0, len(pos) - 1)
+            pick = np.where(np.abs(pos[left] - g) <= np.abs(pos[right] - g), left, right)
+            out = lab[pick].astype(np.float32)
+            period = max(1.0, float(np.median(np.diff(pos))) if len(pos) > 1 else 1.0)
+            out[np.abs(pos[pick] - g) > period] = np.nan
+            self._frame_labels = out
+        return self._frame_labels
+
+    def frames(self, positions: np.ndarray) -> np.ndarray:
+        return self.video.frames[self.grid[positions]]
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, C) -> float (T, C, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    return x.div_(127.5).sub_(1.0)
+    return normalise(to_uint8_tensor(frames))
+
+
+def to_uint8_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, C) -> uint8 (T, C, H, W), the layout augmentations work on."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(127.5).sub_(1.0)
 
 
 class TrainWindows(torch.utils.data.Dataset):
-    """Training windows over cached videos, each with its fused label.
+    """Training windows over cached videos, each with its fused label (or per-frame labels for sequence targets).
 
-    Windows with fewer than ``clip_len`` valid frames are dropped (SSTS needs ``clip_len``), as are windows without
-    any annotated label. Frame draws are seeded by (seed, epoch, index), so an epoch is reproducible whatever the
-    worker or process that loads it.
+    Windows with fewer valid frames than the sampler needs are dropped (SSTS needs ``clip_len``), as are windows
+    whose valid frames have a gap above ``gap_tolerance`` and windows without any annotated label step. Frame draws and
+    augmentations are seeded by (seed, epoch, index), so an epoch is reproducible whatever process loads it.
     """
 
-    def __init__(self, videos: list[CachedVideo], spec: ClipSpec, seed: int = 0):
-        self.videos, self.spec, self.seed, self.epoch = videos, spec, seed, 0
+    def __init__(self, videos: list[CachedVideo], spec: ClipSpec, seed: int = 0,
+                 transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None):
+        self.views = [VideoView(v, spec.fps) for v in videos]
+        self.videos, self.spec, self.seed, self.epoch, self.transform = videos, spec, seed, 0, transform
         items, labels = [], []
-        for v_i, v in enumerate(videos):
-            for s in window_starts(v.num_frames, spec.length, spec.overlap):
-                pos = np.flatnonzero(v.valid[s:s + spec.length])
-                if len(pos) < spec.clip_len:
+        for v_i, view in enumerate(self.views):
+            for s in window_starts(len(view), spec.length, spec.overlap):
+                pos = np.flatnonzero(view.valid[s:s + spec.length])
+                if len(pos) < spec.needed:
                     continue
-                y = fuse_labels(v.labels[s:s + spec.length], spec.fusion)
-                if np.isnan(y).all():
+                if spec.gap_tolerance is not None and len(pos) > 1 and np.diff(pos).max() > spec.gap_tolerance:
+                    continue
+                window = view.window_labels(int(s), spec.length)
+                if len(window) == 0 or np.isnan(window).all():
                     continue
                 items.append((v_i, int(s)))
-                labels.append(y)
+                labels.append(fuse_labels(window, spec.fusion))
         if not items:
             raise ValueError(f"no training window: every window of length {spec.length} has fewer than "
-                             f"{spec.clip_len} valid face frames or no label")
+                             f"{spec.needed} valid face frames, a gap above the tolerance, or no label")
         self.items = items
         self.labels = np.asarray(labels, dtype=np.float32)
 
@@ -85,41 +201,76 @@ class TrainWindows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         v_i, s = self.items[i]
-        v, spec = self.videos[v_i], self.spec
+        view, spec = self.views[v_i], self.spec
         rng = np.random.default_rng((self.seed, self.epoch, i))
-        pos = s + np.flatnonzero(v.valid[s:s + spec.length])
-        idx = pos[ssts_indices(len(pos), spec.stride, rng, spec.clip_len, spec.stochastic)]
-        return to_tensor(v.frames[idx]), torch.from_numpy(self.labels[i])
+        pos = s + np.flatnonzero(view.valid[s:s + spec.length])
+        chosen = pos[spec.sample(len(pos), rng)]
+        clip = to_uint8_tensor(view.frames(chosen))
+        if self.transform is not None:
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            clip = self.transform(clip, gen)
+        if spec.target == "sequence":
+            return normalise(clip), torch.from_numpy(view.frame_labels()[chosen])
+        return normalise(clip), torch.from_numpy(self.labels[i])
 
 
 @torch.no_grad()
 def predict_timeline(model: torch.nn.Module, video: CachedVideo, spec: ClipSpec, device: torch.device,
-                     batch_size: int = 32, seed: int = 0) -> np.ndarray:
-    """Per-label-step predictions (T, D) for one video.
+                     batch_size: int = 32, seed: int = 0,
+                     transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """Per-grid-frame predictions (G, D) for one video (G = the cached frames at ``spec.fps``).
 
-    Dense windows cover every frame; each window is predicted as the mean over its ``stride`` SSTS views (the
-    ensemble inference of paper 000) of one fixed draw; each frame then takes the mean of all windows covering it.
-    Judgment call: a window with fewer than ``clip_len`` valid frames still gets a prediction (drawn from all its
-    frames, no-face frames being black), so that every label step is scored as the protocol requires. A video shorter
-    than one window is predicted as neutral 0 on every step.
+    Dense windows cover every frame; each window is predicted from its evaluation views (for SSTS, the mean over its
+    ``stride`` views of one fixed draw: the ensemble inference of paper 000); each frame then takes the mean of all
+    windows covering it. With ``target="sequence"`` the per-frame outputs are accumulated at the frames the views
+    sampled and frames no view sampled are linearly interpolated from their neighbours.
+    Judgment calls: a window with fewer valid frames than the sampler needs still gets a prediction (drawn from all its
+    frames, no-face frames being black), so that every label step is scored as the protocol requires; a video shorter
+    than one window is predicted as neutral 0 everywhere.
     """
     model.eval()
-    n, d = video.num_frames, video.labels.shape[1]
-    starts = dense_window_starts(n, spec.length, spec.overlap)
+    view = VideoView(video, spec.fps)
+    g, d = len(view), video.labels.shape[1]
+    starts = dense_window_starts(g, spec.length, spec.overlap)
     if len(starts) == 0:
-        return np.zeros((n, d), dtype=np.float64)
+        return np.zeros((g, d), dtype=np.float64)
     views_per_window = []
     for s in starts:
-        pos = s + np.flatnonzero(video.valid[s:s + spec.length])
-        if len(pos) < spec.clip_len:
+        pos = s + np.flatnonzero(view.valid[s:s + spec.length])
+        if len(pos) < spec.needed:
             pos = s + np.arange(spec.length)
         rng = np.random.default_rng((seed, int(s)))
-        views_per_window.append([pos[v] for v in ssts_views(len(pos), spec.stride, rng, spec.clip_len, spec.stochastic)])
+        views_per_window.append([pos[v] for v in spec.views(len(pos), rng)])
+    n_views = len(views_per_window[0])
     window_preds = np.zeros((len(starts), d), dtype=np.float64)
-    for k in range(spec.stride):  # view k has the same length in every window, so views batch together
+    frame_sum = np.zeros((g, d))
+    frame_cnt = np.zeros(g)
+    for k in range(n_views):  # view k has the same length in every window, so views batch together
         for b in range(0, len(starts), batch_size):
             idx = [views_per_window[w][k] for w in range(b, min(b + batch_size, len(starts)))]
-            x = torch.stack([to_tensor(video.frames[i]) for i in idx]).to(device)
-            window_preds[b:b + len(idx)] += model(x)["window"].float().cpu().numpy()
-    window_preds /= spec.stride
-    return coverage_mean(n, starts, spec.length, window_preds)
+            clips = [to_uint8_tensor(view.frames(i)) for i in idx]
+            if transform is not None:
+                clips = [transform(c) for c in clips]
+            out = model(torch.stack([normalise(c) for c in clips]).to(device))
+            window_preds[b:b + len(idx)] += out["window"].float().cpu().numpy()
+            if spec.target == "sequence":
+                frames_out = out["frames"].float().cpu().numpy()
+                for j, positions in enumerate(idx):
+                    np.add.at(frame_sum, positions, frames_out[j])
+                    np.add.at(frame_cnt, positions, 1)
+    if spec.target == "sequence" and frame_cnt.any():
+        seen = frame_cnt > 0
+        mean = frame_sum[seen] / frame_cnt[seen, None]
+        grid = np.arange(g)
+        return np.stack([np.interp(grid, grid[seen], mean[:, j]) for j in range(d)], axis=1)
+    window_preds /= n_views
+    return coverage_mean(g, starts, spec.length, window_preds)
+
+
+def predict_labels(model: torch.nn.Module, video: CachedVideo, spec: ClipSpec, device: torch.device,
+                   batch_size: int = 32, seed: int = 0,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """Predictions (L, D) on the video's canonical label timeline: each label step takes the prediction of the grid
+    frame nearest its time (SPEC's evaluation protocol: metrics on label steps, never on windows)."""
+    timeline = predict_timeline(model, video, spec, device, batch_size, seed, transform)
+    return timeline[VideoView(video, spec.fps).label_pos]

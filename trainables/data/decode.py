@@ -37,9 +37,13 @@ def open_video(path: str | Path):
     return reader, fps, n
 
 
-def iter_frames(reader, num_frames: int, chunk: int = 64) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (first index, uint8 RGB frames (k, H, W, 3)) in chunks of at most ``chunk`` frames, so a long video never
-    sits in memory whole."""
-    for start in range(0, num_frames, chunk):
-        idx = list(range(start, min(start + chunk, num_frames)))
+def iter_frames(reader, num_frames: int, chunk: int = 64, indices: np.ndarray | None = None
+                ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (position of the chunk's first frame in ``indices``, uint8 RGB frames (k, H, W, 3)) in chunks of at most
+    ``chunk`` frames, so a long video never sits in memory whole. ``indices`` (sorted source frame numbers, e.g. the
+    frames kept at a target fps) defaults to every frame."""
+    if indices is None:
+        indices = np.arange(num_frames)
+    for start in range(0, len(indices), chunk):
+        idx = [int(i) for i in indices[start:start + chunk]]
         yield start, reader.get_batch(idx).asnumpy()

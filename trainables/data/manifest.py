@@ -27,6 +27,7 @@ class VideoEntry:
     split: str
     labels: Path
     faces: Path | None
+    label_format: str = "frame_csv"
 
 
 def read_manifest(path: str | Path) -> list[VideoEntry]:
@@ -47,12 +48,15 @@ def read_manifest(path: str | Path) -> list[VideoEntry]:
         if missing:
             raise ManifestError(
                 f"manifest {path} lacks column(s) {', '.join(missing)}; required: {', '.join(REQUIRED_COLUMNS)}"
-                f" (optional: faces); found: {', '.join(columns) or 'none'}"
+                f" (optional: faces, label_format); found: {', '.join(columns) or 'none'}"
             )
         rows = list(reader)
     if not rows:
         raise ManifestError(f"manifest {path} lists no videos")
 
+    from trainables.data.adapters import list_adapters
+
+    adapters = list_adapters()
     entries: list[VideoEntry] = []
     seen: dict[str, int] = {}
     subject_split: dict[str, tuple[str, str]] = {}
@@ -78,9 +82,12 @@ def read_manifest(path: str | Path) -> list[VideoEntry]:
             )
         subject_split.setdefault(subject, (split, vid))
         video = _resolve(root, row["path"], where, "path")
+        label_format = (row.get("label_format") or "").strip() or "frame_csv"
+        if label_format not in adapters:
+            raise ManifestError(f"{where}: label_format {label_format!r} is unknown; allowed: {', '.join(adapters)}")
         labels = _resolve(root, row["labels"], where, "labels")
         faces = _resolve(root, row["faces"], where, "faces") if (row.get("faces") or "").strip() else None
-        entries.append(VideoEntry(vid, video, subject, split, labels, faces))
+        entries.append(VideoEntry(vid, video, subject, split, labels, faces, label_format))
     return entries
 
 
@@ -90,6 +97,10 @@ def _resolve(root: Path, value: str | None, where: str, column: str) -> Path:
         raise ManifestError(f"{where}: empty {column}")
     p = Path(value)
     p = p if p.is_absolute() else root / p
+    if "{dim}" in value:  # one label file per dimension (RECOLA): the adapter checks each file
+        if not p.parent.parent.exists():
+            raise ManifestError(f"{where}: {column} {p} points into a folder that does not exist")
+        return p
     if not p.exists():
         raise ManifestError(f"{where}: {column} {p} does not exist")
     return p

@@ -32,10 +32,25 @@ class PrepareSummary:
         return out
 
 
+_DETECTORS: dict[tuple, object] = {}  # one detector per process, reused across its videos (model loading is slow)
+
+
+def _detector_for(reg: Registration):
+    if reg.detector == "precomputed":
+        return None
+    key = (reg.detector, reg.face_detector)
+    if key not in _DETECTORS:
+        from trainables.data.faces import create_detector
+
+        kwargs = {"face_detector": reg.face_detector} if reg.detector == "face_alignment" else {}
+        _DETECTORS[key] = create_detector(reg.detector, **kwargs)
+    return _DETECTORS[key]
+
+
 def _build(args: tuple[VideoEntry, str, Registration]) -> tuple[str, str | None, str | None]:
     entry, cache_root, reg = args
     try:
-        folder = build_entry(entry, cache_root, reg)
+        folder = build_entry(entry, cache_root, reg, detector=_detector_for(reg))
         return entry.video_id, folder.name, None
     except Exception as exc:  # one bad video must not cost the others
         return entry.video_id, None, f"{type(exc).__name__}: {exc}"
