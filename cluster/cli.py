@@ -10,6 +10,16 @@ from typing import Any
 import yaml
 
 
+def _size(text: str) -> int | tuple[int, int]:
+    try:
+        if "x" in text.lower():
+            h, w = text.lower().split("x")
+            return int(h), int(w)
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be an integer or HxW (e.g. 100x80), got {text!r}") from None
+
+
 def _set_value(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
@@ -37,12 +47,40 @@ def build_parser() -> argparse.ArgumentParser:
     pr = data.add_parser("prepare", help="decode videos once, crop faces, write the clip cache and a dataset index")
     pr.add_argument("--manifest", required=True)
     pr.add_argument("--cache", required=True, help="cache folder (shared by every dataset and trial)")
-    pr.add_argument("--size", type=int, default=64, help="face crop size in pixels")
-    pr.add_argument("--margin", type=float, default=0.15)
+    pr.add_argument("--size", type=_size, default=64, help="face crop size: 96, 112, ... or HxW such as 100x80")
+    pr.add_argument("--margin", type=float, default=0.15, help="box enlargement on each side (fraction)")
     pr.add_argument("--min-score", type=float, default=0.8, help="frames with a lower detection score are invalid")
     pr.add_argument("--grayscale", action="store_true")
-    pr.add_argument("--workers", type=int, default=1)
+    pr.add_argument("--detector", default="precomputed", choices=["precomputed", "opencv", "face_alignment"],
+                    help="precomputed: the manifest's face sidecars or crop folders; opencv: Haar cascade; "
+                         "face_alignment: S3FD/BlazeFace + FAN landmarks (local weights)")
+    pr.add_argument("--face-detector", default="sfd", help="face_alignment's detector: sfd, blazeface, ...")
+    pr.add_argument("--weights-dir", default=None, help="folder with face_alignment weights (default: "
+                                                        "$EMOTUNE_FACE_WEIGHTS, then the torch hub cache)")
+    pr.add_argument("--align", default="coarse", choices=["coarse", "fine"],
+                    help="coarse: crop + resize; fine: 5-point similarity alignment, eyes horizontal")
+    pr.add_argument("--fps", type=float, default=None, help="keep frames at this rate (default: the video's own)")
+    pr.add_argument("--smooth", type=int, default=2, help="radius in frames of detected-box smoothing (0 = off)")
+    pr.add_argument("--workers", type=int, default=1, help="videos prepared in parallel")
     pr.add_argument("--index", default=None, help="where to write the dataset index (default: in the cache)")
+
+    mf = data.add_parser("manifest", help="pair videos with label files and write a subject-split manifest")
+    mf.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
+    mf.add_argument("--labels", required=True, help="folder of label files with the videos' stems")
+    mf.add_argument("--format", required=True, help="label format: frame_csv, second_csv, affwild2_va, afew_va, "
+                                                    "sewa_csv, recola_arff")
+    mf.add_argument("--faces", default=None, help="folder of face sidecars or crop folders (optional)")
+    mf.add_argument("--subject-pattern", default=r"^(?P<subject>[^_]+)",
+                    help="regex with a named group 'subject' applied to each video id")
+    mf.add_argument("--val-fraction", type=float, default=0.2)
+    mf.add_argument("--test-fraction", type=float, default=0.2)
+    mf.add_argument("--seed", type=int, default=0)
+    mf.add_argument("--out", required=True, help="manifest CSV to write")
+
+    fw = data.add_parser("fetch-weights", help="download face-alignment weights (on a machine with internet)")
+    fw.add_argument("--to", required=True, help="folder to put them in; point --weights-dir or "
+                                                "$EMOTUNE_FACE_WEIGHTS at it")
+    fw.add_argument("--face-detector", default="sfd")
 
     sw = sub.add_parser("sweep", help="run a hyperparameter sweep")
     _sweep_args(sw)
@@ -92,13 +130,41 @@ def cmd_synth(a) -> int:
 
 
 def cmd_prepare(a) -> int:
+    import os
     from trainables.data.cache import Registration
     from trainables.data.prepare import prepare
 
-    reg = Registration(size=a.size, margin=a.margin, min_score=a.min_score, grayscale=a.grayscale)
+    if a.weights_dir:
+        os.environ["EMOTUNE_FACE_WEIGHTS"] = str(Path(a.weights_dir).resolve())  # read by the detector (and workers)
+    reg = Registration(size=a.size, margin=a.margin, min_score=a.min_score, grayscale=a.grayscale,
+                       detector=a.detector, align=a.align, fps=a.fps, smooth=a.smooth, face_detector=a.face_detector)
     index, summary = prepare(a.manifest, a.cache, reg, workers=a.workers, index_path=a.index)
     print("\n".join(summary.lines()))
     print(f"dataset index: {index}")
+    return 0
+
+
+def cmd_manifest(a) -> int:
+    import warnings
+
+    from trainables.data.splits import build_manifest
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = build_manifest(a.videos, a.labels, label_format=a.format, subject_pattern=a.subject_pattern, out=a.out,
+                             seed=a.seed, val_fraction=a.val_fraction, test_fraction=a.test_fraction,
+                             faces_dir=a.faces)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(f"manifest: {out}")
+    return 0
+
+
+def cmd_fetch_weights(a) -> int:
+    from trainables.data.faces import fetch_weights
+
+    for path in fetch_weights(a.to, detector=a.face_detector):
+        print(path)
     return 0
 
 
@@ -165,7 +231,8 @@ def cmd_demo(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"synth": cmd_synth, "prepare": cmd_prepare}
+    handlers = {"synth": cmd_synth, "prepare": cmd_prepare, "manifest": cmd_manifest,
+                "fetch-weights": cmd_fetch_weights}
     if args.command == "data":
         return handlers[args.data_command](args)
     return {"sweep": cmd_sweep, "demo": cmd_demo}[args.command](args)

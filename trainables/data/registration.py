@@ -1,0 +1,217 @@
+"""Face registration: coarse (crop around a detected box) and fine (similarity alignment of 5 landmarks onto a template).
+
+Coordinates: x to the right, y down, in pixels, with integer values at pixel centres (OpenCV's convention for
+``warpAffine``). Landmarks are ordered left eye centre, right eye centre, nose tip, left mouth corner, right mouth corner
+("left" = smaller x in the image). Outputs are uint8, (H, W, 3) RGB or (H, W, 1) gray, so crops of a video stack into
+the (T, H, W, C) arrays of the clip cache.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+#: The canonical 5-point template in a 112 x 112 crop (x, y; pixel centres at integers, so the crop's centre column is
+#: x = 55.5). It is the usual face-recognition layout made exactly left/right symmetric about that column, so the eyes
+#: (and mouth corners) are horizontal: eyes at y 51.5, 35 px apart; nose tip at (55.5, 71.5); mouth corners at y 92,
+#: 29 px apart. Eyes sit at 46% of the height, the mouth at 82%.
+CANONICAL_TEMPLATE_112 = np.array([
+    [38.0, 51.5],   # left eye centre
+    [73.0, 51.5],   # right eye centre
+    [55.5, 71.5],   # nose tip
+    [41.0, 92.0],   # left mouth corner
+    [70.0, 92.0],   # right mouth corner
+], dtype=np.float64)
+CANONICAL_SIZE = 112
+
+
+def _hw(size: int | tuple[int, int], who: str) -> tuple[int, int]:
+    """Output (height, width) from an int (square) or an (H, W) pair."""
+    if isinstance(size, (int, np.integer)):
+        h = w = int(size)
+    else:
+        try:
+            h, w = (int(v) for v in size)
+        except (TypeError, ValueError):
+            raise ValueError(f"{who}: size must be an int or an (height, width) pair, got {size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"{who}: size must be positive, got {size!r}")
+    return h, w
+
+
+def TEMPLATE_5PTS(size: int | tuple[int, int]) -> np.ndarray:  # noqa: N802 - the name the spec uses
+    """The 5-point template for an output crop of ``size``.
+
+    ``CANONICAL_TEMPLATE_112`` scaled uniformly from 112 x 112 to ``size`` (pixel centres map as (p + 0.5) * k - 0.5,
+    the same mapping as resizing the 112 crop). For a non-square (H, W) crop the template is scaled to fit the shorter
+    side and centred along the longer one, so faces keep their proportions.
+
+    Args:
+        size: output side, or (height, width).
+    Returns:
+        (5, 2) float64 x, y.
+    Raises:
+        ValueError: size not positive.
+    """
+    h, w = _hw(size, "TEMPLATE_5PTS")
+    k = min(h, w) / CANONICAL_SIZE
+    pts = (CANONICAL_TEMPLATE_112 + 0.5) * k - 0.5
+    pts[:, 0] += (w - min(h, w)) / 2.0
+    pts[:, 1] += (h - min(h, w)) / 2.0
+    return pts
+
+
+def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares 2D similarity transform (rotation, uniform scale, translation; no reflection) mapping src onto dst.
+
+    Written with complex numbers, the model is w = a z + b with a = s e^{i theta}; the least-squares solution is
+    a = sum(conj(z_c) w_c) / sum(|z_c|^2) over the centred points and b = mean(w) - a mean(z).
+
+    Args:
+        src: (N, 2) points, N >= 2.
+        dst: (N, 2) target points.
+    Returns:
+        (2, 3) float64 matrix M with dst ~= M @ [x, y, 1].
+    Raises:
+        ValueError: shapes differ or N < 2, non-finite values, or all src points coincide.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.ndim != 2 or src.shape[1] != 2 or src.shape != dst.shape or len(src) < 2:
+        raise ValueError(f"similarity_from_points: src and dst must both be (N, 2) with N >= 2, got {src.shape} and "
+                         f"{dst.shape}")
+    if not (np.isfinite(src).all() and np.isfinite(dst).all()):
+        raise ValueError("similarity_from_points: points must be finite (no NaN: a frame without landmarks cannot be "
+                         "aligned)")
+    z = src[:, 0] + 1j * src[:, 1]
+    w = dst[:, 0] + 1j * dst[:, 1]
+    zc, wc = z - z.mean(), w - w.mean()
+    denom = float(np.sum(np.abs(zc) ** 2))
+    if denom < 1e-12:
+        raise ValueError("similarity_from_points: the source points all coincide; no transform is defined")
+    a = np.sum(np.conj(zc) * wc) / denom
+    b = w.mean() - a * z.mean()
+    return np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]])
+
+
+def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a (2, 3) affine matrix to (N, 2) points; returns (N, 2) float64."""
+    pts = np.asarray(points, dtype=np.float64)
+    return pts @ np.asarray(matrix, dtype=np.float64)[:, :2].T + np.asarray(matrix, dtype=np.float64)[:, 2]
+
+
+def _finish(img: np.ndarray, grayscale: bool) -> np.ndarray:
+    if img.ndim == 2:
+        img = img[..., None]
+    if grayscale and img.shape[-1] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None]
+    return img
+
+
+def _check_frame(frame: np.ndarray, who: str) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or not (frame.ndim == 3 and frame.shape[-1] in (1, 3)):
+        raise ValueError(f"{who}: frame must be uint8 (H, W, 3) RGB or (H, W, 1) gray, got {frame.dtype} {frame.shape}")
+    return frame
+
+
+def crop_region(box: np.ndarray, size: int | tuple[int, int], margin: float = 0.15) -> tuple[int, int, int, int]:
+    """The integer region ``coarse_crop`` cuts for ``box``.
+
+    The box is enlarged by ``margin`` of its width / height on each side, then widened or heightened (centred) to the
+    output's aspect H:W so the whole enlarged box fits; for a square output that is a square of side
+    ``max(w, h) * (1 + 2 margin)``, the rule of ``trainables.data.cache.square_crop_box``.
+
+    Returns:
+        (x1, y1, x2, y2) integers, x2/y2 exclusive; may extend beyond the frame.
+    Raises:
+        ValueError: box not 4 finite numbers with x2 > x1, y2 > y1; negative margin.
+    """
+    box = np.asarray(box, dtype=np.float64).reshape(-1)
+    if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError(f"coarse_crop: box must be finite x1, y1, x2, y2 with x2 > x1 and y2 > y1, got {box.tolist()}")
+    if margin < 0:
+        raise ValueError(f"coarse_crop: margin must be >= 0, got {margin}")
+    h, w = _hw(size, "coarse_crop")
+    bw, bh = (box[2] - box[0]) * (1 + 2 * margin), (box[3] - box[1]) * (1 + 2 * margin)
+    region_h = max(bh, bw * h / w)
+    region_w = region_h * w / h
+    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+    x1, y1 = int(round(cx - region_w / 2)), int(round(cy - region_h / 2))
+    x2, y2 = int(round(cx + region_w / 2)), int(round(cy + region_h / 2))
+    return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
+
+
+def coarse_crop(frame: np.ndarray, box: np.ndarray, size: int | tuple[int, int], margin: float = 0.15,
+                grayscale: bool = False) -> np.ndarray:
+    """Coarse registration: cut the region around a face box (see ``crop_region``) and resize it.
+
+    Parts of the region outside the frame are black, so a face at the border keeps its scale and position in the
+    crop. Resizing uses ``cv2.INTER_AREA`` (no aliasing when shrinking).
+
+    Args:
+        frame: (H, W, 3) uint8 RGB (or (H, W, 1) gray).
+        box: (4,) x1, y1, x2, y2.
+        size: output side (96, 112, 160, 224, 384, ...) or (height, width), e.g. (100, 80).
+        margin: enlargement of the box on each side, as a fraction of its width / height.
+        grayscale: return one gray channel.
+    Returns:
+        (H, W, 3) uint8 RGB, or (H, W, 1) when ``grayscale`` (or the frame is gray).
+    Raises:
+        ValueError: bad frame, box, size or margin.
+    """
+    frame = _check_frame(frame, "coarse_crop")
+    h, w = _hw(size, "coarse_crop")
+    x1, y1, x2, y2 = crop_region(box, (h, w), margin)
+    fh, fw = frame.shape[:2]
+    region = np.zeros((y2 - y1, x2 - x1, frame.shape[2]), dtype=np.uint8)
+    sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, fw), min(y2, fh)
+    if sx2 > sx1 and sy2 > sy1:
+        region[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = frame[sy1:sy2, sx1:sx2]
+    out = cv2.resize(region, (w, h), interpolation=cv2.INTER_AREA)
+    return _finish(out, grayscale)
+
+
+def fine_align(frame: np.ndarray, landmarks5: np.ndarray, size: int | tuple[int, int],
+               grayscale: bool = False) -> np.ndarray:
+    """Fine registration: warp the frame so its 5 landmarks land on ``TEMPLATE_5PTS(size)`` (eyes horizontal).
+
+    The similarity transform is the least-squares fit of ``similarity_from_points``. When it shrinks the face by more
+    than 2x, the frame is first reduced with ``cv2.INTER_AREA`` (and the transform adjusted), because ``warpAffine``'s
+    bilinear sampling would alias; the remaining warp is bilinear with a black border.
+
+    Args:
+        frame: (H, W, 3) uint8 RGB (or (H, W, 1) gray).
+        landmarks5: (5, 2) x, y in frame pixels, in the order of ``CANONICAL_TEMPLATE_112``.
+        size: output side or (height, width).
+        grayscale: return one gray channel.
+    Returns:
+        (H, W, 3) uint8 RGB, or (H, W, 1) gray.
+    Raises:
+        ValueError: bad frame or size; landmarks not (5, 2), not finite, or all equal.
+    """
+    frame = _check_frame(frame, "fine_align")
+    h, w = _hw(size, "fine_align")
+    lm = np.asarray(landmarks5, dtype=np.float64)
+    if lm.shape != (5, 2):
+        raise ValueError(f"fine_align: landmarks5 must be (5, 2), got {lm.shape}")
+    m = similarity_from_points(lm, TEMPLATE_5PTS((h, w)))
+    scale = float(np.hypot(m[0, 0], m[1, 0]))
+    src = frame
+    if scale < 0.5:
+        fh, fw = frame.shape[:2]
+        # Reduce to about twice the final resolution; the warp then shrinks by ~0.5..1, where bilinear is fine.
+        f = min(1.0, 2.0 * scale)
+        nw, nh = max(1, round(fw * f)), max(1, round(fh * f))
+        src = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
+        if src.ndim == 2:
+            src = src[..., None]
+        kx, ky = nw / fw, nh / fh
+        # Resize maps frame pixel p to (p + 0.5) * k - 0.5; compose its inverse with m.
+        inv = np.array([[1 / kx, 0, 0.5 / kx - 0.5], [0, 1 / ky, 0.5 / ky - 0.5], [0, 0, 1]])
+        m = m @ inv
+    out = cv2.warpAffine(src, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return _finish(out, grayscale)
+
+
+__all__ = ["CANONICAL_TEMPLATE_112", "TEMPLATE_5PTS", "similarity_from_points", "apply_transform", "crop_region",
+           "coarse_crop", "fine_align"]
