@@ -1,14 +1,21 @@
 """The Ray Train worker loop: one trial's training, run on every worker of a TorchTrainer.
 
-Each epoch ends with an evaluation on the validation split's canonical label timeline and one
-``ray.train.report(metrics, checkpoint)``, so ASHA can stop the trial between epochs and a restarted worker resumes
-from the last epoch it finished.
+Each epoch ends with an evaluation on the validation split's canonical label timeline, a search of post-processing on
+those stored predictions (no retraining), and one ``ray.train.report(metrics, checkpoint)``, so ASHA can stop the trial
+between epochs and a restarted worker resumes from the last epoch it finished.
+
+Training knobs read from the trial config (all optional unless noted):
+``lr`` (required), ``weight_decay``, ``batch_size`` (required), ``epochs`` (required), ``warmup_epochs`` (linear warmup,
+then cosine decay to ``lr * min_lr_ratio``), ``grad_clip`` (max gradient norm; 0 = off), ``ema_decay`` (timm's weight
+EMA; the EMA weights are evaluated and checkpointed), ``amp`` (mixed precision; on GPU only), ``target_multiplier``
+(paper 003's x1 / x100: labels are scaled up for the loss, predictions scaled back before metrics),
+``postprocess`` (search post-processing per epoch; default true), the loss weights (``w_ccc``, ``w_mse``, ``w_ce``,
+``w_ncce`` and per-dimension ``w_<term>_<dim>``), the data knobs of ``ClipSpec`` and ``aug_*`` augmentation keys.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import tempfile
 import time
@@ -17,15 +24,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.data.clips import ClipSpec, TrainWindows, predict_timeline
+from trainables.data.augment import build_eval_transform, build_train_transform
+from trainables.data.clips import ClipSpec, TrainWindows, predict_labels
 from trainables.data.prepare import load_split
 from trainables.models import create_backbone
-from trainables.objectives.losses import CompositeLoss
+from trainables.objectives.losses import CompositeLoss, fit_bin_centroids_per_dim
 from trainables.objectives.metrics import regression_report
+from trainables.objectives.postprocess import PostProcess, compute_stats, search_postprocess
 
 DIMS = ("valence", "arousal")
 OBJECTIVE = "val_ccc_mean"
-MODEL_KEYS = {"cnn": "cnn", "rnn": "rnn", "rnn_hidden": "hidden", "rnn_layers": "layers", "dropout": "dropout"}
+# Trial-config key -> backbone constructor argument. Keys a backbone does not take are not passed.
+MODEL_KEYS = {"cnn": "cnn", "rnn": "rnn", "rnn_hidden": "hidden", "rnn_layers": "layers", "dropout": "dropout",
+              "time_kernel": "time_kernel", "inflation_mode": "mode", "inflation_surround": "surround",
+              "inflation_dilation": "dilation", "inflation_masking": "masking", "freeze": "freeze",
+              "pretrained": "pretrained", "pretext_checkpoint": "pretext_checkpoint", "bidirectional": "bidirectional"}
 
 
 def seed_everything(seed: int) -> None:
@@ -34,23 +47,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(config: dict, out_dims: int) -> torch.nn.Module:
+def build_model(config: dict, out_dims: int, in_chans: int = 3, n_bins: int = 0) -> torch.nn.Module:
     """The backbone named by ``config["backbone"]`` with the model knobs the config sets."""
-    kwargs = {arg: config[key] for key, arg in MODEL_KEYS.items() if key in config}
-    return create_backbone(config["backbone"], out_dims=out_dims, **kwargs)
+    kwargs = {arg: config[key] for key, arg in MODEL_KEYS.items() if config.get(key) is not None}
+    if n_bins:
+        kwargs["n_bins"] = n_bins
+    return create_backbone(config["backbone"], out_dims=out_dims, in_chans=in_chans, **kwargs)
 
 
-def evaluate(model: torch.nn.Module, videos: list, spec: ClipSpec, device: torch.device, seed: int = 0
-             ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def evaluate(model: torch.nn.Module, videos: list, spec: ClipSpec, device: torch.device, seed: int = 0,
+             transform=None, multiplier: float = 1.0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Metrics on the canonical label timeline: every label step of every video, predictions concatenated.
 
     Returns:
-        (metrics with keys ``ccc_valence`` ... ``ccc_mean``, per-video predictions (T, D)).
+        (metrics with keys ``ccc_valence`` ... ``ccc_mean``, per-video predictions (L, D) on the label timeline).
     """
-    preds = {v.video_id: predict_timeline(model, v, spec, device, seed=seed) for v in videos}
+    preds = {v.video_id: predict_labels(model, v, spec, device, seed=seed, transform=transform) / multiplier
+             for v in videos}
     y_true = np.concatenate([v.labels for v in videos])
     y_pred = np.concatenate([preds[v.video_id] for v in videos])
     return regression_report(y_true, y_pred, dims=DIMS[: y_true.shape[1]]), preds
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -66,21 +90,48 @@ def train_loop_per_worker(config: dict) -> None:
 
     index = config["data_index"]
     spec = ClipSpec.from_config(config)
-    train_set = TrainWindows(load_split(index, "train"), spec, seed=seed + rank)
-    val_videos = load_split(index, "val")
+    train_videos, val_videos = load_split(index, "train"), load_split(index, "val")
+    frame_hw = tuple(train_videos[0].frames.shape[1:3])
+    in_chans = int(train_videos[0].frames.shape[3])
+    train_set = TrainWindows(train_videos, spec, seed=seed + rank,
+                             transform=build_train_transform(config, frame_size=frame_hw))
+    eval_transform = build_eval_transform(config, frame_size=frame_hw)
     out_dims = int(train_set.labels.shape[1])
+    dims = DIMS[:out_dims] if out_dims <= len(DIMS) else tuple(str(i) for i in range(out_dims))
+    multiplier = float(config.get("target_multiplier", 1.0))
 
+    def weighted(term: str) -> bool:
+        return any(float(v or 0) > 0 for k, v in config.items() if k == f"w_{term}" or k.startswith(f"w_{term}_"))
+
+    centroids = None
+    if weighted("ncce"):  # k-means (k = 20) centroids of the training labels, per dimension (paper 001)
+        centroids = fit_bin_centroids_per_dim(np.concatenate([v.labels for v in train_videos]), k=20, seed=seed)
+    loss_fn = CompositeLoss.from_config(config, dims, centroids=centroids)
+    n_bins = 20 if weighted("ce") or weighted("ncce") else 0
+
+    batch_size = int(config["batch_size"])
     generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=int(config["batch_size"]), shuffle=True,
-                                         generator=generator, drop_last=len(train_set) > int(config["batch_size"]))
+    loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator,
+                                         drop_last=len(train_set) > batch_size)
     loader = ray.train.torch.prepare_data_loader(loader)
-    model = ray.train.torch.prepare_model(build_model(config, out_dims))
+    model = ray.train.torch.prepare_model(build_model(config, out_dims, in_chans, n_bins))
     device = ray.train.torch.get_device()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]),
-                                  weight_decay=float(config.get("weight_decay", 1e-4)))
-    loss_fn = CompositeLoss(w_ccc=float(config.get("w_ccc", 1.0)), w_mse=float(config.get("w_mse", 0.0)),
-                            dim_names=DIMS[:out_dims])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=float(config["lr"]), weight_decay=float(config.get("weight_decay", 1e-4)))
     epochs = int(config["epochs"])
+    steps_per_epoch = max(1, len(loader))
+    warmup = int(float(config.get("warmup_epochs", 0)) * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, epochs * steps_per_epoch, warmup, float(config.get("min_lr_ratio", 0.01))))
+    ema = None
+    if config.get("ema_decay"):
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(_unwrap(model), decay=float(config["ema_decay"]))
+    use_amp = bool(config.get("amp", True)) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    grad_clip = float(config.get("grad_clip", 0) or 0)
+    label_stats = compute_stats(np.concatenate([v.labels for v in train_videos]))
 
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
@@ -89,6 +140,9 @@ def train_loop_per_worker(config: dict) -> None:
             state = torch.load(Path(d) / "state.pt", map_location=device, weights_only=False)
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         start_epoch = int(state["epoch"])
 
     for epoch in range(start_epoch, epochs):
@@ -98,18 +152,29 @@ def train_loop_per_worker(config: dict) -> None:
         generator.manual_seed(seed * 1000 + epoch)
         model.train()
         t0 = time.perf_counter()
-        losses, clips = [], 0
-        diverged = False
+        losses, clips, diverged, train_preds = [], 0, False, []
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            loss = loss_fn(model(x)["window"], y)
+            x, y = x.to(device), y.to(device) * multiplier
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                out = model(x)
+                pred = out["frames"] if spec.target == "sequence" else out["window"]
+                logits = out.get("frame_logits" if spec.target == "sequence" else "logits")
+                loss = loss_fn(pred.float(), y, logits=None if logits is None else logits.float())
             if not _all_finite(loss):
                 diverged = True
                 break
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            if grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update(_unwrap(model))
             losses.append(float(loss.detach()))
+            train_preds.append(pred.detach().float().reshape(-1, pred.shape[-1]).cpu().numpy() / multiplier)
             clips += len(x)
         train_time = time.perf_counter() - t0
         if diverged:
@@ -118,18 +183,37 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report({"epoch": epoch + 1, "diverged": 1, OBJECTIVE: -1.0, "train_loss": math.nan})
             return
 
-        metrics, preds = evaluate(_unwrap(model), val_videos, spec, device, seed=seed)
-        val_metrics = {f"val_{k}": v for k, v in metrics.items()}
+        eval_model = ema.module if ema is not None else _unwrap(model)
+        metrics, preds = evaluate(eval_model, val_videos, spec, device, seed=seed, transform=eval_transform,
+                                  multiplier=multiplier)
         report = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else math.nan,
                   "epoch_time_s": time.perf_counter() - t0, "train_time_s": train_time,
-                  "clips_per_s": clips / max(train_time, 1e-9), **val_metrics}
+                  "clips_per_s": clips / max(train_time, 1e-9), "lr": scheduler.get_last_lr()[0],
+                  **{f"val_{k}_raw": v for k, v in metrics.items()}}
+        post = PostProcess()
+        if config.get("postprocess", True):
+            truth = {v.video_id: v.labels for v in val_videos}
+            # Paper 003 takes the prediction statistics (scale normalisation, mean filtering) from the training set;
+            # judgment call: they come from the predictions made on this epoch's training clips, which costs nothing
+            # extra. Taking them from the validation predictions would fit the scale on the data it is scored on.
+            pred_stats = compute_stats(np.concatenate(train_preds)) if train_preds else None
+            post, post_metrics = search_postprocess(preds, truth, label_stats, pred_stats, dims=dims)
+            metrics = post_metrics
+            preds = {vid: post.apply(p) for vid, p in preds.items()}
+        report.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                            "epoch": epoch + 1, "config": config}, Path(tmp) / "state.pt")
+                # "model": the trained weights (resumed from); "eval_model": what was evaluated and what
+                # prediction uses (the EMA weights when EMA is on).
+                torch.save({"model": _unwrap(model).state_dict(), "eval_model": eval_model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
+                            "epoch": epoch + 1, "config": config, "postprocess": post.to_dict(),
+                            "in_chans": in_chans, "out_dims": out_dims, "n_bins": n_bins}, Path(tmp) / "state.pt")
                 np.savez_compressed(Path(tmp) / "val_predictions.npz", **preds)
                 (Path(tmp) / "metrics.json").write_text(json.dumps(report, indent=1))
+                (Path(tmp) / "postprocess.json").write_text(json.dumps(post.to_dict(), indent=1))
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(report, checkpoint=ckpt)
 

@@ -18,21 +18,27 @@ class CnnRnn(nn.Module):
         rnn: ``gru`` or ``lstm``.
         hidden: RNN hidden size; layers: RNN layers; dropout: between RNN layers and before the head.
         out_dims: number of target dimensions (valence, arousal, ...).
-        pretrained: timm's own weights (only where they are available offline) — local checkpoint files arrive with
-            the backbone registry's ``pretrained=path`` support.
+        pretrained: True for timm's own weights (only where they are available offline), or the path of a local
+            checkpoint file whose matching keys are loaded into the whole model (a key report is logged).
+        n_bins: when > 0, also output per-dimension class logits over ``n_bins`` label bins ("logits" (B, D, n_bins)
+            and "frame_logits" (B, T, D, n_bins)) for classification losses.
         in_chans: 3 for RGB, 1 for grayscale crops.
     """
 
     def __init__(self, cnn: str = "resnet18", rnn: str = "gru", hidden: int = 128, layers: int = 1,
-                 dropout: float = 0.0, out_dims: int = 2, pretrained: bool = False, in_chans: int = 3):
+                 dropout: float = 0.0, out_dims: int = 2, pretrained: bool | str | None = False, in_chans: int = 3,
+                 n_bins: int = 0):
         super().__init__()
         if rnn not in ("gru", "lstm"):
             raise ValueError(f"rnn must be 'gru' or 'lstm', got {rnn!r}")
-        self.encoder = timm.create_model(cnn, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+        self.encoder = timm.create_model(cnn, pretrained=pretrained is True, num_classes=0, in_chans=in_chans)
         rnn_cls = nn.GRU if rnn == "gru" else nn.LSTM
         self.rnn = rnn_cls(self.encoder.num_features, hidden, num_layers=layers, batch_first=True,
                            dropout=dropout if layers > 1 else 0.0)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dims))
+        self.out_dims, self.n_bins = out_dims, n_bins
+        # Per-dimension class logits for the CE / nCCE losses (paper 001), from the same recurrent state.
+        self.cls_head = nn.Linear(hidden, out_dims * n_bins) if n_bins else None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (B, T, C, H, W) -> {"frames": (B, T, D), "window": (B, D)}."""
@@ -40,12 +46,26 @@ class CnnRnn(nn.Module):
         feats = self.encoder(x.flatten(0, 1)).view(b, t, -1)
         seq, _ = self.rnn(feats)
         frames = self.head(seq)
-        return {"frames": frames, "window": frames[:, -1]}
+        out = {"frames": frames, "window": frames[:, -1]}
+        if self.cls_head is not None:
+            logits = self.cls_head(seq).view(b, t, self.out_dims, self.n_bins)
+            out["frame_logits"], out["logits"] = logits, logits[:, -1]
+        return out
+
+
+def _build(**kwargs) -> CnnRnn:
+    pretrained = kwargs.get("pretrained")
+    model = CnnRnn(**kwargs)
+    if isinstance(pretrained, str):
+        from trainables.models.pretrained import load_checkpoint_into
+
+        model.load_report = load_checkpoint_into(model, pretrained)
+    return model
 
 
 @register_backbone("cnn_rnn")
 def cnn_rnn(**kwargs) -> CnnRnn:
-    return CnnRnn(**kwargs)
+    return _build(**kwargs)
 
 
 @register_backbone("cnn_rnn_tiny")
@@ -53,4 +73,4 @@ def cnn_rnn_tiny(**kwargs) -> CnnRnn:
     """A variant that trains on CPU in seconds: timm's tiny ``test_convnext`` per frame and a 64-unit GRU."""
     kwargs.setdefault("cnn", "test_convnext")
     kwargs.setdefault("hidden", 64)
-    return CnnRnn(**kwargs)
+    return _build(**kwargs)
