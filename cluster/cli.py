@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="run a hyperparameter sweep")
     _sweep_args(sw)
-    sw.add_argument("--data", default=None, help="dataset index written by `emotune data prepare` (not with --resume)")
+    sw.add_argument("--data", default=None, action="append", metavar="[NAME=]INDEX",
+                    help="dataset index written by `emotune data prepare`; repeat as NAME=INDEX, one per "
+                         "registration setting, for studies that search 'registration' (not with --resume)")
 
     d = sub.add_parser("demo", help="synthesise data, prepare it, run the smoke sweep and print a leaderboard")
     d.add_argument("--root", default="emotune-demo", help="folder for the demo's data, cache, MLflow store and results")
@@ -193,7 +195,15 @@ def cmd_sweep(a) -> int:
         print("emotune sweep: --data is required (the dataset index from `emotune data prepare`)", file=sys.stderr)
         return 2
 
-    opts = SweepOptions(space=a.space, data_index=a.data, num_samples=a.trials, max_concurrent=a.max_concurrent,
+    data = a.data or []
+    if len(data) == 1 and "=" not in data[0]:
+        data = data[0]
+    else:
+        data = dict(item.split("=", 1) for item in data) if all("=" in d for d in data) else data
+        if isinstance(data, list):
+            print("emotune sweep: several --data need NAME=INDEX each", file=sys.stderr)
+            return 2
+    opts = SweepOptions(space=a.space, data_index=data, num_samples=a.trials, max_concurrent=a.max_concurrent,
                         workers=a.workers, cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
                         storage=a.storage, name=a.name, seed=a.seed, time_budget_s=a.time_budget,
                         tracking_uri=a.mlflow_uri, experiment=a.experiment, overrides=dict(a.overrides),

@@ -2,6 +2,7 @@
 ``trainables.trial.run_trial``, recorded in MLflow."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from cluster.tracking import MlflowTrialCallback, default_tracking_uri, open_exp
 @dataclass
 class SweepOptions:
     space: str = "smoke"
-    data_index: str = ""
+    data_index: str | dict[str, str] = ""
     num_samples: int = 8
     max_concurrent: int | None = None
     workers: int | None = None
@@ -101,8 +102,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
         return _resume(opts, storage, trainable)
 
     space = load_space(opts.space, opts.overrides)
-    if not Path(opts.data_index).is_file():
-        raise FileNotFoundError(f"dataset index {opts.data_index!r} not found; run `emotune data prepare` first")
+    data = resolve_data(opts.data_index, space)
     init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2)
 
     workers = int(opts.workers if opts.workers is not None else space.resources["workers"])
@@ -118,7 +118,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     runtime = {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
                "storage_path": f"{storage}/{name}", "keep_checkpoints": opts.keep_checkpoints,
                "max_failures": opts.max_failures}
-    data_index = str(Path(opts.data_index).resolve())
+    data_index = data if isinstance(data, str) else json.dumps(data)
     epochs = int(space.fidelity["max"])
 
     tracking_uri = opts.tracking_uri or default_tracking_uri()
@@ -126,7 +126,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     parent_id = _start_parent_run(client, experiment_id, name, space, opts, data_index, concurrent, workers)
 
     searcher = make_searcher(space, opts, name, concurrent,
-                             {"data_index": data_index, "epochs": epochs, "runtime": runtime})
+                             {("data_index" if isinstance(data, str) else "data_indexes"): data, "epochs": epochs,
+                              "runtime": runtime})
     scheduler = ASHAScheduler(time_attr=space.fidelity["attr"], max_t=epochs, grace_period=space.fidelity["grace"],
                               reduction_factor=space.fidelity["reduction_factor"])
     callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=space.fidelity["attr"],
@@ -156,7 +157,39 @@ def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent:
     storage = optuna.storages.RDBStorage(opts.optuna_storage or default_optuna_storage())
     return OptunaSearch(space=DefineByRun(space, constants), metric=space.metric, mode=space.mode,
                         sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, concurrent)),
-                        study_name=name, storage=storage)
+                        study_name=name, storage=storage,
+                        points_to_evaluate=[dict(p) for p in space.initial_points] or None)
+
+
+def resolve_data(data: str | dict[str, str], space: SearchSpace) -> str | dict[str, str]:
+    """The dataset index a sweep trains on, or one index per registration setting (``--data coarse=a.json --data
+    fine=b.json``) when the study searches ``registration``; every path checked, every searched setting covered."""
+    if isinstance(data, str):
+        data = {"": data}
+    out = {}
+    for key, path in data.items():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"dataset index {path!r} not found; run `emotune data prepare` first")
+        out[key] = str(Path(path).resolve())
+    if list(out) == [""]:
+        if "registration" in space.params and space.params["registration"]["type"] != "constant":
+            raise ValueError(f"study {space.name} searches 'registration'; give one dataset index per setting "
+                             f"(--data coarse=INDEX --data fine=INDEX) or pin it (--set registration=coarse)")
+        return out[""]
+    wanted = _values_of(space, "registration")
+    missing = [w for w in wanted if w not in out]
+    if missing:
+        raise ValueError(f"no dataset index for registration {missing}; given: {sorted(out)}")
+    return out
+
+
+def _values_of(space: SearchSpace, key: str) -> list:
+    if key in space.fixed:
+        return [space.fixed[key]]
+    spec = space.params.get(key)
+    if spec is None:
+        return []
+    return spec["choices"] if spec["type"] == "categorical" else [spec.get("value")]
 
 
 def default_optuna_storage(workdir: str | Path = ".") -> str:
@@ -189,7 +222,9 @@ def _start_parent_run(client, experiment_id: str, name: str, space: SearchSpace,
     client.log_dict(parent_id, {"options": {k: v for k, v in vars(opts).items()}, "argv": sys.argv,
                                 "packages": package_versions()}, "sweep.json")
     params = {"space": space.name, "num_samples": opts.num_samples, "max_concurrent": concurrent, "seed": opts.seed,
-              "workers": workers, "data_index": data_index, **data_fingerprint(data_index)}
+              "workers": workers, "data_index": data_index,
+              **data_fingerprint(data_index if not data_index.startswith("{") else next(iter(json.loads(
+                  data_index).values())))}
     client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in params.items()])
     return parent_id
 

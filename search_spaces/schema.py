@@ -32,7 +32,10 @@ DISTRIBUTIONS = {
     "constant": ("value",),
 }
 OPTIONAL_PARAM_KEYS = {"step", "log", "when"}
-TOP_KEYS = {"name", "description", "objective", "fidelity", "resources", "fixed", "params"}
+TOP_KEYS = {"name", "description", "objective", "fidelity", "resources", "fixed", "params", "constraints",
+            "initial_points"}
+CONSTRAINT_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+                  "<": lambda a, b: a < b}
 RESOURCE_KEYS = {"workers", "cpus_per_worker", "gpus_per_worker"}
 FIDELITY_KEYS = {"attr", "max", "grace", "reduction_factor"}
 HERE = Path(__file__).parent
@@ -53,6 +56,8 @@ class SearchSpace:
     fixed: dict[str, Any]
     params: dict[str, dict[str, Any]]
     description: str = ""
+    constraints: tuple[tuple[str, str, str], ...] = ()
+    initial_points: tuple[dict[str, Any], ...] = ()
     raw: dict = field(default_factory=dict, repr=False)
 
 
@@ -132,9 +137,74 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     clash = set(fixed) & set(params)
     if clash:
         raise SpaceError(f"{path}: key(s) {sorted(clash)} are both fixed and searched; keep one")
+    constraints = _check_constraints(raw.get("constraints", []), path, fixed, params)
+    points = raw.get("initial_points", [])
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise SpaceError(f"{path}: initial_points must be a list of mappings param -> value")
+    for i, point in enumerate(points):
+        for key, value in point.items():
+            if key not in params:
+                raise SpaceError(f"{path}: initial_points[{i}].{key} is not a searched param; params: {sorted(params)}")
+            if not _in_domain(params[key], value):
+                raise SpaceError(f"{path}: initial_points[{i}].{key} = {value!r} lies outside its distribution")
     return SearchSpace(name=str(raw.get("name", path.stem)), path=path, metric=metric, mode=mode, fidelity=fidelity,
                        resources=resources, fixed=fixed, params=params, description=str(raw.get("description", "")),
-                       raw=raw)
+                       raw=raw, constraints=constraints, initial_points=tuple(points))
+
+
+def _values(spec_or_value: Any, is_param: bool) -> list[Any]:
+    """Every value a param can take (the bounds for ranges), or the fixed value."""
+    if not is_param:
+        return [spec_or_value]
+    kind = spec_or_value["type"]
+    if kind == "constant":
+        return [spec_or_value["value"]]
+    if kind == "categorical":
+        return list(spec_or_value["choices"])
+    return [spec_or_value["low"], spec_or_value["high"]]
+
+
+def _in_domain(spec: dict[str, Any], value: Any) -> bool:
+    kind = spec["type"]
+    if kind == "constant":
+        return value == spec["value"]
+    if kind == "categorical":
+        return value in spec["choices"]
+    return isinstance(value, (int, float)) and spec["low"] <= value <= spec["high"]
+
+
+def _check_constraints(items: Any, path: Path, fixed: dict, params: dict) -> tuple[tuple[str, str, str], ...]:
+    """Constraints ``"a >= b"`` between params, fixed settings or numbers are checked here, once, over every value
+    each side can take: a study file either can never produce a config that breaks them, or it is refused (Optuna's
+    define-by-run cannot reject a sampled config, so the space itself must be consistent)."""
+    if not isinstance(items, list):
+        raise SpaceError(f"{path}: constraints must be a list of strings like 'window_length >= clip_len'")
+    out = []
+    for i, text in enumerate(items):
+        parts = str(text).split()
+        if len(parts) != 3 or parts[1] not in CONSTRAINT_OPS:
+            raise SpaceError(f"{path}: constraints[{i}] {text!r} must read '<a> <op> <b>' with op in "
+                             f"{', '.join(CONSTRAINT_OPS)}")
+        sides = []
+        for token in (parts[0], parts[2]):
+            if token in params:
+                sides.append(_values(params[token], True))
+            elif token in fixed:
+                sides.append(_values(fixed[token], False))
+            else:
+                try:
+                    sides.append([float(token)])
+                except ValueError:
+                    raise SpaceError(f"{path}: constraints[{i}] names {token!r}, which is neither a param, a fixed "
+                                     "setting nor a number") from None
+        op = CONSTRAINT_OPS[parts[1]]
+        bad = [(a, b) for a in sides[0] for b in sides[1] if not op(a, b)]
+        if bad:
+            a, b = bad[0]
+            raise SpaceError(f"{path}: constraints[{i}] {text!r} can be broken ({parts[0]}={a}, {parts[2]}={b}); "
+                             "narrow the ranges so every sampled config satisfies it")
+        out.append((parts[0], parts[1], parts[2]))
+    return tuple(out)
 
 
 def suggest(space: SearchSpace, trial) -> dict[str, Any]:

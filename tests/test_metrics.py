@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from trainables.objectives.metrics import ccc, mae, pcc, regression_report, rmse
+from trainables.objectives.metrics import ccc, mae, mape, pcc, per_video_report, regression_report, rmse, to_native
 
 T = [1.0, 2.0, 3.0, 4.0]
 
@@ -210,3 +210,81 @@ def test_regression_report_errors() -> None:
     inf_true[0, 0] = float("inf")
     with pytest.raises(ValueError, match="infinite"):
         regression_report(inf_true, good)
+
+
+# --- mape -------------------------------------------------------------------
+
+
+def test_mape_hand_values() -> None:
+    # |e| / max(|t|, 0.1): 0.1/0.5 = 0.2, 0.1/0.2 = 0.5, 0.05/0.1 = 0.5 (floored), 0.5/1 = 0.5 -> 1.7/4
+    t = [0.5, -0.2, 0.05, 1.0]
+    p = [0.4, -0.1, 0.0, 0.5]
+    assert mape(t, p) == pytest.approx(0.425, abs=1e-12)
+    # label exactly 0: denominator is eps, not 0
+    assert mape([0.0, 1.0], [0.02, 1.0]) == pytest.approx((0.02 / 0.1 + 0.0) / 2)
+    # classic relative error away from 0: errors 10% and 20%
+    assert mape([2.0, 4.0], [2.2, 3.2]) == pytest.approx(0.15)
+    assert mape([0.0, 0.0], [0.5, -0.5], eps=0.5) == pytest.approx(1.0)
+    assert mape(T, T) == 0.0
+    with pytest.raises(ValueError, match="eps"):
+        mape(T, T, eps=0.0)
+    with pytest.raises(ValueError, match="length mismatch"):
+        mape([1.0, 2.0], [1.0])
+
+
+def test_regression_report_native_scale() -> None:
+    y_true = np.array([[-1.0, 0.0], [0.0, 0.5], [1.0, 1.0], [0.5, np.nan]])
+    y_pred = np.array([[-0.5, 0.0], [0.0, 0.0], [0.5, 1.0], [0.5, 0.0]])
+    base = regression_report(y_true, y_pred)
+    rep = regression_report(y_true, y_pred, scale=[(1.0, 9.0), (0.0, 1.0)], include_mape=True)
+    # The default keys keep their order; mape is inserted per dim, native keys come last.
+    assert list(rep)[:6] == ["ccc_valence", "pcc_valence", "rmse_valence", "mae_valence", "mape_valence",
+                             "ccc_arousal"]
+    assert list(rep)[11:] == [f"{m}_{d}_native" for d in ("valence", "arousal")
+                              for m in ("ccc", "pcc", "rmse", "mae", "mape")]
+    for d, half_range in (("valence", 4.0), ("arousal", 0.5)):
+        assert rep[f"ccc_{d}_native"] == pytest.approx(base[f"ccc_{d}"], abs=1e-12)  # invariant
+        assert rep[f"pcc_{d}_native"] == pytest.approx(base[f"pcc_{d}"], abs=1e-12)  # invariant
+        assert rep[f"rmse_{d}_native"] == pytest.approx(base[f"rmse_{d}"] * half_range)
+        assert rep[f"mae_{d}_native"] == pytest.approx(base[f"mae_{d}"] * half_range)
+    # valence on 1..9: true (1, 5, 9, 7), pred (3, 5, 7, 7): errors 2, 0, 2, 0 over |t| -> (2/1 + 2/9) / 4
+    assert rep["mape_valence_native"] == pytest.approx((2.0 + 2.0 / 9.0) / 4)
+    # arousal on 0..1: true (0.5, 0.75, 1), pred (0.5, 0.5, 1): 0.25 / 0.75 / 3
+    assert rep["mape_arousal_native"] == pytest.approx(0.25 / 0.75 / 3)
+    one_pair = regression_report(y_true, y_pred, scale=(-5.0, 5.0))
+    assert one_pair["rmse_arousal_native"] == pytest.approx(base["rmse_arousal"] * 5.0)
+    only_v = regression_report(y_true, y_pred, scale={"valence": (1.0, 9.0)})
+    assert "ccc_valence_native" in only_v and "ccc_arousal_native" not in only_v
+    assert to_native([-1.0, 0.0, 1.0], 1.0, 9.0).tolist() == [1.0, 5.0, 9.0]
+    with pytest.raises(ValueError, match="high > low"):
+        regression_report(y_true, y_pred, scale=(1.0, 1.0))
+    with pytest.raises(ValueError, match="unknown dimension"):
+        regression_report(y_true, y_pred, scale={"dominance": (0.0, 1.0)})
+
+
+def test_per_video_report() -> None:
+    nan = float("nan")
+    videos = {
+        # valence: CCC 5/7, PCC 1, RMSE 1, MAE 1; arousal: CCC 0.4, PCC 1, RMSE sqrt(7.5), MAE 2.5
+        "a": (np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]]),
+              np.array([[2.0, 2.0], [3.0, 4.0], [4.0, 6.0], [5.0, 8.0]])),
+        # valence: perfect; arousal: only one annotated step -> skipped
+        "b": (np.array([[0.0, nan], [1.0, 0.5], [2.0, nan]]), np.array([[0.0, 9.0], [1.0, 0.1], [2.0, 9.0]])),
+    }
+    rep = per_video_report(videos)
+    assert rep["ccc_valence_per_video"] == pytest.approx((5 / 7 + 1.0) / 2)
+    assert rep["pcc_valence_per_video"] == pytest.approx(1.0)
+    assert rep["rmse_valence_per_video"] == pytest.approx(0.5)
+    assert rep["mae_valence_per_video"] == pytest.approx(0.5)
+    assert rep["ccc_arousal_per_video"] == pytest.approx(0.4)
+    assert rep["rmse_arousal_per_video"] == pytest.approx(math.sqrt(7.5))
+    assert rep["n_videos_valence"] == 2.0 and rep["n_videos_skipped_valence"] == 0.0
+    assert rep["n_videos_arousal"] == 1.0 and rep["n_videos_skipped_arousal"] == 1.0
+    assert rep["ccc_mean_per_video"] == pytest.approx(((5 / 7 + 1.0) / 2 + 0.4) / 2)
+    assert all(isinstance(v, float) for v in rep.values())
+    none_scored = per_video_report({"c": (np.array([[1.0], [nan]]), np.array([[1.0], [2.0]]))}, dims=("valence",))
+    assert math.isnan(none_scored["ccc_valence_per_video"]) and none_scored["n_videos_skipped_valence"] == 1.0
+    with pytest.raises(ValueError, match="empty"):
+        per_video_report({})
+    with pytest.raises(ValueError, match="video 'x'"):
+        per_video_report({"x": (np.zeros((3, 2)), np.zeros((3, 3)))})

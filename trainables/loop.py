@@ -50,6 +50,8 @@ def seed_everything(seed: int) -> None:
 def build_model(config: dict, out_dims: int, in_chans: int = 3, n_bins: int = 0) -> torch.nn.Module:
     """The backbone named by ``config["backbone"]`` with the model knobs the config sets."""
     kwargs = {arg: config[key] for key, arg in MODEL_KEYS.items() if config.get(key) is not None}
+    if isinstance(kwargs.get("dilation"), str):  # search spaces spell per-stage dilations "1-2-4-8"
+        kwargs["dilation"] = [int(v) for v in kwargs["dilation"].split("-")]
     if n_bins:
         kwargs["n_bins"] = n_bins
     return create_backbone(config["backbone"], out_dims=out_dims, in_chans=in_chans, **kwargs)
@@ -88,7 +90,8 @@ def train_loop_per_worker(config: dict) -> None:
     seed = int(config.get("seed", 0))
     seed_everything(seed + rank)
 
-    index = config["data_index"]
+    # One index, or one per registration setting (a study that searches the registration, SPEC 000).
+    index = config["data_indexes"][config["registration"]] if "data_indexes" in config else config["data_index"]
     spec = ClipSpec.from_config(config)
     train_videos, val_videos = load_split(index, "train"), load_split(index, "val")
     frame_hw = tuple(train_videos[0].frames.shape[1:3])
