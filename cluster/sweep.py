@@ -80,8 +80,31 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
-    else:
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=log_to_driver)
+        return
+    # A local Ray: choose its GCS port here so every worker of this sweep can be told where its cluster is. Ray
+    # Train's helper actors find the cluster through RAY_ADDRESS and, without it, give up when a second local Ray
+    # (another sweep on the same machine) is running -- and the trial waiting on them hangs.
+    import socket
+
+    from ray._private.services import get_node_ip_address
+
+    port = os.environ.get("RAY_GCS_SERVER_PORT")
+    if not port:
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = str(sock.getsockname()[1])
+        os.environ["RAY_GCS_SERVER_PORT"] = port
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
+             log_to_driver=log_to_driver,
+             runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}})
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_sweep(opts: SweepOptions) -> SweepOutcome:

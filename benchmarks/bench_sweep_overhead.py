@@ -1,0 +1,71 @@
+"""Sweep overhead: runs a real sweep of N short trials and prints the share of wall time spent in training steps and
+the per-trial overhead (process start-up, Ray Train worker group, checkpointing, evaluation excluded).
+
+    python benchmarks/bench_sweep_overhead.py --trials 4 --epochs 3 --frames 400
+
+Everything is measured in this one run: the sweep's wall time, and from each trial's reports the seconds spent in
+training steps (``train_time_s``) and whole epochs (``epoch_time_s``, training + validation + post-processing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SPACE = """
+name: bench
+objective: {{metric: val_ccc_mean, mode: max}}
+fidelity: {{attr: epoch, max: {epochs}, grace: {epochs}, reduction_factor: 2}}
+resources: {{workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}}
+fixed: {{backbone: cnn_rnn_tiny, window_length: 32, clip_len: 24, label_fusion: mean, ssts_stochastic: true,
+        batch_size: 8, w_ccc: 1.0, seed: 0, rnn_hidden: 32, window_overlap: 0.75, ssts_stride: 2, postprocess: false}}
+params:
+  lr: {{type: loguniform, low: 5.0e-4, high: 3.0e-3}}
+"""
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=400, help="frames per synthetic video (longer = longer trials)")
+    ap.add_argument("--concurrent", type=int, default=2)
+    a = ap.parse_args()
+    exe = str(Path(sys.executable).with_name("emotune"))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        run([exe, "data", "synth", "--out", "data", "--frames", str(a.frames)], work)
+        out = run([exe, "data", "prepare", "--manifest", "data/manifest.csv", "--cache", "cache"], work)
+        index = out.split("dataset index: ")[1].strip()
+        (work / "bench.yaml").write_text(SPACE.format(epochs=a.epochs))
+        t0 = time.perf_counter()
+        run([exe, "sweep", "--space", "bench.yaml", "--data", index, "--trials", str(a.trials), "--name", "bench",
+             "--max-concurrent", str(a.concurrent)], work)
+        wall = time.perf_counter() - t0
+        train = epoch = 0.0
+        for result in (work / "ray_results" / "bench").glob("trial-*/result.json"):
+            for line in result.read_text().splitlines():
+                r = json.loads(line)
+                train += r.get("train_time_s", 0.0)
+                epoch += r.get("epoch_time_s", 0.0)
+    slots = wall * a.concurrent
+    print(f"trials={a.trials} epochs={a.epochs} concurrent={a.concurrent} wall={wall:.1f}s")
+    print(f"training steps: {train:.1f}s of {slots:.1f} slot-seconds = {100 * train / slots:.1f}% of wall time")
+    print(f"whole epochs (train + validation): {epoch:.1f}s = {100 * epoch / slots:.1f}%")
+    print(f"per-trial overhead (slot time outside epochs): {(slots - epoch) / a.trials:.1f}s")
+    print(f"mean trial length in epochs: {epoch / a.trials:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
