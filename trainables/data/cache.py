@@ -169,6 +169,27 @@ def open_entry(folder: str | Path, video_id: str | None = None) -> CachedVideo:
     )
 
 
+def remove_stale_temporaries(cache_root: str | Path) -> list[Path]:
+    """Delete the temporary folders of builds whose process is gone (a prepare run that was killed); folders of
+    builds still running in other processes are left alone. Returns what was removed."""
+    removed = []
+    for tmp in Path(cache_root).glob(".tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
 def kept_frame_indices(num_frames: int, native_fps: float, target_fps: float | None) -> np.ndarray:
     """Source frame indices kept at ``target_fps``: frame k of the output is the source frame nearest k / target_fps.
 
@@ -234,7 +255,7 @@ def build_entry(entry: VideoEntry, cache_root: str | Path, reg: Registration, de
     labels, label_times = track.values[~beyond], track.times[~beyond]
     label_frames = label_frame_index(label_times, out_fps, len(keep))
 
-    tmp = cache_root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp = cache_root / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         h, w = reg.hw

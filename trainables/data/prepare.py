@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from trainables.data.cache import Registration, build_entry, open_entry
+from trainables.data.cache import Registration, build_entry, open_entry, remove_stale_temporaries
 from trainables.data.manifest import VideoEntry, read_manifest
 
 
@@ -69,6 +69,7 @@ def prepare(manifest: str | Path, cache_root: str | Path, reg: Registration | No
     reg = reg or Registration()
     cache_root = Path(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(cache_root)
     entries = read_manifest(manifest)
     jobs = [(e, str(cache_root), reg) for e in entries]
     summary = PrepareSummary()
@@ -85,16 +86,23 @@ def prepare(manifest: str | Path, cache_root: str | Path, reg: Registration | No
             _record(summary, folders, *_build(job))
             bar.update()
     bar.close()
-    if not folders:
-        raise RuntimeError("no video could be prepared:\n" + "\n".join(f"  {v}: {w}" for v, w in summary.skipped.items()))
 
     valid_total = frames_total = 0
     score_sum = 0.0
-    for folder in folders.values():
+    for vid, folder in list(folders.items()):
         cv = open_entry(cache_root / folder)
+        if not cv.valid.any():
+            # Kept in the cache (a later run with another detector setting builds a new entry anyway), but a
+            # video without a single face frame cannot train or be scored: skipped, with the reason.
+            summary.ok.remove(vid)
+            summary.skipped[vid] = "no face found on any frame"
+            del folders[vid]
+            continue
         valid_total += int(cv.valid.sum())
         frames_total += cv.num_frames
         score_sum += float(cv.scores[cv.valid].sum())
+    if not folders:
+        raise RuntimeError("no video could be prepared:\n" + "\n".join(f"  {v}: {w}" for v, w in summary.skipped.items()))
     summary.face_fraction = valid_total / max(frames_total, 1)
     summary.mean_score = score_sum / max(valid_total, 1)
 

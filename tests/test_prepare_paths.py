@@ -1,0 +1,164 @@
+"""`prepare` beyond the precomputed sidecar: the OpenCV detector on a real photograph moving over time, per-second
+labels, a target frame rate, videos without any face, and a run killed halfway."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from trainables.data.cache import Registration, kept_frame_indices, open_entry
+from trainables.data.clips import ClipSpec, TrainWindows, VideoView
+from trainables.data.prepare import load_split, prepare
+
+
+def _write_astronaut_dataset(root: Path, frames: int = 40) -> Path:
+    """Three 'subjects', each a video of the astronaut photograph drifting over a grey canvas, with per-frame
+    labels; no face sidecar (the detector must find the face)."""
+    from skimage.data import astronaut
+
+    photo = cv2.resize(astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+    (root / "videos").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rows = []
+    for i, split in enumerate(("train", "val", "test")):
+        vid = f"a{i}_v0"
+        writer = cv2.VideoWriter(str(root / "videos" / f"{vid}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (480, 360))
+        for t in range(frames):
+            canvas = np.full((360, 480, 3), 90, np.uint8)
+            x0, y0 = 20 + 3 * t, 10 + t
+            canvas[y0:y0 + 256, x0:x0 + 256] = photo
+            writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        writer.release()
+        with (root / "labels" / f"{vid}.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["frame", "valence", "arousal"])
+            for t in range(frames):
+                w.writerow([t, f"{np.sin(t / 7):.4f}", f"{np.cos(t / 9):.4f}"])
+        rows.append([vid, f"videos/{vid}.mp4", f"a{i}", split, f"labels/{vid}.csv"])
+    with (root / "manifest.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["video_id", "path", "subject", "split", "labels"])
+        w.writerows(rows)
+    return root / "manifest.csv"
+
+
+def test_opencv_detector_prepares_real_face_video(tmp_path):
+    manifest = _write_astronaut_dataset(tmp_path / "ds")
+    index, summary = prepare(manifest, tmp_path / "cache", Registration(size=48, detector="opencv"), progress=False)
+    assert summary.skipped == {} and len(summary.ok) == 3
+    assert summary.face_fraction == 1.0 and summary.mean_score > 0.8
+    video = load_split(index, "train")[0]
+    assert video.frames.shape == (40, 48, 48, 3)
+    # The crop holds the face: OpenCV finds a face again inside the crop, near its centre.
+    from trainables.data.faces import create_detector
+
+    crop = np.ascontiguousarray(cv2.resize(np.asarray(video.frames[10]), (192, 192)))
+    found = create_detector("opencv").detect(crop[None])[0]
+    assert found, "no face inside the crop"
+    x1, y1, x2, y2 = max(found, key=lambda d: d.score).box
+    assert abs((x1 + x2) / 2 - 96) < 40 and abs((y1 + y2) / 2 - 96) < 40
+
+
+def test_per_second_labels_land_on_their_own_timeline(tmp_path):
+    from trainables.data.synth import synthesize
+
+    manifest = synthesize(tmp_path / "ds", subjects=3, videos_per_subject=1, frames=100, size=64, fps=25,
+                          variant="per_second", progress=False)
+    rows = list(csv.DictReader(manifest.open()))
+    with manifest.open("w", newline="") as fh:  # per-second labels are read by the second_csv adapter
+        w = csv.DictWriter(fh, fieldnames=[*rows[0], "label_format"])
+        w.writeheader()
+        w.writerows({**r, "label_format": "second_csv"} for r in rows)
+    index, summary = prepare(manifest, tmp_path / "cache", Registration(size=32), progress=False)
+    video = load_split(index, "train")[0]
+    assert video.labels.shape == (4, 2)  # 100 frames at 25 fps = 4 labelled seconds
+    np.testing.assert_allclose(video.label_times, [0.5, 1.5, 2.5, 3.5])
+    np.testing.assert_array_equal(video.label_frames, [13, 38, 63, 88])  # nearest frame to each centre, halves up
+    # One clip per labelled second (paper 000): 25-frame windows without overlap, each fused from its one label.
+    spec = ClipSpec(length=25, overlap=0.0, clip_len=24, stride=4)
+    ds = TrainWindows([video], spec)
+    starts = [s for _, s in ds.items]
+    assert set(starts) <= {0, 25, 50, 75}
+    for (_, s), y in zip(ds.items, ds.labels):
+        np.testing.assert_allclose(y, video.labels[s // 25], rtol=1e-6)
+
+
+def test_target_fps_keeps_the_nearest_frames(tmp_path, prepared_index):
+    assert kept_frame_indices(10, 25.0, None).tolist() == list(range(10))
+    assert kept_frame_indices(25, 25.0, 10.0).tolist() == [0, 2, 5, 8, 10, 12, 15, 18, 20, 22]
+    with pytest.raises(ValueError, match="exceeds"):
+        kept_frame_indices(25, 25.0, 50.0)
+    video = load_split(prepared_index, "train")[0]
+    view = VideoView(video, 10.0)
+    assert len(view) == len(kept_frame_indices(video.num_frames, 25.0, 10.0)) == 32
+    # Every label step maps to the grid frame nearest in time: label step k (frame k at 25 fps) -> round(k * 0.4).
+    np.testing.assert_array_equal(view.label_pos, np.minimum(np.floor(np.arange(80) * 0.4 + 0.5), 31))
+
+
+def test_gap_tolerance_drops_windows_with_long_face_gaps(prepared_index):
+    video = load_split(prepared_index, "train")[0]
+    loose = TrainWindows([video], ClipSpec(length=32, overlap=0.5, clip_len=24, stride=4))
+    strict = TrainWindows.__new__(TrainWindows)
+    try:
+        strict = TrainWindows([video], ClipSpec(length=32, overlap=0.5, clip_len=24, stride=4, gap_tolerance=1))
+        kept = {s for _, s in strict.items}
+    except ValueError:
+        kept = set()
+    for _, s in loose.items:
+        pos = np.flatnonzero(video.valid[s:s + 32])
+        has_gap = len(pos) > 1 and np.diff(pos).max() > 1
+        assert (s in kept) == (not has_gap)
+    assert len(kept) < len(loose)  # the synthetic videos have no-face runs, so some windows go
+
+
+def test_video_without_any_face_is_skipped_with_reason(tmp_path, synth_manifest):
+    root = tmp_path / "ds"
+    shutil.copytree(synth_manifest.parent, root)
+    faces = root / "faces" / "s00_v0.csv"
+    rows = list(csv.reader(faces.open()))
+    with faces.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(rows[0])
+        for r in rows[1:]:
+            w.writerow([r[0], "", "", "", "", "0.0", *[""] * 10])
+    index, summary = prepare(root / "manifest.csv", tmp_path / "cache", Registration(size=32), progress=False)
+    assert summary.skipped == {"s00_v0": "no face found on any frame"}
+    assert sorted(summary.ok) == ["s01_v0", "s02_v0"]
+    assert "s00_v0" not in {v["video_id"] for v in json.loads(index.read_text())["videos"]}
+
+
+def test_prepare_killed_halfway_resumes_without_redoing_finished_videos(tmp_path):
+    from trainables.data.synth import synthesize
+
+    manifest = synthesize(tmp_path / "ds", subjects=4, videos_per_subject=2, frames=60, size=64, progress=False)
+    cache = tmp_path / "cache"
+    # A child process prepares and is killed after its first finished entry.
+    code = f"""
+import os, signal
+from trainables.data import cache as c
+from trainables.data.prepare import prepare
+real = c.os.rename
+def rename(a, b):
+    real(a, b)
+    os.kill(os.getpid(), signal.SIGKILL)
+c.os.rename = rename
+prepare({str(manifest)!r}, {str(cache)!r}, c.Registration(size=32), progress=False)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9
+    done = sorted(p for p in cache.iterdir() if not p.name.startswith("."))
+    assert len(done) == 1
+    before = {f: f.stat().st_mtime_ns for f in done[0].iterdir()}
+    index, summary = prepare(manifest, cache, Registration(size=32), progress=False)
+    assert len(summary.ok) == 8 and summary.skipped == {}
+    assert {f: f.stat().st_mtime_ns for f in done[0].iterdir()} == before  # untouched, not rebuilt
+    assert not list(cache.glob(".tmp-*"))
+    for v in json.loads(index.read_text())["videos"]:
+        assert open_entry(cache / v["entry"]).frames.shape == (60, 32, 32, 3)
