@@ -32,6 +32,10 @@ class CnnRnn(nn.Module):
         if rnn not in ("gru", "lstm"):
             raise ValueError(f"rnn must be 'gru' or 'lstm', got {rnn!r}")
         self.encoder = timm.create_model(cnn, pretrained=pretrained is True, num_classes=0, in_chans=in_chans)
+        if hasattr(self.encoder, "pre_logits"):
+            # timm's VGG keeps its fc6/fc7 block (as 7x7 convs, 100M+ weights) in pre_logits even without a classifier;
+            # paper 003 feeds the conv blocks' features to the LSTM, so that block goes.
+            self.encoder.pre_logits = nn.Identity()
         rnn_cls = nn.GRU if rnn == "gru" else nn.LSTM
         self.rnn = rnn_cls(self.encoder.num_features, hidden, num_layers=layers, batch_first=True,
                            dropout=dropout if layers > 1 else 0.0)
