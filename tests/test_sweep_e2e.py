@@ -102,3 +102,39 @@ def test_trial_metrics_are_on_the_label_timeline(sweep_run):
     assert len(preds.files) == 1  # one validation subject with one video
     assert preds[preds.files[0]].shape == (72, 2)
     assert np.isfinite(preds[preds.files[0]]).all()
+
+
+FAMILIES = """
+name: families
+objective: {metric: val_ccc_mean, mode: max}
+fidelity: {attr: epoch, max: 1, grace: 1, reduction_factor: 2}
+fixed: {window_length: 24, clip_len: 24, label_fusion: mean, batch_size: 8, seed: 0, lr: 0.001, window_overlap: 0.5,
+        ssts_stride: 3, w_ccc: 1.0}
+params:
+  backbone: {type: categorical, choices: [cnn_rnn_tiny, i3d_tiny, conv3d_resnet_gru_tiny]}
+  w_ce: {type: categorical, choices: [0.0, 0.5]}
+initial_points:
+  - {backbone: cnn_rnn_tiny, w_ce: 0.5}
+  - {backbone: i3d_tiny, w_ce: 0.0}
+  - {backbone: conv3d_resnet_gru_tiny, w_ce: 0.5}
+"""
+
+
+def test_one_epoch_of_every_backbone_family_in_real_trials(sweep_run):
+    """Each architecture family trains an epoch inside a real trial (Ray Train worker, Tune, MLflow), with the CE
+    loss's class logits for two of them."""
+    from mlflow.tracking import MlflowClient
+
+    work, _, _ = sweep_run
+    (work / "families.yaml").write_text(FAMILIES)
+    index = next((work / "cache").glob("index-*.json"))
+    emotune("sweep", "--space", "families.yaml", "--data", str(index), "--trials", "3", "--name", "families",
+            "--experiment", "families", cwd=work)
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("families").experiment_id])
+    children = {r.data.params["backbone"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert set(children) == {"cnn_rnn_tiny", "i3d_tiny", "conv3d_resnet_gru_tiny"}
+    for run in children.values():
+        assert run.info.status == "FINISHED" and run.data.tags["emotune.epochs_run"] == "1"
+        assert -1.0 < run.data.metrics["val_ccc_mean"] <= 1.0
+        assert run.data.metrics["train_loss"] > 0
