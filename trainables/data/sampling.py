@@ -21,11 +21,12 @@ caller dispatches with keyword arguments appropriate to the chosen name, e.g.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
+
+from trainables.checks import check_int as _check_int
 
 __all__ = [
     "SAMPLERS",
@@ -37,18 +38,6 @@ __all__ = [
 ]
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    """Return ``value`` as ``int`` after checking it is an integer >= minimum.
-
-    Raises:
-        ValueError: If ``value`` is not an integral number (bools rejected)
-            or is below ``minimum``.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _require_rng(rng: np.random.Generator | None) -> np.random.Generator:

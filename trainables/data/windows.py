@@ -19,10 +19,10 @@ whose consecutive starts are ``step`` frames apart, with::
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from trainables.checks import check_int as _check_int
 
 __all__ = [
     "FUSION_MODES",
@@ -37,18 +37,6 @@ __all__ = [
 FUSION_MODES: tuple[str, ...] = ("mean", "extremum", "median", "center", "last")
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    """Return ``value`` as an ``int`` after checking it is an integer >= minimum.
-
-    Raises:
-        ValueError: If ``value`` is not an integral number (bools rejected)
-            or is below ``minimum``.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def window_step(length: int, overlap: float) -> int:

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +67,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import ArrayLike, NDArray
 
+from trainables.checks import check_int as _check_int
 from trainables.objectives.metrics import ccc, per_video_report, regression_report
 
 __all__ = [
@@ -101,12 +101,6 @@ Stats = Mapping[str, Sequence[float]]
 # --------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _delay_index(length: int, t: int) -> NDArray[np.intp]:
