@@ -162,3 +162,13 @@ prepare({str(manifest)!r}, {str(cache)!r}, c.Registration(size=32), progress=Fal
     assert not list(cache.glob(".tmp-*"))
     for v in json.loads(index.read_text())["videos"]:
         assert open_entry(cache / v["entry"]).frames.shape == (60, 32, 32, 3)
+
+
+def test_face_sidecar_rows_out_of_order_are_refused(tmp_path, synth_manifest):
+    from trainables.data.sidecar import LabelFileError, read_face_sidecar
+
+    rows = (synth_manifest.parent / "faces" / "s00_v0.csv").read_text().splitlines()
+    bad = tmp_path / "faces.csv"
+    bad.write_text("\n".join([rows[0], rows[2], rows[1], *rows[3:]]) + "\n")
+    with pytest.raises(LabelFileError, match=r"faces\.csv.*'frame' must count"):
+        read_face_sidecar(bad)

@@ -140,8 +140,3 @@ def load_split(index_path: str | Path, split: str) -> list:
         raise ValueError(f"dataset index {index_path} has no prepared video in split {split!r}")
     return videos
 
-
-def label_dims(index_path: str | Path) -> int:
-    index = json.loads(Path(index_path).read_text())
-    root = Path(index["cache_root"])
-    return int(np.load(root / index["videos"][0]["entry"] / "labels.npy", mmap_mode="r").shape[1])

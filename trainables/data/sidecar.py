@@ -73,6 +73,10 @@ def read_face_sidecar(path: str | Path) -> FaceTrack:
     missing = [c for c in FACE_COLUMNS if c not in df.columns]
     if missing:
         raise LabelFileError(f"face sidecar {path} lacks column(s) {', '.join(missing)}; expected {', '.join(FACE_COLUMNS)}")
+    frames = pd.to_numeric(df["frame"], errors="coerce").to_numpy()
+    if not np.array_equal(frames, np.arange(len(df))):
+        raise LabelFileError(f"face sidecar {path}: column 'frame' must count 0..{len(df) - 1} in order, one row per "
+                             "video frame")
     boxes = df[["x1", "y1", "x2", "y2"]].to_numpy(np.float32)
     scores = df["score"].fillna(0.0).to_numpy(np.float32)
     lms = df[list(FACE_COLUMNS[6:])].to_numpy(np.float32).reshape(-1, 5, 2)
