@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +239,9 @@ def _start_parent_run(client, experiment_id: str, name: str, space: SearchSpace,
     from mlflow.entities import Param
 
     parent = client.create_run(experiment_id, run_name=name, tags={
-        "emotune.sweep": name, "emotune.space": space.name, "emotune.git_commit": git_commit(Path(__file__).parent),
+        "emotune.sweep": name, "emotune.space": space.name, "emotune.space_file": space.path.name,
+        "emotune.overrides": json.dumps(opts.overrides, default=str),
+        "emotune.git_commit": git_commit(Path(__file__).parent),
         "emotune.command": " ".join(sys.argv)})
     parent_id = parent.info.run_id
     client.log_artifact(parent_id, str(space.path))
@@ -265,7 +268,10 @@ def _resume(opts: SweepOptions, storage: str, trainable) -> SweepOutcome:
     callback = next(c for c in run_config.callbacks if isinstance(c, MlflowTrialCallback))
     client = callback.client
     parent = client.get_run(callback.parent_run_id)
-    space = load_space(parent.data.tags.get("emotune.space", opts.space), opts.overrides)
+    # The study as the sweep started it: its file (logged on the parent run) and its --set overrides.
+    space_file = client.download_artifacts(callback.parent_run_id, parent.data.tags["emotune.space_file"],
+                                           tempfile.mkdtemp(prefix="emotune-space-"))
+    space = load_space(space_file, json.loads(parent.data.tags.get("emotune.overrides", "{}")))
     client.set_tag(callback.parent_run_id, "emotune.resumed", time.strftime("%Y-%m-%d %H:%M:%S"))
     return _fit(tuner, name, space, storage, callback.tracking_uri, client, callback, callback.parent_run_id)
 

@@ -35,7 +35,7 @@ def data(tmp_path_factory):
     emotune("data", "synth", "--out", "data", "--subjects", "3", "--videos-per-subject", "1", "--frames", "150",
             "--size", "64", cwd=work)
     out = emotune("data", "prepare", "--manifest", "data/manifest.csv", "--cache", "cache", "--size", "32", cwd=work)
-    return Path(out.stdout.split("dataset index: ")[1].strip()).resolve()
+    return (work / out.stdout.split("dataset index: ")[1].strip()).resolve()
 
 
 def _runs(db: Path):

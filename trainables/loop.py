@@ -68,7 +68,13 @@ def evaluate(model: torch.nn.Module, videos: list, spec: ClipSpec, device: torch
              for v in videos}
     y_true = np.concatenate([v.labels for v in videos])
     y_pred = np.concatenate([preds[v.video_id] for v in videos])
+    if not np.isfinite(y_pred).all():
+        raise Diverged("the model predicts NaN or inf on the validation videos")
     return regression_report(y_true, y_pred, dims=DIMS[: y_true.shape[1]]), preds
+
+
+class Diverged(FloatingPointError):
+    """The weights blew up: a non-finite loss, or non-finite predictions."""
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -180,15 +186,19 @@ def train_loop_per_worker(config: dict) -> None:
             train_preds.append(pred.detach().float().reshape(-1, pred.shape[-1]).cpu().numpy() / multiplier)
             clips += len(x)
         train_time = time.perf_counter() - t0
+        eval_model = ema.module if ema is not None else _unwrap(model)
+        if not diverged:
+            try:
+                metrics, preds = evaluate(eval_model, val_videos, spec, device, seed=seed, transform=eval_transform,
+                                          multiplier=multiplier)
+            except Diverged:
+                diverged = True
         if diverged:
-            # A NaN/inf loss ends this trial, not the sweep: report it once with the objective at its worst
-            # possible value (CCC >= -1) so the searcher learns the region is bad, and stop without retrying.
+            # A NaN/inf loss or prediction ends this trial, not the sweep: report it once with the objective at its
+            # worst possible value (CCC >= -1) so the searcher learns the region is bad, and stop without retrying.
             ray.train.report({"epoch": epoch + 1, "diverged": 1, OBJECTIVE: -1.0, "train_loss": math.nan})
             return
 
-        eval_model = ema.module if ema is not None else _unwrap(model)
-        metrics, preds = evaluate(eval_model, val_videos, spec, device, seed=seed, transform=eval_transform,
-                                  multiplier=multiplier)
         report = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else math.nan,
                   "epoch_time_s": time.perf_counter() - t0, "train_time_s": train_time,
                   "clips_per_s": clips / max(train_time, 1e-9), "lr": scheduler.get_last_lr()[0],
