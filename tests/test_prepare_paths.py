@@ -172,3 +172,14 @@ def test_face_sidecar_rows_out_of_order_are_refused(tmp_path, synth_manifest):
     bad.write_text("\n".join([rows[0], rows[2], rows[1], *rows[3:]]) + "\n")
     with pytest.raises(LabelFileError, match=r"faces\.csv.*'frame' must count"):
         read_face_sidecar(bad)
+
+
+def test_parallel_prepare_gives_the_same_entries_as_serial(tmp_path, synth_manifest, prepared_index):
+    index, summary = prepare(synth_manifest, tmp_path / "cache", Registration(size=32), workers=2, progress=False)
+    assert sorted(summary.ok) == ["s00_v0", "s01_v0", "s02_v0"]
+    serial = {v["video_id"]: v["entry"] for v in json.loads(prepared_index.read_text())["videos"]}
+    parallel = {v["video_id"]: v["entry"] for v in json.loads(index.read_text())["videos"]}
+    assert parallel == serial  # content-addressed: same names whichever process built them
+    for vid, entry in parallel.items():
+        a, b = open_entry(tmp_path / "cache" / entry), open_entry(prepared_index.parent / entry)
+        np.testing.assert_array_equal(np.asarray(a.frames), np.asarray(b.frames))

@@ -70,7 +70,10 @@ def evaluate(model: torch.nn.Module, videos: list, spec: ClipSpec, device: torch
     y_pred = np.concatenate([preds[v.video_id] for v in videos])
     if not np.isfinite(y_pred).all():
         raise Diverged("the model predicts NaN or inf on the validation videos")
-    return regression_report(y_true, y_pred, dims=DIMS[: y_true.shape[1]]), preds
+    scale = tuple(videos[0].meta.get("label_scale", (-1.0, 1.0)))
+    # Metrics on [-1, 1] always; on the dataset's own scale too when it differs (e.g. AFEW-VA's [-10, 10]).
+    native = None if scale == (-1.0, 1.0) else scale
+    return regression_report(y_true, y_pred, dims=DIMS[: y_true.shape[1]], scale=native, include_mape=True), preds
 
 
 class Diverged(FloatingPointError):
