@@ -183,3 +183,33 @@ def test_parallel_prepare_gives_the_same_entries_as_serial(tmp_path, synth_manif
     for vid, entry in parallel.items():
         a, b = open_entry(tmp_path / "cache" / entry), open_entry(prepared_index.parent / entry)
         np.testing.assert_array_equal(np.asarray(a.frames), np.asarray(b.frames))
+
+
+def test_video_reporting_no_frame_rate_is_refused_by_name(tmp_path, synth_manifest, monkeypatch):
+    """A container without a usable frame rate cannot be written with OpenCV, so decord's answer is replaced."""
+    import decord
+
+    from trainables.data.decode import VideoDecodeError, open_video
+
+    real = decord.VideoReader
+
+    class NoFps(real):
+        def get_avg_fps(self):
+            return 0.0
+
+    monkeypatch.setattr(decord, "VideoReader", NoFps)
+    video = synth_manifest.parent / "videos" / "s00_v0.mp4"
+    with pytest.raises(VideoDecodeError, match=r"s00_v0\.mp4 reports frame rate 0\.0"):
+        open_video(video)
+
+
+def test_every_backbone_can_be_selected_by_the_all_study():
+    import optuna
+
+    from search_spaces import load_space, suggest
+    from trainables.models import list_backbones
+
+    for name in list_backbones():
+        space = load_space("all", {"backbone": name})
+        trial = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0)).ask()
+        assert suggest(space, trial)["backbone"] == name

@@ -109,7 +109,7 @@ name: families
 objective: {metric: val_ccc_mean, mode: max}
 fidelity: {attr: epoch, max: 1, grace: 1, reduction_factor: 2}
 fixed: {window_length: 24, clip_len: 24, label_fusion: mean, batch_size: 8, seed: 0, lr: 0.001, window_overlap: 0.5,
-        ssts_stride: 3, w_ccc: 1.0}
+        ssts_stride: 3, w_ccc: 1.0, ema_decay: 0.9, warmup_epochs: 0.5, grad_clip: 1.0, aug_hflip: 0.5}
 params:
   backbone: {type: categorical, choices: [cnn_rnn_tiny, i3d_tiny, conv3d_resnet_gru_tiny]}
   w_ce: {type: categorical, choices: [0.0, 0.5]}
