@@ -42,12 +42,12 @@ def rows_from_results(results, metric: str, mode: str, params: Iterable[str], ma
     return rows
 
 
-def format_leaderboard(rows: list[Row], metric: str) -> str:
+def format_leaderboard(rows: list[Row], metric: str, steps_label: str = "epochs") -> str:
     """A plain-text table: rank, trial, key params, epochs run, validation CCC per dimension and the objective."""
     if not rows:
         return "(no trials)"
     params = list(rows[0].params)
-    head = ["rank", "trial", *params, "epochs", "status", "ccc_valence", "ccc_arousal", metric]
+    head = ["rank", "trial", *params, steps_label, "status", "ccc_valence", "ccc_arousal", metric]
     body = []
     for i, r in enumerate(rows, 1):
         body.append([str(i), r.trial_id, *(_fmt(r.params[p]) for p in params), str(r.epochs_run), r.status,

@@ -174,11 +174,12 @@ def _print_outcome(outcome, max_epochs: int) -> None:
     from analysis.leaderboard import format_leaderboard, rows_from_results
 
     params = list(outcome.space.params)
+    key = "epoch" if outcome.space.fidelity["attr"] == "epoch" else "step"
     rows = rows_from_results(outcome.results, outcome.space.metric, outcome.space.mode, params, max_epochs,
-                             epoch_key=outcome.space.fidelity["attr"])
+                             epoch_key=key)
     print()
     print(f"Leaderboard of sweep {outcome.name} ({len(rows)} trials, objective {outcome.space.metric}):")
-    print(format_leaderboard(rows, outcome.space.metric))
+    print(format_leaderboard(rows, outcome.space.metric, steps_label="epochs" if key == "epoch" else "reports"))
     print()
     print(f"MLflow store:  {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
     if outcome.tracking_uri.startswith("sqlite:///"):

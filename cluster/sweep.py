@@ -143,7 +143,10 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                "storage_path": f"{storage}/{name}", "keep_checkpoints": opts.keep_checkpoints,
                "max_failures": opts.max_failures}
     data_index = data if isinstance(data, str) else json.dumps(data)
-    epochs = int(space.fidelity["max"])
+    per_epoch = int(space.fidelity["per_epoch"])
+    units = int(space.fidelity["max"])  # reports a trial makes at most: epochs, or fractions of an epoch
+    epochs = -(-units // per_epoch)
+    time_attr = "epoch" if space.fidelity["attr"] == "epoch" else "step"
 
     tracking_uri = opts.tracking_uri or default_tracking_uri()
     client, experiment_id = open_experiment(tracking_uri, opts.experiment, artifact_root=Path(opts.artifact_root))
@@ -151,14 +154,14 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
 
     searcher = make_searcher(space, opts, name, concurrent,
                              {("data_index" if isinstance(data, str) else "data_indexes"): data, "epochs": epochs,
-                              "runtime": runtime})
-    scheduler = ASHAScheduler(time_attr=space.fidelity["attr"], max_t=epochs, grace_period=space.fidelity["grace"],
+                              "reports_per_epoch": per_epoch, "max_units": units, "runtime": runtime})
+    scheduler = ASHAScheduler(time_attr=time_attr, max_t=units, grace_period=space.fidelity["grace"],
                               reduction_factor=space.fidelity["reduction_factor"])
-    callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=space.fidelity["attr"],
-                                   max_steps=epochs, metric=space.metric, mode=space.mode)
+    callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=time_attr,
+                                   max_steps=units, metric=space.metric, mode=space.mode)
     callbacks = [callback]
     if opts.verbose == 0:
-        callbacks.append(ProgressPrinter(space.metric, space.fidelity["attr"], epochs))
+        callbacks.append(ProgressPrinter(space.metric, time_attr, units))
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,

@@ -5,7 +5,8 @@ A study file::
     name: smoke
     description: ...
     objective: {metric: val_ccc_mean, mode: max}
-    fidelity: {attr: epoch, max: 4, grace: 1, reduction_factor: 2}   # ASHA's time axis
+    fidelity: {attr: epoch, max: 4, grace: 1, reduction_factor: 2}   # ASHA's time axis: epochs, or
+    #   {attr: data_fraction, per_epoch: 4, max: 8, grace: 1}: a report after every quarter epoch, 2 epochs at most
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}  # defaults; the CLI may override
     fixed: {backbone: cnn_rnn_tiny, ...}                             # trial settings not searched
     params:
@@ -37,7 +38,8 @@ TOP_KEYS = {"name", "description", "objective", "fidelity", "resources", "fixed"
 CONSTRAINT_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
                   "<": lambda a, b: a < b}
 RESOURCE_KEYS = {"workers", "cpus_per_worker", "gpus_per_worker"}
-FIDELITY_KEYS = {"attr", "max", "grace", "reduction_factor"}
+FIDELITY_KEYS = {"attr", "max", "grace", "reduction_factor", "per_epoch"}
+FIDELITY_ATTRS = ("epoch", "data_fraction")
 HERE = Path(__file__).parent
 
 
@@ -105,7 +107,13 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     fidelity = {"attr": "epoch", "max": 4, "grace": 1, "reduction_factor": 2,
                 **_mapping(raw.get("fidelity", {}), path, "fidelity")}
     _only(fidelity, FIDELITY_KEYS, path, "fidelity")
-    for key in ("max", "grace", "reduction_factor"):
+    if fidelity["attr"] not in FIDELITY_ATTRS:
+        raise SpaceError(f"{path}: fidelity.attr is {fidelity['attr']!r}; allowed: {', '.join(FIDELITY_ATTRS)}")
+    # data_fraction: ASHA's unit is 1/per_epoch of an epoch's batches; max and grace count those units.
+    fidelity.setdefault("per_epoch", 4 if fidelity["attr"] == "data_fraction" else 1)
+    if fidelity["attr"] == "epoch" and fidelity["per_epoch"] != 1:
+        raise SpaceError(f"{path}: fidelity.per_epoch applies to attr data_fraction only (attr is epoch)")
+    for key in ("max", "grace", "reduction_factor", "per_epoch"):
         if not isinstance(fidelity[key], int) or fidelity[key] < 1:
             raise SpaceError(f"{path}: fidelity.{key} is {fidelity[key]!r}; allowed: an integer >= 1")
     if fidelity["grace"] > fidelity["max"]:

@@ -88,7 +88,7 @@ def test_smoke_space_values() -> None:
     assert space.name == "smoke"
     assert space.path == resolve_space_path("smoke")
     assert (space.metric, space.mode) == ("val_ccc_mean", "max")
-    assert space.fidelity == {"attr": "epoch", "max": 4, "grace": 1, "reduction_factor": 2}
+    assert space.fidelity == {"attr": "epoch", "max": 4, "grace": 1, "reduction_factor": 2, "per_epoch": 1}
     assert space.resources == {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
     assert space.fixed["backbone"] == "cnn_rnn_tiny"
     assert space.params["lr"] == {"type": "loguniform", "low": 5.0e-4, "high": 5.0e-3}
@@ -115,7 +115,7 @@ def test_defaults_when_optional_sections_are_missing(tmp_path: Path) -> None:
     space = load_space(path)
     assert space.name == "study"
     assert (space.metric, space.mode) == ("val_ccc_mean", "max")
-    assert space.fidelity == {"attr": "epoch", "max": 4, "grace": 1, "reduction_factor": 2}
+    assert space.fidelity == {"attr": "epoch", "max": 4, "grace": 1, "reduction_factor": 2, "per_epoch": 1}
     assert space.resources == {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
     assert space.fixed == {}
     assert space.description == ""
@@ -393,3 +393,17 @@ def test_overrides_do_not_leak_between_loads() -> None:
     assert fresh.params["lr"]["type"] == "loguniform"
     assert "new_key" not in fresh.fixed
     assert not math.isnan(fresh.params["lr"]["low"])
+
+
+def test_data_fraction_fidelity(tmp_path):
+    ok = tmp_path / "frac.yaml"
+    ok.write_text("fidelity: {attr: data_fraction, max: 8, grace: 2}\nparams: {lr: {type: uniform, low: 0.1, high: 1}}\n")
+    assert load_space(ok).fidelity == {"attr": "data_fraction", "max": 8, "grace": 2, "reduction_factor": 2,
+                                       "per_epoch": 4}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("fidelity: {attr: batches}\n")
+    with pytest.raises(SpaceError, match=r"bad\.yaml.*fidelity\.attr.*epoch, data_fraction"):
+        load_space(bad)
+    bad.write_text("fidelity: {attr: epoch, per_epoch: 2}\n")
+    with pytest.raises(SpaceError, match=r"bad\.yaml.*per_epoch"):
+        load_space(bad)

@@ -138,3 +138,31 @@ def test_one_epoch_of_every_backbone_family_in_real_trials(sweep_run):
         assert run.info.status == "FINISHED" and run.data.tags["emotune.epochs_run"] == "1"
         assert -1.0 < run.data.metrics["val_ccc_mean"] <= 1.0
         assert run.data.metrics["train_loss"] > 0
+
+
+FRACTION = """
+name: fraction
+objective: {metric: val_ccc_mean, mode: max}
+fidelity: {attr: data_fraction, per_epoch: 2, max: 3, grace: 1, reduction_factor: 2}
+fixed: {backbone: cnn_rnn_tiny, window_length: 24, clip_len: 24, label_fusion: mean, batch_size: 4, seed: 0,
+        window_overlap: 0.75, ssts_stride: 4, rnn_hidden: 16, postprocess: false}
+params:
+  lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}
+"""
+
+
+def test_data_fraction_fidelity_reports_every_half_epoch(sweep_run):
+    """With a data-fraction fidelity a trial reports after each half epoch (ASHA's unit) and stops after 3 halves."""
+    import json as _json
+
+    work, _, _ = sweep_run
+    (work / "fraction.yaml").write_text(FRACTION)
+    index = next((work / "cache").glob("index-*.json"))
+    out = emotune("sweep", "--space", "fraction.yaml", "--data", str(index), "--trials", "1", "--name", "fraction",
+                  "--experiment", "fraction", cwd=work).stdout
+    assert "reports" in out.split("Leaderboard of sweep fraction")[1]
+    result = next((work / "ray_results" / "fraction").glob("trial-*/result.json"))
+    reports = [_json.loads(line) for line in result.read_text().splitlines()]
+    assert [r["step"] for r in reports] == [1, 2, 3]
+    assert [r["data_fraction"] for r in reports] == [0.5, 1.0, 1.5]
+    assert [r["epoch"] for r in reports] == [1, 1, 2]

@@ -145,7 +145,11 @@ def train_loop_per_worker(config: dict) -> None:
     grad_clip = float(config.get("grad_clip", 0) or 0)
     label_stats = compute_stats(np.concatenate([v.labels for v in train_videos]))
 
-    start_epoch = 0
+    # Reports: one per epoch, or ``reports_per_epoch`` per epoch when the sweep's fidelity is a data fraction (each
+    # report then follows 1/k of an epoch's batches, so ASHA can stop a trial before its first full epoch).
+    per_epoch = max(1, int(config.get("reports_per_epoch", 1)))
+    total_units = int(config.get("max_units", epochs * per_epoch))
+    unit = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -155,83 +159,101 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
-        start_epoch = int(state["epoch"])
+        unit = int(state.get("unit", int(state["epoch"]) * per_epoch))
 
-    for epoch in range(start_epoch, epochs):
+    while unit < total_units:
+        epoch, part = divmod(unit, per_epoch)
         train_set.set_epoch(epoch)
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         generator.manual_seed(seed * 1000 + epoch)
-        model.train()
-        t0 = time.perf_counter()
-        losses, clips, diverged, train_preds = [], 0, False, []
-        for x, y in loader:
-            x, y = x.to(device), y.to(device) * multiplier
-            with torch.autocast(device_type=device.type, enabled=use_amp):
-                out = model(x)
-                pred = out["frames"] if spec.target == "sequence" else out["window"]
-                logits = out.get("frame_logits" if spec.target == "sequence" else "logits")
-                loss = loss_fn(pred.float(), y, logits=None if logits is None else logits.float())
-            if not _all_finite(loss):
-                diverged = True
-                break
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update(_unwrap(model))
-            losses.append(float(loss.detach()))
-            train_preds.append(pred.detach().float().reshape(-1, pred.shape[-1]).cpu().numpy() / multiplier)
-            clips += len(x)
-        train_time = time.perf_counter() - t0
-        eval_model = ema.module if ema is not None else _unwrap(model)
-        if not diverged:
-            try:
-                metrics, preds = evaluate(eval_model, val_videos, spec, device, seed=seed, transform=eval_transform,
-                                          multiplier=multiplier)
-            except Diverged:
-                diverged = True
-        if diverged:
-            # A NaN/inf loss or prediction ends this trial, not the sweep: report it once with the objective at its
-            # worst possible value (CCC >= -1) so the searcher learns the region is bad, and stop without retrying.
-            ray.train.report({"epoch": epoch + 1, "diverged": 1, OBJECTIVE: -1.0, "train_loss": math.nan})
-            return
+        bounds = np.linspace(0, len(loader), per_epoch + 1).round().astype(int)
+        batches = iter(loader)
+        for _ in range(bounds[part]):  # resuming inside an epoch: the same shuffled order, already trained part
+            next(batches)
+        while part < per_epoch and unit < total_units:
+            t0 = time.perf_counter()
+            losses, clips, diverged, train_preds = [], 0, False, []
+            model.train()
+            for _ in range(bounds[part + 1] - bounds[part]):
+                x, y = next(batches)
+                x, y = x.to(device), y.to(device) * multiplier
+                with torch.autocast(device_type=device.type, enabled=use_amp):
+                    out = model(x)
+                    pred = out["frames"] if spec.target == "sequence" else out["window"]
+                    logits = out.get("frame_logits" if spec.target == "sequence" else "logits")
+                    loss = loss_fn(pred.float(), y, logits=None if logits is None else logits.float())
+                if not _all_finite(loss):
+                    diverged = True
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(_unwrap(model))
+                losses.append(float(loss.detach()))
+                train_preds.append(pred.detach().float().reshape(-1, pred.shape[-1]).cpu().numpy() / multiplier)
+                clips += len(x)
+            train_time = time.perf_counter() - t0
+            unit, part = unit + 1, part + 1
+            progress = {"epoch": epoch + 1, "step": unit, "data_fraction": unit / per_epoch}
+            eval_model = ema.module if ema is not None else _unwrap(model)
+            if not diverged:
+                try:
+                    metrics, preds = evaluate(eval_model, val_videos, spec, device, seed=seed,
+                                              transform=eval_transform, multiplier=multiplier)
+                except Diverged:
+                    diverged = True
+            if diverged:
+                # A NaN/inf loss or prediction ends this trial, not the sweep: report it once with the objective at
+                # its worst possible value (CCC >= -1) so the searcher learns the region is bad; no retry.
+                ray.train.report({**progress, "diverged": 1, OBJECTIVE: -1.0, "train_loss": math.nan})
+                return
 
-        report = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else math.nan,
-                  "epoch_time_s": time.perf_counter() - t0, "train_time_s": train_time,
-                  "clips_per_s": clips / max(train_time, 1e-9), "lr": scheduler.get_last_lr()[0],
-                  **{f"val_{k}_raw": v for k, v in metrics.items()}}
-        post = PostProcess()
-        if config.get("postprocess", True):
-            truth = {v.video_id: v.labels for v in val_videos}
-            # Paper 003 takes the prediction statistics (scale normalisation, mean filtering) from the training set;
-            # judgment call: they come from the predictions made on this epoch's training clips, which costs nothing
-            # extra. Taking them from the validation predictions would fit the scale on the data it is scored on.
-            pred_stats = compute_stats(np.concatenate(train_preds)) if train_preds else None
-            post, post_metrics = search_postprocess(preds, truth, label_stats, pred_stats, dims=dims)
-            metrics = post_metrics
-            preds = {vid: post.apply(p) for vid, p in preds.items()}
-        report.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                # "model": the trained weights (resumed from); "eval_model": what was evaluated and what
-                # prediction uses (the EMA weights when EMA is on).
-                torch.save({"model": _unwrap(model).state_dict(), "eval_model": eval_model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
-                            "epoch": epoch + 1, "config": config, "postprocess": post.to_dict(),
-                            "in_chans": in_chans, "out_dims": out_dims, "n_bins": n_bins}, Path(tmp) / "state.pt")
-                np.savez_compressed(Path(tmp) / "val_predictions.npz", **preds)
-                (Path(tmp) / "metrics.json").write_text(json.dumps(report, indent=1))
-                (Path(tmp) / "postprocess.json").write_text(json.dumps(post.to_dict(), indent=1))
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(report, checkpoint=ckpt)
+            report = {**progress, "train_loss": float(np.mean(losses)) if losses else math.nan,
+                      "epoch_time_s": time.perf_counter() - t0, "train_time_s": train_time,
+                      "clips_per_s": clips / max(train_time, 1e-9), "lr": scheduler.get_last_lr()[0],
+                      **{f"val_{k}_raw": v for k, v in metrics.items()}}
+            post = PostProcess()
+            if config.get("postprocess", True):
+                truth = {v.video_id: v.labels for v in val_videos}
+                # Paper 003 takes the prediction statistics (scale normalisation, mean filtering) from the training
+                # set; judgment call: they come from the predictions made on the training clips just seen, which
+                # costs nothing extra. Taking them from the validation predictions would fit the scale on the data it
+                # is scored on.
+                pred_stats = compute_stats(np.concatenate(train_preds)) if train_preds else None
+                post, metrics = search_postprocess(preds, truth, label_stats, pred_stats, dims=dims)
+                preds = {vid: post.apply(p) for vid, p in preds.items()}
+            report.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            _report_with_checkpoint(rank, report, {
+                # "model": the trained weights (resumed from); "eval_model": what was evaluated and what prediction
+                # uses (the EMA weights when EMA is on).
+                "model": _unwrap(model).state_dict(), "eval_model": eval_model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema else None, "epoch": unit // per_epoch, "unit": unit, "config": config,
+                "postprocess": post.to_dict(), "in_chans": in_chans, "out_dims": out_dims, "n_bins": n_bins,
+            }, preds, post)
+
+
+def _report_with_checkpoint(rank: int, report: dict, state: dict, preds: dict, post: PostProcess) -> None:
+    """``ray.train.report`` on every worker; rank 0 attaches the checkpoint (weights, optimiser, post-processing,
+    validation predictions on the label timeline)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            torch.save(state, Path(tmp) / "state.pt")
+            np.savez_compressed(Path(tmp) / "val_predictions.npz", **preds)
+            (Path(tmp) / "metrics.json").write_text(json.dumps(report, indent=1))
+            (Path(tmp) / "postprocess.json").write_text(json.dumps(post.to_dict(), indent=1))
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(report, checkpoint=ckpt)
 
 
 def _all_finite(loss: torch.Tensor) -> bool:
