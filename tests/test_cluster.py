@@ -79,7 +79,12 @@ def test_ray_job_submit_runs_a_sweep(prepared, ray_head, tmp_path):
            str(BIN / "emotune"), "sweep", "--space", "e2e.yaml", "--data", str(index), "--trials", "2",
            "--name", "submitted", "--storage", str(tmp_path / "ray_results"),
            "--mlflow-uri", f"sqlite:///{mlflow_db}", "--optuna-storage", f"sqlite:///{tmp_path / 'optuna.db'}"]
-    job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    for _ in range(10):
+        job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        # A head that has just started may not have its job agent up yet: Ray answers so, and the user retries.
+        if "No available agent to submit job" not in job.stdout + job.stderr:
+            break
+        time.sleep(10)
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
     assert "Leaderboard of sweep submitted" in job.stdout
     from mlflow.tracking import MlflowClient
