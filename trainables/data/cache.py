@@ -214,14 +214,13 @@ class _Cropper:
         self.reg, self.coarse_crop, self.fine_align = reg, coarse_crop, fine_align
         self.h, self.w = reg.hw
         self.c = 1 if reg.grayscale else 3
+        self.size = reg.size if isinstance(reg.size, int) else reg.hw  # what the registration functions take
 
     def __call__(self, frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray:
         if self.reg.align == "fine":
-            out = self.fine_align(frame, landmarks, self.reg.size if isinstance(self.reg.size, int) else self.reg.hw,
-                                  grayscale=self.reg.grayscale)
+            out = self.fine_align(frame, landmarks, self.size, grayscale=self.reg.grayscale)
         else:
-            out = self.coarse_crop(frame, box, self.reg.size if isinstance(self.reg.size, int) else self.reg.hw,
-                                   margin=self.reg.margin, grayscale=self.reg.grayscale)
+            out = self.coarse_crop(frame, box, self.size, margin=self.reg.margin, grayscale=self.reg.grayscale)
         return np.asarray(out).reshape(self.h, self.w, self.c)
 
 

@@ -217,7 +217,8 @@ class TrainWindows(torch.utils.data.Dataset):
 @torch.no_grad()
 def predict_timeline(model: torch.nn.Module, video: CachedVideo, spec: ClipSpec, device: torch.device,
                      batch_size: int = 32, seed: int = 0,
-                     transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+                     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     view: VideoView | None = None) -> np.ndarray:
     """Per-grid-frame predictions (G, D) for one video (G = the cached frames at ``spec.fps``).
 
     Dense windows cover every frame; each window is predicted from its evaluation views (for SSTS, the mean over its
@@ -229,7 +230,7 @@ def predict_timeline(model: torch.nn.Module, video: CachedVideo, spec: ClipSpec,
     than one window is predicted as neutral 0 everywhere.
     """
     model.eval()
-    view = VideoView(video, spec.fps)
+    view = VideoView(video, spec.fps) if view is None else view
     g, d = len(view), video.labels.shape[1]
     starts = dense_window_starts(g, spec.length, spec.overlap)
     if len(starts) == 0:
@@ -272,5 +273,5 @@ def predict_labels(model: torch.nn.Module, video: CachedVideo, spec: ClipSpec, d
                    transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
     """Predictions (L, D) on the video's canonical label timeline: each label step takes the prediction of the grid
     frame nearest its time (SPEC's evaluation protocol: metrics on label steps, never on windows)."""
-    timeline = predict_timeline(model, video, spec, device, batch_size, seed, transform)
-    return timeline[VideoView(video, spec.fps).label_pos]
+    view = VideoView(video, spec.fps)
+    return predict_timeline(model, video, spec, device, batch_size, seed, transform, view=view)[view.label_pos]
