@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_sweep_e2e import SPACE, emotune
+from tests.test_sweep_e2e import SPACE, emotune, synth_and_prepare
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -39,10 +39,7 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     work = tmp_path_factory.mktemp("cluster")
-    emotune("data", "synth", "--out", "data", "--subjects", "3", "--videos-per-subject", "1", "--frames", "72",
-            "--size", "64", cwd=work)
-    out = emotune("data", "prepare", "--manifest", "data/manifest.csv", "--cache", "cache", "--size", "32", cwd=work)
-    index = Path(out.stdout.split("dataset index: ")[1].strip())
+    index = synth_and_prepare(work)[0]
     (work / "e2e.yaml").write_text(SPACE)
     return work, index
 

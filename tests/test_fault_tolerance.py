@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_sweep_e2e import emotune
+from tests.test_sweep_e2e import emotune, synth_and_prepare
 
 pytestmark = pytest.mark.slow
 EXE = str(Path(sys.executable).with_name("emotune"))
@@ -31,11 +31,7 @@ params:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    work = tmp_path_factory.mktemp("ft")
-    emotune("data", "synth", "--out", "data", "--subjects", "3", "--videos-per-subject", "1", "--frames", "150",
-            "--size", "64", cwd=work)
-    out = emotune("data", "prepare", "--manifest", "data/manifest.csv", "--cache", "cache", "--size", "32", cwd=work)
-    return (work / out.stdout.split("dataset index: ")[1].strip()).resolve()
+    return synth_and_prepare(tmp_path_factory.mktemp("ft"), frames=150)[0]
 
 
 def _runs(db: Path):

@@ -32,16 +32,23 @@ def emotune(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
     return proc
 
 
+def synth_and_prepare(work: Path, frames: int = 72) -> tuple[Path, str]:
+    """A 3-subject synthetic dataset in ``work/data`` prepared into ``work/cache`` through the CLI; returns the
+    absolute dataset index path and what `data prepare` printed."""
+    emotune("data", "synth", "--out", "data", "--subjects", "3", "--videos-per-subject", "1", "--frames", str(frames),
+            "--size", "64", cwd=work)
+    prep = emotune("data", "prepare", "--manifest", "data/manifest.csv", "--cache", "cache", "--size", "32", cwd=work)
+    return (work / prep.stdout.split("dataset index: ")[1].strip()).resolve(), prep.stdout
+
+
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
-    emotune("data", "synth", "--out", "data", "--subjects", "3", "--videos-per-subject", "1", "--frames", "72",
-            "--size", "64", cwd=work)
-    prep = emotune("data", "prepare", "--manifest", "data/manifest.csv", "--cache", "cache", "--size", "32", cwd=work)
+    index, prepared = synth_and_prepare(work)
     (work / "e2e.yaml").write_text(SPACE)
-    sweep = emotune("sweep", "--space", "e2e.yaml", "--data", "cache/" + Path(prep.stdout.split("dataset index: ")[1]
-                    .strip()).name, "--trials", "3", "--name", "e2e", "--seed", "1", cwd=work)
-    return work, prep.stdout, sweep.stdout
+    sweep = emotune("sweep", "--space", "e2e.yaml", "--data", str(index), "--trials", "3", "--name", "e2e",
+                    "--seed", "1", cwd=work)
+    return work, prepared, sweep.stdout
 
 
 def test_prepare_reports_summary(sweep_run):
