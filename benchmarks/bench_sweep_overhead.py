@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--frames", type=int, default=400, help="frames per synthetic video (longer = longer trials)")
     ap.add_argument("--concurrent", type=int, default=2)
+    ap.add_argument("--executor", default="auto", choices=("auto", "inline", "train"))
     a = ap.parse_args()
     exe = str(Path(sys.executable).with_name("emotune"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,19 +52,21 @@ def main() -> None:
         (work / "bench.yaml").write_text(SPACE.format(epochs=a.epochs))
         t0 = time.perf_counter()
         run([exe, "sweep", "--space", "bench.yaml", "--data", index, "--trials", str(a.trials), "--name", "bench",
-             "--max-concurrent", str(a.concurrent)], work)
+             "--max-concurrent", str(a.concurrent), "--executor", a.executor], work)
         wall = time.perf_counter() - t0
-        train = epoch = 0.0
+        train = epoch = in_trial = 0.0
         for result in (work / "ray_results" / "bench").glob("trial-*/result.json"):
-            for line in result.read_text().splitlines():
-                r = json.loads(line)
-                train += r.get("train_time_s", 0.0)
-                epoch += r.get("epoch_time_s", 0.0)
+            reports = [json.loads(line) for line in result.read_text().splitlines()]
+            train += sum(r.get("train_time_s", 0.0) for r in reports)
+            epoch += sum(r.get("epoch_time_s", 0.0) for r in reports)
+            in_trial += reports[-1]["time_total_s"] if reports else 0.0
     slots = wall * a.concurrent
-    print(f"trials={a.trials} epochs={a.epochs} concurrent={a.concurrent} wall={wall:.1f}s")
+    print(f"executor={a.executor} trials={a.trials} epochs={a.epochs} concurrent={a.concurrent} wall={wall:.1f}s")
     print(f"training steps: {train:.1f}s of {slots:.1f} slot-seconds = {100 * train / slots:.1f}% of wall time")
     print(f"whole epochs (train + validation): {epoch:.1f}s = {100 * epoch / slots:.1f}%")
-    print(f"per-trial overhead (slot time outside epochs): {(slots - epoch) / a.trials:.1f}s")
+    print(f"per-trial overhead (slot time outside epochs): {(slots - epoch) / a.trials:.1f}s, of which "
+          f"{(in_trial - epoch) / a.trials:.1f}s inside the trial (data, model, checkpoints) and "
+          f"{(slots - in_trial) / a.trials:.1f}s outside it (Ray and MLflow start-up, scheduling, records)")
     print(f"mean trial length in epochs: {epoch / a.trials:.1f}s")
 
 

@@ -100,9 +100,12 @@ def _sweep_args(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("--space", default="smoke", help="a study file or the name of a shipped one")
     sw.add_argument("--trials", type=int, default=8, help="number of trials")
     sw.add_argument("--max-concurrent", type=int, default=None, help="cap on concurrent trials (default: what fits)")
-    sw.add_argument("--workers", type=int, default=None, help="Ray Train workers per trial")
+    sw.add_argument("--workers", type=int, default=None, help="workers per trial (more than one: DDP with Ray Train)")
     sw.add_argument("--cpus-per-worker", type=float, default=None)
     sw.add_argument("--gpus-per-worker", type=float, default=None)
+    sw.add_argument("--executor", choices=("auto", "inline", "train"), default="auto",
+                    help="inline: a one-worker trial trains in its own Tune process (least overhead); train: a Ray "
+                         "Train worker group per trial (DDP); auto (default): inline for one worker, else train")
     sw.add_argument("--storage", default="ray_results", help="Ray results folder or s3:// URI")
     sw.add_argument("--name", default=None, help="sweep name (default: space name + process id)")
     sw.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
@@ -209,7 +212,7 @@ def cmd_sweep(a) -> int:
                         storage=a.storage, name=a.name, seed=a.seed, time_budget_s=a.time_budget,
                         tracking_uri=a.mlflow_uri, experiment=a.experiment, overrides=dict(a.overrides),
                         resume=a.resume, optuna_storage=a.optuna_storage, keep_checkpoints=a.keep_checkpoints,
-                        max_failures=a.max_failures, verbose=a.verbose)
+                        max_failures=a.max_failures, executor=a.executor, verbose=a.verbose)
     outcome = run_sweep(opts)
     _print_outcome(outcome, int(outcome.space.fidelity["max"]))
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.schema import SearchSpace, load_space, suggest
-from trainables.trial import TRIAL_DRIVER_RESOURCES, run_trial
+from trainables.trial import checkpoint_policy, choose_executor, run_trial, trial_resources
 
 from cluster.progress import ProgressPrinter
 from cluster.resources import max_concurrent_trials
@@ -42,6 +42,7 @@ class SweepOptions:
     optuna_storage: str | None = None
     keep_checkpoints: int = 2
     max_failures: int = 2
+    executor: str = "auto"  # inline (one worker, in the trial process) | train (Ray Train workers) | auto
     verbose: int = 0  # 0: one line per trial event; 1: Tune's status tables; 2: also every worker's log
 
 
@@ -121,7 +122,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     from ray.tune.schedulers import ASHAScheduler
 
     storage = str(Path(opts.storage).resolve()) if "://" not in opts.storage else opts.storage
-    trainable = tune.with_resources(run_trial, TRIAL_DRIVER_RESOURCES)
+    # Resources per trial follow its executor (in its config), so a restored sweep sizes its trials as it did.
+    trainable = tune.with_resources(run_trial, trial_resources)
     if opts.resume:
         return _resume(opts, storage, trainable)
 
@@ -132,6 +134,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     workers = int(opts.workers if opts.workers is not None else space.resources["workers"])
     cpus = float(opts.cpus_per_worker if opts.cpus_per_worker is not None else space.resources["cpus_per_worker"])
     gpus = float(opts.gpus_per_worker if opts.gpus_per_worker is not None else space.resources["gpus_per_worker"])
+    executor = choose_executor(opts.executor, workers)
     autoscaling = bool(opts.ray_address or os.environ.get("RAY_ADDRESS")) and opts.max_concurrent is not None
     concurrent = max_concurrent_trials(ray.cluster_resources(), workers, cpus, gpus, opts.max_concurrent, autoscaling)
 
@@ -141,7 +144,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                               f"`emotune sweep --resume {name} --storage {opts.storage}` or choose another --name")
     runtime = {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
                "storage_path": f"{storage}/{name}", "keep_checkpoints": opts.keep_checkpoints,
-               "max_failures": opts.max_failures}
+               "max_failures": opts.max_failures, "executor": executor}
     data_index = data if isinstance(data, str) else json.dumps(data)
     per_epoch = int(space.fidelity["per_epoch"])
     units = int(space.fidelity["max"])  # reports a trial makes at most: epochs, or fractions of an epoch
@@ -150,7 +153,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
 
     tracking_uri = opts.tracking_uri or default_tracking_uri()
     client, experiment_id = open_experiment(tracking_uri, opts.experiment, artifact_root=Path(opts.artifact_root))
-    parent_id = _start_parent_run(client, experiment_id, name, space, opts, data_index, concurrent, workers)
+    parent_id = _start_parent_run(client, experiment_id, name, space, opts, data_index, concurrent,
+                                  workers, executor)
 
     searcher = make_searcher(space, opts, name, concurrent,
                              {("data_index" if isinstance(data, str) else "data_indexes"): data, "epochs": epochs,
@@ -166,9 +170,12 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
         trainable,
         tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=opts.num_samples, max_concurrent_trials=concurrent,
-                                    time_budget_s=opts.time_budget_s, trial_dirname_creator=_trial_dirname),
+                                    time_budget_s=opts.time_budget_s, trial_dirname_creator=_trial_dirname,
+                                    # inline trials: the next trial reuses a finished trial's process (imports done)
+                                    reuse_actors=executor == "inline"),
         run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                                  checkpoint_config=checkpoint_policy(runtime, tune.CheckpointConfig),
                                   verbose=min(opts.verbose, 1)),
     )
     return _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id)
@@ -238,7 +245,7 @@ def _experiment_exists(storage: str, name: str) -> bool:
 
 
 def _start_parent_run(client, experiment_id: str, name: str, space: SearchSpace, opts: SweepOptions,
-                      data_index: str, concurrent: int, workers: int) -> str:
+                      data_index: str, concurrent: int, workers: int, executor: str) -> str:
     from mlflow.entities import Param
 
     parent = client.create_run(experiment_id, run_name=name, tags={
@@ -251,7 +258,7 @@ def _start_parent_run(client, experiment_id: str, name: str, space: SearchSpace,
     client.log_dict(parent_id, {"options": {k: v for k, v in vars(opts).items()}, "argv": sys.argv,
                                 "packages": package_versions()}, "sweep.json")
     params = {"space": space.name, "num_samples": opts.num_samples, "max_concurrent": concurrent, "seed": opts.seed,
-              "workers": workers, "data_index": data_index,
+              "workers": workers, "executor": executor, "data_index": data_index,
               **data_fingerprint(data_index if not data_index.startswith("{") else next(iter(json.loads(
                   data_index).values())))}
     client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in params.items()])

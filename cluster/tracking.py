@@ -50,6 +50,7 @@ class MlflowTrialCallback(Callback):
         self.step_key, self.max_steps, self.metric, self.mode = step_key, max_steps, metric, mode
         self.runs: dict[str, str] = {}
         self.best: dict[str, tuple[float, str | None]] = {}  # trial id -> (best objective, its checkpoint path)
+        self.awaiting_checkpoint: dict[str, bool] = {}  # trial id -> its best result's checkpoint not yet saved
         self._client = None
 
     @property
@@ -104,7 +105,15 @@ class MlflowTrialCallback(Callback):
         if isinstance(value, (int, float)) and math.isfinite(value):
             better = (lambda a, b: a > b) if self.mode == "max" else (lambda a, b: a < b)
             if trial.trial_id not in self.best or better(value, self.best[trial.trial_id][0]):
-                self.best[trial.trial_id] = (float(value), result.get("checkpoint_path"))
+                # A Ray Train trial names its checkpoint in the result; an inline trial's checkpoint is saved by Tune
+                # after this result and arrives in ``on_checkpoint``.
+                path = result.get("checkpoint_path")
+                self.best[trial.trial_id] = (float(value), path)
+                self.awaiting_checkpoint[trial.trial_id] = path is None
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if self.awaiting_checkpoint.pop(trial.trial_id, False) and trial.trial_id in self.best:
+            self.best[trial.trial_id] = (self.best[trial.trial_id][0], checkpoint.path)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, "FINISHED")
@@ -127,7 +136,7 @@ class MlflowTrialCallback(Callback):
         if best_value is not None:
             self.client.log_metric(run_id, f"best_{self.metric}", best_value)
         if ckpt and Path(ckpt).is_dir():
-            # The trial's best checkpoint (Ray Train keeps the best k by the objective, so it is still on disk).
+            # The trial's best checkpoint (Ray keeps the best k by the objective, so it is still on disk).
             log_checkpoint(self.client, run_id, ckpt)
             self.client.set_tag(run_id, "emotune.best_checkpoint", ckpt)
         self.client.set_terminated(run_id, status)

@@ -70,15 +70,22 @@ def _kill_local_ray(port: int) -> None:
                 pass
 
 
-def test_worker_killed_mid_trial_resumes_from_checkpoint(data, tmp_path):
+# The process that trains: the Tune trial itself (inline executor), or the Ray Train worker (train executor).
+TRAINING_PROCESS = {"inline": "ray::ImplicitFunc", "train": "ray::RayTrainWorker"}
+
+
+@pytest.mark.parametrize("executor", ["inline", "train"])
+def test_worker_killed_mid_trial_resumes_from_checkpoint(data, tmp_path, executor):
     (tmp_path / "ft.yaml").write_text(SPACE.format(epochs=4, extra="initial_points: [{lr: 0.002}]"))
-    proc = subprocess.Popen([EXE, "sweep", "--space", "ft.yaml", "--data", str(data), "--trials", "1", "--name", "w"],
+    proc = subprocess.Popen([EXE, "sweep", "--space", "ft.yaml", "--data", str(data), "--trials", "1", "--name", "w",
+                             "--executor", executor],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         _wait_for(proc, r"epoch 1/4")
-        workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
-        assert workers, "no Ray Train worker process to kill"
+        workers = subprocess.run(["pgrep", "-f", TRAINING_PROCESS[executor]], capture_output=True,
+                                 text=True).stdout.split()
+        assert workers, f"no {TRAINING_PROCESS[executor]} process to kill"
         for pid in workers:
             os.kill(int(pid), signal.SIGKILL)
         rest = proc.communicate(timeout=900)[0]
@@ -89,7 +96,7 @@ def test_worker_killed_mid_trial_resumes_from_checkpoint(data, tmp_path):
     client, parents, children = _runs(tmp_path / "mlflow.db")
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(children[0].info.run_id, "val_ccc_mean")]
-    assert set(steps) == {1, 2, 3, 4}  # the restarted worker continued from its checkpoint to the last epoch
+    assert set(steps) == {1, 2, 3, 4} and steps.count(1) == 1  # resumed from a checkpoint, not from scratch
     assert children[0].data.tags["emotune.epochs_run"] == "4"
 
 

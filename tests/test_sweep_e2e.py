@@ -173,3 +173,25 @@ def test_data_fraction_fidelity_reports_every_half_epoch(sweep_run):
     assert [r["step"] for r in reports] == [1, 2, 3]
     assert [r["data_fraction"] for r in reports] == [0.5, 1.0, 1.5]
     assert [r["epoch"] for r in reports] == [1, 1, 2]
+
+
+def test_two_worker_ddp_trial_through_ray_train(sweep_run):
+    """More than one worker per trial: the sweep picks the Ray Train executor, two CPU workers train with DDP (gloo)
+    and the trial's run holds its metrics and best checkpoint like an inline one; one worker trains inline."""
+    from mlflow.tracking import MlflowClient
+
+    work, _, _ = sweep_run
+    index = next((work / "cache").glob("index-*.json"))
+    emotune("sweep", "--space", "e2e.yaml", "--data", str(index), "--trials", "1", "--name", "ddp", "--workers", "2",
+            "--set", "lr=0.001", "--set", "ssts_stride=4", "--set", "w_mse=0.5", "--experiment", "ddp", cwd=work)
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert parent.data.params["executor"] == "train" and parent.data.params["workers"] == "2"
+    assert child.info.status == "FINISHED" and child.data.tags["emotune.epochs_run"] == "2"
+    assert "checkpoint/state.pt" in {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")}
+    assert list((work / "ray_results" / "ddp" / "train").glob("trial-*/checkpoint_*"))  # Train's own storage
+    e2e = next(r for r in client.search_runs([client.get_experiment_by_name("emotune").experiment_id])
+               if "mlflow.parentRunId" not in r.data.tags)
+    assert e2e.data.params["executor"] == "inline"

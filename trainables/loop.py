@@ -1,8 +1,9 @@
-"""The Ray Train worker loop: one trial's training, run on every worker of a TorchTrainer.
+"""The training loop: one trial's training, run in the Tune trial process (one worker) or on every worker of a Ray
+Train TorchTrainer (see ``trainables.trial``).
 
 Each epoch ends with an evaluation on the validation split's canonical label timeline, a search of post-processing on
-those stored predictions (no retraining), and one ``ray.train.report(metrics, checkpoint)``, so ASHA can stop the trial
-between epochs and a restarted worker resumes from the last epoch it finished.
+those stored predictions (no retraining), and one report with a checkpoint, so ASHA can stop the trial between epochs
+and a restarted trial resumes from the last epoch it finished.
 
 Training knobs read from the trial config (all optional unless noted):
 ``lr`` (required), ``weight_decay``, ``batch_size`` (required), ``epochs`` (required), ``warmup_epochs`` (linear warmup,
@@ -89,12 +90,22 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Train one configuration; runs inside a Ray Train worker (see ``trainables.trial``)."""
-    import ray.train
-    import ray.train.torch
+    """Train one configuration on every worker of a Ray Train ``TorchTrainer`` (the ``train`` executor)."""
+    from trainables.session import TrainWorkerSession
 
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    fit(config, TrainWorkerSession())
+
+
+def train_in_trial(config: dict) -> None:
+    """Train one single-worker configuration in the Tune trial process itself (the ``inline`` executor)."""
+    from trainables.session import TuneTrialSession
+
+    fit(config, TuneTrialSession(gpus=float(config.get("gpus", 0) or 0)))
+
+
+def fit(config: dict, session) -> None:
+    """Train one configuration, reporting to ``session`` (a ``trainables.session`` object) after every fidelity unit."""
+    rank = session.rank
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     seed = int(config.get("seed", 0))
     seed_everything(seed + rank)
@@ -125,9 +136,9 @@ def train_loop_per_worker(config: dict) -> None:
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator,
                                          drop_last=len(train_set) > batch_size)
-    loader = ray.train.torch.prepare_data_loader(loader)
-    model = ray.train.torch.prepare_model(build_model(config, out_dims, in_chans, n_bins))
-    device = ray.train.torch.get_device()
+    loader = session.prepare_data_loader(loader)
+    model = session.prepare_model(build_model(config, out_dims, in_chans, n_bins))
+    device = session.device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(config["lr"]), weight_decay=float(config.get("weight_decay", 1e-4)))
     epochs = int(config["epochs"])
@@ -150,10 +161,8 @@ def train_loop_per_worker(config: dict) -> None:
     per_epoch = max(1, int(config.get("reports_per_epoch", 1)))
     total_units = int(config.get("max_units", epochs * per_epoch))
     unit = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location=device, weights_only=False)
+    state = session.load_state(device)
+    if state is not None:
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -212,7 +221,7 @@ def train_loop_per_worker(config: dict) -> None:
             if diverged:
                 # A NaN/inf loss or prediction ends this trial, not the sweep: report it once with the objective at
                 # its worst possible value (CCC >= -1) so the searcher learns the region is bad; no retry.
-                ray.train.report({**progress, "diverged": 1, OBJECTIVE: -1.0, "train_loss": math.nan})
+                session.report({**progress, "diverged": 1, OBJECTIVE: -1.0, "train_loss": math.nan})
                 return
 
             report = {**progress, "train_loss": float(np.mean(losses)) if losses else math.nan,
@@ -230,7 +239,7 @@ def train_loop_per_worker(config: dict) -> None:
                 post, metrics = search_postprocess(preds, truth, label_stats, pred_stats, dims=dims)
                 preds = {vid: post.apply(p) for vid, p in preds.items()}
             report.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-            _report_with_checkpoint(rank, report, {
+            _report_with_checkpoint(session, report, {
                 # "model": the trained weights (resumed from); "eval_model": what was evaluated and what prediction
                 # uses (the EMA weights when EMA is on).
                 "model": _unwrap(model).state_dict(), "eval_model": eval_model.state_dict(),
@@ -240,20 +249,18 @@ def train_loop_per_worker(config: dict) -> None:
             }, preds, post)
 
 
-def _report_with_checkpoint(rank: int, report: dict, state: dict, preds: dict, post: PostProcess) -> None:
-    """``ray.train.report`` on every worker; rank 0 attaches the checkpoint (weights, optimiser, post-processing,
-    validation predictions on the label timeline)."""
-    import ray.train
-
+def _report_with_checkpoint(session, report: dict, state: dict, preds: dict, post: PostProcess) -> None:
+    """Report on every worker; rank 0 attaches the checkpoint (weights, optimiser, post-processing, validation
+    predictions on the label timeline)."""
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = None
-        if rank == 0:
-            torch.save(state, Path(tmp) / "state.pt")
-            np.savez_compressed(Path(tmp) / "val_predictions.npz", **preds)
-            (Path(tmp) / "metrics.json").write_text(json.dumps(report, indent=1))
-            (Path(tmp) / "postprocess.json").write_text(json.dumps(post.to_dict(), indent=1))
-            ckpt = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(report, checkpoint=ckpt)
+        folder = None
+        if session.rank == 0:
+            folder = Path(tmp)
+            torch.save(state, folder / "state.pt")
+            np.savez_compressed(folder / "val_predictions.npz", **preds)
+            (folder / "metrics.json").write_text(json.dumps(report, indent=1))
+            (folder / "postprocess.json").write_text(json.dumps(post.to_dict(), indent=1))
+        session.report(report, checkpoint_dir=folder)
 
 
 def _all_finite(loss: torch.Tensor) -> bool:
