@@ -1,10 +1,12 @@
-"""Sweep overhead: runs a real sweep of N short trials and prints the share of wall time spent in training steps and
-the per-trial overhead (process start-up, Ray Train worker group, checkpointing, evaluation excluded).
+"""Sweep overhead: runs a real sweep of N short trials (about 30 s each here) and prints the share of wall time spent
+in training steps and in whole epochs, and the per-trial overhead (everything outside the trials' epochs: Ray and
+MLflow start-up, trial processes, scheduling, checkpoints, records).
 
-    python benchmarks/bench_sweep_overhead.py --trials 4 --epochs 3 --frames 400
+    python benchmarks/bench_sweep_overhead.py --trials 8 --epochs 3 --frames 400 [--executor train]
 
 Everything is measured in this one run: the sweep's wall time, and from each trial's reports the seconds spent in
-training steps (``train_time_s``) and whole epochs (``epoch_time_s``, training + validation + post-processing).
+training steps (``train_time_s``), in whole epochs (``epoch_time_s``: training + validation + post-processing) and in
+the trial (Tune's ``time_total_s``). The sweep's one-time start-up is shared by its trials, so more trials amortise it.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def run(cmd: list[str], cwd: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--frames", type=int, default=400, help="frames per synthetic video (longer = longer trials)")
     ap.add_argument("--concurrent", type=int, default=2)

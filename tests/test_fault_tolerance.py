@@ -98,6 +98,12 @@ def test_worker_killed_mid_trial_resumes_from_checkpoint(data, tmp_path, executo
     steps = [m.step for m in client.get_metric_history(children[0].info.run_id, "val_ccc_mean")]
     assert set(steps) == {1, 2, 3, 4} and steps.count(1) == 1  # resumed from a checkpoint, not from scratch
     assert children[0].data.tags["emotune.epochs_run"] == "4"
+    import json
+
+    reports = [json.loads(line) for line in next((tmp_path / "ray_results" / "w").glob("trial-*/result.json")).open()]
+    # Inline, the killed process was the trial's own: a new one finished it. With Ray Train, Train replaced its worker
+    # under the same trial process.
+    assert len({r["pid"] for r in reports}) == (2 if executor == "inline" else 1)
 
 
 def test_driver_killed_then_resume_completes_every_trial_once(data, tmp_path):
