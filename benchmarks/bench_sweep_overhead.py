@@ -57,11 +57,13 @@ def main() -> None:
              "--max-concurrent", str(a.concurrent), "--executor", a.executor], work)
         wall = time.perf_counter() - t0
         train = epoch = in_trial = 0.0
+        pids = set()
         for result in (work / "ray_results" / "bench").glob("trial-*/result.json"):
             reports = [json.loads(line) for line in result.read_text().splitlines()]
             train += sum(r.get("train_time_s", 0.0) for r in reports)
             epoch += sum(r.get("epoch_time_s", 0.0) for r in reports)
             in_trial += reports[-1]["time_total_s"] if reports else 0.0
+            pids |= {r["pid"] for r in reports}
     slots = wall * a.concurrent
     print(f"executor={a.executor} trials={a.trials} epochs={a.epochs} concurrent={a.concurrent} wall={wall:.1f}s")
     print(f"training steps: {train:.1f}s of {slots:.1f} slot-seconds = {100 * train / slots:.1f}% of wall time")
@@ -70,6 +72,7 @@ def main() -> None:
           f"{(in_trial - epoch) / a.trials:.1f}s inside the trial (data, model, checkpoints) and "
           f"{(slots - in_trial) / a.trials:.1f}s outside it (Ray and MLflow start-up, scheduling, records)")
     print(f"mean trial length in epochs: {epoch / a.trials:.1f}s")
+    print(f"trial processes: {len(pids)} for {a.trials} trials (inline trials reuse a finished trial's process)")
 
 
 if __name__ == "__main__":
