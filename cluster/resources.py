@@ -12,8 +12,9 @@ def max_concurrent_trials(cluster: dict[str, float], workers: int, cpus_per_work
                           requested: int | None = None, autoscaling: bool = False) -> int:
     """Trials that fit at once: each trial's workers must all be placeable while the other running trials hold theirs.
 
-    The trial processes themselves reserve no CPU (see ``trainables.trial``), so the limit is CPUs (and GPUs) divided
-    by what one trial's workers take. ``requested`` lowers it further. On an autoscaling cluster the current size is
+    A trial takes exactly its workers' CPUs and GPUs: an inline trial's process is its one worker, a Ray Train trial's
+    process reserves no CPU (see ``trainables.trial``). So the limit is CPUs (and GPUs) divided by what one trial's
+    workers take. ``requested`` lowers it further. On an autoscaling cluster the current size is
     no limit, so only ``requested`` (or 1 per current fit, at least 1) applies.
 
     Raises:

@@ -113,8 +113,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     """Run (or, with ``opts.resume``, finish) one sweep and return its results with the MLflow ids.
 
     Resume: the Tune experiment ``<storage>/<name>`` is restored with its searcher state, unfinished trials continue from
-    their last Ray Train checkpoint (their TorchTrainer has the same name and storage, so Train picks up its own
-    checkpoint), errored ones are retried, and the MLflow callback (pickled with the experiment) reuses each trial's
+    their last checkpoint (an inline trial from Tune's; a Ray Train trial's TorchTrainer has the same name and storage,
+    so Train picks up its own), errored ones are retried, and the MLflow callback (pickled with the experiment) reuses each trial's
     run, so no run is duplicated and exactly ``num_samples`` trials exist at the end.
     """
     import ray
