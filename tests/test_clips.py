@@ -240,3 +240,64 @@ def test_to_tensor_range():
     t = to_tensor(x)
     assert t.shape == (1, 3, 1, 1)
     np.testing.assert_allclose(t.flatten().numpy(), [-1.0, 1.0, 127 / 127.5 - 1.0], rtol=0, atol=1e-7)
+
+
+class WholeClipsOnly(torch.nn.Module):
+    """The same network seen through ``forward`` only (no per-frame protocol): the reference for feature sharing."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.clip_frames = 0
+
+    def forward(self, x):
+        self.clip_frames += x.shape[0] * x.shape[1]
+        return self.model(x)
+
+
+class MirrorFrames:
+    per_frame = True
+
+    def __call__(self, clip):
+        return clip.flip(-1)
+
+
+class CountingEncoder(torch.nn.Module):
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder, self.frames = encoder, 0
+
+    def forward(self, x):
+        self.frames += x.shape[0]
+        return self.encoder(x)
+
+
+@pytest.mark.parametrize("target,stride", [("window", 2), ("window", 1), ("sequence", 3)])
+def test_shared_frame_features_give_the_clip_by_clip_predictions(videos, target, stride):
+    """A CNN-RNN evaluates each frame's CNN once and reuses it across overlapping windows and SSTS views: the
+    predictions equal running every clip through the whole network, with a fraction of the CNN passes."""
+    from trainables.data.augment import build_eval_transform
+    from trainables.models import create_backbone
+
+    assert build_eval_transform({}).per_frame
+    torch.manual_seed(0)
+    model = create_backbone("cnn_rnn_tiny", out_dims=2).eval()
+    model.encoder = CountingEncoder(model.encoder)
+    spec = ClipSpec(length=32, overlap=0.75, clip_len=24, stride=stride, target=target)
+    for transform in (None, build_eval_transform({}), MirrorFrames()):
+        reference = WholeClipsOnly(model)
+        expected = predict_timeline(reference, videos[0], spec, CPU, seed=3, transform=transform)
+        model.encoder.frames = 0
+        shared = predict_timeline(model, videos[0], spec, CPU, seed=3, transform=transform)
+        np.testing.assert_allclose(shared, expected, rtol=0, atol=1e-5)
+        assert model.encoder.frames <= T < reference.clip_frames / 2  # each grid frame at most once
+
+
+def test_a_transform_not_declared_per_frame_keeps_whole_clips(videos):
+    from trainables.models import create_backbone
+
+    model = create_backbone("cnn_rnn_tiny", out_dims=2).eval()
+    model.encoder = CountingEncoder(model.encoder)
+    spec = ClipSpec(length=32, overlap=0.75, clip_len=24, stride=2)
+    predict_timeline(model, videos[0], spec, CPU, transform=lambda clip: clip.flip(0))  # depends on frame order
+    assert model.encoder.frames > T

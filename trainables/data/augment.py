@@ -550,6 +550,8 @@ class ClipPipeline:
 class EvalTransform:
     """The evaluation transform: the centre crop matching the training random crop, otherwise the identity."""
 
+    per_frame = True  # each frame is transformed alike, whatever clip it is in (evaluation may share frame features)
+
     def __init__(self, crop: CenterCrop | None, key: str = "aug_random_crop") -> None:
         self.crop = crop
         self.key = key

@@ -225,6 +225,8 @@ def predict_timeline(model: torch.nn.Module, video: CachedVideo, spec: ClipSpec,
     ``stride`` views of one fixed draw: the ensemble inference of paper 000); each frame then takes the mean of all
     windows covering it. With ``target="sequence"`` the per-frame outputs are accumulated at the frames the views
     sampled and frames no view sampled are linearly interpolated from their neighbours.
+    A model with the per-frame protocol (``encode_frames``/``decode_frames``, e.g. the CNN-RNN) has each frame encoded
+    once and its features shared by every window and view that holds it; the outputs are the same.
     Judgment calls: a window with fewer valid frames than the sampler needs still gets a prediction (drawn from all its
     frames, no-face frames being black), so that every label step is scored as the protocol requires; a video shorter
     than one window is predicted as neutral 0 everywhere.
@@ -246,13 +248,21 @@ def predict_timeline(model: torch.nn.Module, video: CachedVideo, spec: ClipSpec,
     window_preds = np.zeros((len(starts), d), dtype=np.float64)
     frame_sum = np.zeros((g, d))
     frame_cnt = np.zeros(g)
+    features = None
+    if _per_frame(model, transform):
+        # Overlapping windows and their views share frames: encode every frame once, then run only the temporal part
+        # per clip. Same outputs as ``model(clips)`` (the encoder sees each frame alone, in eval mode).
+        features = _encode_frames(model, view, views_per_window, transform, device, batch_size * spec.clip_len)
     for k in range(n_views):  # view k has the same length in every window, so views batch together
         for b in range(0, len(starts), batch_size):
             idx = [views_per_window[w][k] for w in range(b, min(b + batch_size, len(starts)))]
-            clips = [to_uint8_tensor(view.frames(i)) for i in idx]
-            if transform is not None:
-                clips = [transform(c) for c in clips]
-            out = model(torch.stack([normalise(c) for c in clips]).to(device))
+            if features is not None:
+                out = model.decode_frames(features[torch.from_numpy(np.stack(idx))])
+            else:
+                clips = [to_uint8_tensor(view.frames(i)) for i in idx]
+                if transform is not None:
+                    clips = [transform(c) for c in clips]
+                out = model(torch.stack([normalise(c) for c in clips]).to(device))
             window_preds[b:b + len(idx)] += out["window"].float().cpu().numpy()
             if spec.target == "sequence":
                 frames_out = out["frames"].float().cpu().numpy()
@@ -266,6 +276,30 @@ def predict_timeline(model: torch.nn.Module, video: CachedVideo, spec: ClipSpec,
         return np.stack([np.interp(grid, grid[seen], mean[:, j]) for j in range(d)], axis=1)
     window_preds /= n_views
     return coverage_mean(g, starts, spec.length, window_preds)
+
+
+def _per_frame(model: torch.nn.Module, transform) -> bool:
+    """Whether ``model`` offers the per-frame protocol and ``transform`` treats every frame alike (none, or declared
+    ``per_frame``), so that frame features can be shared between clips."""
+    return (callable(getattr(model, "encode_frames", None)) and callable(getattr(model, "decode_frames", None))
+            and (transform is None or bool(getattr(transform, "per_frame", False))))
+
+
+def _encode_frames(model: torch.nn.Module, view: VideoView, views_per_window: list, transform,
+                   device: torch.device, batch_frames: int) -> torch.Tensor:
+    """(G, F) features of the grid frames any view uses (rows of unused frames stay zero), ``batch_frames`` at a time."""
+    used = np.unique(np.concatenate([np.concatenate(views) for views in views_per_window]))
+    features = None
+    for b in range(0, len(used), batch_frames):
+        pos = used[b:b + batch_frames]
+        frames = to_uint8_tensor(view.frames(pos))
+        if transform is not None:
+            frames = transform(frames)
+        f = model.encode_frames(normalise(frames).to(device))
+        if features is None:
+            features = torch.zeros((len(view), f.shape[1]), dtype=f.dtype, device=f.device)
+        features[torch.from_numpy(pos).to(f.device)] = f
+    return features
 
 
 def predict_labels(model: torch.nn.Module, video: CachedVideo, spec: ClipSpec, device: torch.device,

@@ -47,7 +47,17 @@ class CnnRnn(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (B, T, C, H, W) -> {"frames": (B, T, D), "window": (B, D)}."""
         b, t = x.shape[:2]
-        feats = self.encoder(x.flatten(0, 1)).view(b, t, -1)
+        return self.decode_frames(self.encode_frames(x.flatten(0, 1)).view(b, t, -1))
+
+    # The per-frame protocol (``encode_frames`` then ``decode_frames`` equals ``forward``): evaluation encodes each frame
+    # of a video once and reuses its features in every window and view that contains it (trainables.data.clips).
+    def encode_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) frames -> (N, F) CNN features."""
+        return self.encoder(x)
+
+    def decode_frames(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """feats: (B, T, F) per-frame features of B clips -> the outputs of ``forward``."""
+        b, t = feats.shape[:2]
         seq, _ = self.rnn(feats)
         frames = self.head(seq)
         out = {"frames": frames, "window": frames[:, -1]}
