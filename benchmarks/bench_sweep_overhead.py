@@ -52,18 +52,20 @@ def main() -> None:
         out = run([exe, "data", "prepare", "--manifest", "data/manifest.csv", "--cache", "cache"], work)
         index = out.split("dataset index: ")[1].strip()
         (work / "bench.yaml").write_text(SPACE.format(epochs=a.epochs))
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         run([exe, "sweep", "--space", "bench.yaml", "--data", index, "--trials", str(a.trials), "--name", "bench",
              "--max-concurrent", str(a.concurrent), "--executor", a.executor], work)
         wall = time.perf_counter() - t0
         train = epoch = in_trial = 0.0
-        pids = set()
+        pids, first_start = set(), float("inf")
         for result in (work / "ray_results" / "bench").glob("trial-*/result.json"):
             reports = [json.loads(line) for line in result.read_text().splitlines()]
             train += sum(r.get("train_time_s", 0.0) for r in reports)
             epoch += sum(r.get("epoch_time_s", 0.0) for r in reports)
             in_trial += reports[-1]["time_total_s"] if reports else 0.0
             pids |= {r["pid"] for r in reports}
+            if reports:  # Tune's timestamps are whole seconds
+                first_start = min(first_start, reports[0]["timestamp"] - reports[0]["time_this_iter_s"])
     slots = wall * a.concurrent
     print(f"executor={a.executor} trials={a.trials} epochs={a.epochs} concurrent={a.concurrent} wall={wall:.1f}s")
     print(f"training steps: {train:.1f}s of {slots:.1f} slot-seconds = {100 * train / slots:.1f}% of wall time")
@@ -72,6 +74,10 @@ def main() -> None:
           f"{(in_trial - epoch) / a.trials:.1f}s inside the trial (data, model, checkpoints) and "
           f"{(slots - in_trial) / a.trials:.1f}s outside it (Ray and MLflow start-up, scheduling, records)")
     print(f"mean trial length in epochs: {epoch / a.trials:.1f}s")
+    startup = max(0.0, first_start - started)
+    steady = slots - startup * a.concurrent
+    print(f"after the sweep's one-time start-up (about {startup:.0f}s until the first trial trains): training steps "
+          f"{100 * train / steady:.1f}%, whole epochs {100 * epoch / steady:.1f}% of slot time")
     print(f"trial processes: {len(pids)} for {a.trials} trials (inline trials reuse a finished trial's process)")
 
 
