@@ -342,7 +342,6 @@ def _detect_and_crop(entry: VideoEntry, reader, n: int, keep: np.ndarray, frames
     previous_box = None
 
     def flush(upto: int) -> None:
-        nonlocal pending
         while pending and pending[0][0] <= upto:
             t, frame = pending.pop(0)
             if not (scores[t] >= reg.min_score and np.isfinite(boxes[t]).all()):
