@@ -104,7 +104,7 @@ def test_custom_adapter_is_selectable_by_name(tmp_path):
         np.testing.assert_allclose(track.times, [0.0, 0.1, 0.2])
     finally:
         from trainables.data import adapters
-        adapters._ADAPTERS.pop(name)
+        adapters._ADAPTERS.entries.pop(name)
 
 
 @pytest.mark.parametrize("scale, native, unit", [

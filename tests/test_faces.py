@@ -126,12 +126,12 @@ def test_detect_rejects_frames_without_batch_axis():
 
 def test_registry_lists_creates_and_rejects(monkeypatch):
     assert {"opencv", "face_alignment"} <= set(list_detectors())
-    with pytest.raises(ValueError, match="valid: .*face_alignment.*opencv"):
+    with pytest.raises(ValueError, match="valid face detectors: .*face_alignment.*opencv"):
         create_detector("mtcnn")
     with pytest.raises(ValueError, match="read_crops_folder"):
         create_detector("precomputed")
 
-    monkeypatch.setattr(faces, "_DETECTORS", dict(faces._DETECTORS))
+    monkeypatch.setattr(faces._DETECTORS, "entries", dict(faces._DETECTORS.entries))
 
     @register_detector("constant")
     class Constant:

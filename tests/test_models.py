@@ -48,18 +48,18 @@ def test_unknown_backbone_message_lists_every_registered_name() -> None:
 
 
 def test_registering_an_existing_name_raises_and_keeps_the_original() -> None:
-    original = registry._BACKBONES["cnn_rnn"]
+    original = registry._BACKBONES.get("cnn_rnn")
 
     with pytest.raises(ValueError, match="'cnn_rnn' is already registered"):
         @register_backbone("cnn_rnn")
         def impostor(**kwargs) -> nn.Module:  # pragma: no cover - never registered
             return nn.Identity()
 
-    assert registry._BACKBONES["cnn_rnn"] is original
+    assert registry._BACKBONES.get("cnn_rnn") is original
 
 
 def test_registering_a_new_name_twice_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_BACKBONES", dict(registry._BACKBONES))
+    monkeypatch.setattr(registry._BACKBONES, "entries", dict(registry._BACKBONES.entries))
 
     @register_backbone("unit_test_identity")
     def first(**kwargs) -> nn.Module:
@@ -69,7 +69,7 @@ def test_registering_a_new_name_twice_raises(monkeypatch: pytest.MonkeyPatch) ->
     assert isinstance(create_backbone("unit_test_identity"), nn.Identity)
     with pytest.raises(ValueError, match="already registered"):
         register_backbone("unit_test_identity")(first)
-    assert registry._BACKBONES["unit_test_identity"] is first
+    assert registry._BACKBONES.get("unit_test_identity") is first
 
 
 # --- contract every backbone must meet ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from trainables.data.sidecar import LabelFileError
+from trainables.registry import Registry
 
 __all__ = [
     "AdapterSpec",
@@ -142,7 +143,7 @@ class AdapterSpec:
     options: tuple[str, ...]
 
 
-_ADAPTERS: dict[str, AdapterSpec] = {}
+_ADAPTERS: Registry[AdapterSpec] = Registry("label format", plural="formats")
 _CORE_PARAMS = ("path", "fps", "dims")
 
 
@@ -166,14 +167,15 @@ def register_adapter(name: str, *, extensions: Sequence[str] = (".csv",)) -> Cal
 
     def decorate(fn: AdapterFn) -> AdapterFn:
         if name in _ADAPTERS:
-            raise ValueError(f"register_adapter: adapter {name!r} is already registered (by {_ADAPTERS[name].fn!r})")
+            raise ValueError(f"register_adapter: adapter {name!r} is already registered "
+                             f"(by {_ADAPTERS.get(name).fn!r})")
         params = inspect.signature(fn).parameters
         missing = [p for p in _CORE_PARAMS if p not in params]
         if missing:
             raise ValueError(f"register_adapter: {fn!r} for {name!r} lacks parameter(s) {', '.join(missing)}; "
                              "adapters take (path, *, fps, dims, **options)")
         options = tuple(p for p in params if p not in _CORE_PARAMS)
-        _ADAPTERS[name] = AdapterSpec(name, fn, exts, options)
+        _ADAPTERS.add(name, AdapterSpec(name, fn, exts, options))
         return fn
 
     return decorate
@@ -181,7 +183,7 @@ def register_adapter(name: str, *, extensions: Sequence[str] = (".csv",)) -> Cal
 
 def list_adapters() -> list[str]:
     """Names of the registered adapters, sorted."""
-    return sorted(_ADAPTERS)
+    return _ADAPTERS.names()
 
 
 def get_adapter(name: str) -> AdapterSpec:
@@ -190,10 +192,7 @@ def get_adapter(name: str) -> AdapterSpec:
     Raises:
         ValueError: unknown name; the message lists the valid names.
     """
-    try:
-        return _ADAPTERS[name]
-    except KeyError:
-        raise ValueError(f"unknown label format {name!r}; valid formats: {', '.join(list_adapters())}") from None
+    return _ADAPTERS.get(name)
 
 
 def adapter_extensions(name: str) -> tuple[str, ...]:

@@ -75,6 +75,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from trainables.registry import Registry
+
 __all__ = [
     "ClipAugmentation",
     "register_augmentation",
@@ -109,7 +111,7 @@ class ClipAugmentation(Protocol):
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor: ...
 
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY: Registry[type] = Registry("augmentation")
 _T = TypeVar("_T", bound=type)
 
 
@@ -117,9 +119,7 @@ def register_augmentation(name: str) -> Callable[[_T], _T]:
     """Class decorator: make the augmentation constructible by ``create_augmentation(name, **params)``."""
 
     def deco(cls: _T) -> _T:
-        if name in _REGISTRY:
-            raise ValueError(f"augmentation {name!r} is already registered ({_REGISTRY[name].__name__})")
-        _REGISTRY[name] = cls
+        _REGISTRY.add(name, cls)
         cls.name = name  # type: ignore[attr-defined]
         return cls
 
@@ -128,7 +128,7 @@ def register_augmentation(name: str) -> Callable[[_T], _T]:
 
 def list_augmentations() -> list[str]:
     """Registered augmentation names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def create_augmentation(name: str, **params: Any) -> ClipAugmentation:
@@ -138,9 +138,7 @@ def create_augmentation(name: str, **params: Any) -> ClipAugmentation:
         ValueError: unknown ``name`` (the message lists the registered names), unknown parameter (the message lists the
             allowed ones) or a parameter outside its allowed range (the message names it and the range).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown augmentation {name!r}; registered: {', '.join(list_augmentations())}")
-    cls = _REGISTRY[name]
+    cls = _REGISTRY.get(name)
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(params) - set(allowed))
     if unknown:

@@ -28,6 +28,8 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
+from trainables.registry import Registry
+
 #: Environment variable naming a folder that holds face-alignment weight files.
 WEIGHTS_ENV = "EMOTUNE_FACE_WEIGHTS"
 
@@ -70,7 +72,7 @@ class FaceDetector(Protocol):
         ...
 
 
-_DETECTORS: dict[str, Callable[..., FaceDetector]] = {}
+_DETECTORS: Registry[Callable[..., FaceDetector]] = Registry("face detector")
 
 
 def register_detector(name: str) -> Callable[[Callable[..., FaceDetector]], Callable[..., FaceDetector]]:
@@ -79,17 +81,12 @@ def register_detector(name: str) -> Callable[[Callable[..., FaceDetector]], Call
     Raises:
         ValueError: ``name`` is already registered (two detectors must not silently shadow each other).
     """
-    def deco(factory: Callable[..., FaceDetector]) -> Callable[..., FaceDetector]:
-        if name in _DETECTORS and _DETECTORS[name] is not factory:
-            raise ValueError(f"face detector {name!r} is already registered")
-        _DETECTORS[name] = factory
-        return factory
-    return deco
+    return _DETECTORS.register(name)
 
 
 def list_detectors() -> list[str]:
     """Names accepted by ``create_detector``, sorted."""
-    return sorted(_DETECTORS)
+    return _DETECTORS.names()
 
 
 def create_detector(name: str, **kwargs: Any) -> FaceDetector:
@@ -98,14 +95,11 @@ def create_detector(name: str, **kwargs: Any) -> FaceDetector:
     Raises:
         ValueError: unknown name (the message lists the valid ones).
     """
-    if name not in _DETECTORS:
-        hint = ""
-        if name == "precomputed":
-            # "precomputed" is a registration source, not a detector over pixels.
-            hint = (" ('precomputed' faces are not detected: read boxes/landmarks with "
-                    "trainables.data.sidecar.read_face_sidecar or cropped frames with read_crops_folder)")
-        raise ValueError(f"unknown face detector {name!r}; valid: {', '.join(list_detectors())}{hint}")
-    return _DETECTORS[name](**kwargs)
+    # "precomputed" is a registration source, not a detector over pixels.
+    hint = (" ('precomputed' faces are not detected: read boxes/landmarks with "
+            "trainables.data.sidecar.read_face_sidecar or cropped frames with read_crops_folder)"
+            if name == "precomputed" else "")
+    return _DETECTORS.get(name, hint)(**kwargs)
 
 
 def _check_frames(frames: np.ndarray, who: str) -> np.ndarray:

@@ -9,24 +9,19 @@ from typing import Callable
 
 import torch.nn as nn
 
-_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+from trainables.registry import Registry
+
+_BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register ``fn`` under ``name``; a second registration of the same name is an error."""
-
-    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _BACKBONES[name] = fn
-        return fn
-
-    return decorator
+    return _BACKBONES.register(name)
 
 
 def list_backbones() -> list[str]:
     """Names of every registered backbone, sorted."""
-    return sorted(_BACKBONES)
+    return _BACKBONES.names()
 
 
 def create_backbone(name: str, **kwargs) -> nn.Module:
@@ -35,8 +30,4 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
     Raises:
         ValueError: ``name`` is not registered; the message lists the valid names.
     """
-    try:
-        fn = _BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(list_backbones())}") from None
-    return fn(**kwargs)
+    return _BACKBONES.get(name)(**kwargs)
