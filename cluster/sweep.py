@@ -144,7 +144,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                               f"`emotune sweep --resume {name} --storage {opts.storage}` or choose another --name")
     runtime = {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
                "storage_path": f"{storage}/{name}", "keep_checkpoints": opts.keep_checkpoints,
-               "max_failures": opts.max_failures, "executor": executor}
+               "max_failures": opts.max_failures, "executor": executor, "metric": space.metric, "mode": space.mode}
     data_index = data if isinstance(data, str) else json.dumps(data)
     per_epoch = int(space.fidelity["per_epoch"])
     units = int(space.fidelity["max"])  # reports a trial makes at most: epochs, or fractions of an epoch

@@ -25,6 +25,10 @@ def trial_params(config: dict) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in SKIP_CONFIG_KEYS}
 
 
+def _result_key(result: dict) -> tuple:
+    return result.get("training_iteration"), result.get("time_total_s")
+
+
 def open_experiment(tracking_uri: str, name: str, artifact_root: str | Path | None = None):
     """(client, experiment_id) for ``name``, created if absent; local stores keep artifacts in ``artifact_root``."""
     from mlflow.tracking import MlflowClient
@@ -49,7 +53,9 @@ class MlflowTrialCallback(Callback):
         self.step_key, self.max_steps, self.metric, self.mode = step_key, max_steps, metric, mode
         self.runs: dict[str, str] = {}
         self.best: dict[str, tuple[float, str | None]] = {}  # trial id -> (best objective, its checkpoint path)
-        self.awaiting_checkpoint: dict[str, bool] = {}  # trial id -> its best result's checkpoint not yet saved
+        # trial id -> (training_iteration, time_total_s) of its best result, whose checkpoint Tune has not saved yet
+        # (inline trials); the pair tells that result from the same iteration run again after a retry
+        self.awaiting_checkpoint: dict[str, tuple] = {}
         self._client = None
 
     @property
@@ -65,6 +71,20 @@ class MlflowTrialCallback(Callback):
         state = self.__dict__.copy()
         state["_client"] = None
         return state
+
+    def __setstate__(self, state):
+        state.setdefault("awaiting_checkpoint", {})  # a sweep pickled before inline trials existed
+        self.__dict__.update(state)
+
+    # Tune saves this state with every experiment checkpoint and restores it on --resume (the pickled callback itself
+    # is the one from the sweep's start), so each trial's best value and checkpoint survive a dead driver.
+    def get_state(self) -> dict:
+        return {"runs": dict(self.runs), "best": dict(self.best), "awaiting_checkpoint": dict(self.awaiting_checkpoint)}
+
+    def set_state(self, state: dict) -> None:
+        self.runs.update(state.get("runs", {}))
+        self.best.update(state.get("best", {}))
+        self.awaiting_checkpoint.update(state.get("awaiting_checkpoint", {}))
 
     def run_id(self, trial_id: str) -> str | None:
         if trial_id in self.runs:
@@ -101,17 +121,25 @@ class MlflowTrialCallback(Callback):
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
         value = result.get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            better = (lambda a, b: a > b) if self.mode == "max" else (lambda a, b: a < b)
+        if isinstance(value, (int, float)) and math.isfinite(value) and not result.get("diverged"):
+            # Ties go to the later result, as in Ray's checkpoint retention (which keeps the later of equal scores).
+            better = (lambda a, b: a >= b) if self.mode == "max" else (lambda a, b: a <= b)
             if trial.trial_id not in self.best or better(value, self.best[trial.trial_id][0]):
                 # A Ray Train trial names its checkpoint in the result; an inline trial's checkpoint is saved by Tune
                 # after this result and arrives in ``on_checkpoint``.
                 path = result.get("checkpoint_path")
                 self.best[trial.trial_id] = (float(value), path)
-                self.awaiting_checkpoint[trial.trial_id] = path is None
+                if path is None:
+                    self.awaiting_checkpoint[trial.trial_id] = _result_key(result)
+                else:
+                    self.awaiting_checkpoint.pop(trial.trial_id, None)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        if self.awaiting_checkpoint.pop(trial.trial_id, False) and trial.trial_id in self.best:
+        awaited = self.awaiting_checkpoint.pop(trial.trial_id, None)
+        # Only the checkpoint saved with that very result: if the trial died in between, a later checkpoint (from a
+        # retry) must not be filed under the earlier best value.
+        if (awaited is not None and trial.trial_id in self.best
+                and _result_key(trial.last_result or {}) == tuple(awaited)):
             self.best[trial.trial_id] = (self.best[trial.trial_id][0], checkpoint.path)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

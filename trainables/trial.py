@@ -66,7 +66,17 @@ def run_trial(config: dict) -> None:
     loop_config = {**{k: v for k, v in config.items() if k != "runtime"},
                    "threads": max(1, int(runtime.get("cpus_per_worker", 1))), "gpus": gpus}
     if runtime.get("executor") == "inline":
-        train_in_trial(loop_config)
+        try:
+            train_in_trial(loop_config)
+        finally:
+            # The process serves the next trial too: give back what this one cached on the GPU.
+            import gc
+
+            import torch
+
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         return
 
     import ray
@@ -100,7 +110,8 @@ def run_trial(config: dict) -> None:
 
 
 def checkpoint_policy(runtime: dict, config_cls):
-    """Keep the best ``keep_checkpoints`` checkpoints of a trial by the objective (Ray also keeps the latest, which a
-    retry resumes from)."""
-    return config_cls(num_to_keep=int(runtime.get("keep_checkpoints", 2)), checkpoint_score_attribute=OBJECTIVE,
-                      checkpoint_score_order="max")
+    """Keep the best ``keep_checkpoints`` checkpoints of a trial by the study's objective (Ray also keeps the latest,
+    which a retry resumes from), so the best one is still there when the trial's record is written."""
+    return config_cls(num_to_keep=int(runtime.get("keep_checkpoints", 2)),
+                      checkpoint_score_attribute=runtime.get("metric", OBJECTIVE),
+                      checkpoint_score_order=runtime.get("mode", "max"))

@@ -252,7 +252,9 @@ def predict_timeline(model: torch.nn.Module, video: CachedVideo, spec: ClipSpec,
     if _per_frame(model, transform):
         # Overlapping windows and their views share frames: encode every frame once, then run only the temporal part
         # per clip. Same outputs as ``model(clips)`` (the encoder sees each frame alone, in eval mode).
-        features = _encode_frames(model, view, views_per_window, transform, device, batch_size * spec.clip_len)
+        # As many frames per encoder pass as a batch of clips holds, so peak memory stays that of the clip path.
+        features = _encode_frames(model, view, views_per_window, transform, device,
+                                  batch_size * len(views_per_window[0][0]))
     for k in range(n_views):  # view k has the same length in every window, so views batch together
         for b in range(0, len(starts), batch_size):
             idx = [views_per_window[w][k] for w in range(b, min(b + batch_size, len(starts)))]
