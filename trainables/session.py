@@ -12,21 +12,33 @@ from pathlib import Path
 import torch
 
 
-def _load_state(checkpoint, device: torch.device) -> dict | None:
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / "state.pt", map_location=device, weights_only=False)
+class _Session:
+    """What both executors share: ``api`` is ``ray.train`` or ``ray.tune``, which offer the same checkpoint calls."""
+
+    def __init__(self, api):
+        self._api = api
+
+    def load_state(self, device: torch.device) -> dict | None:
+        checkpoint = self._api.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            return torch.load(Path(folder) / "state.pt", map_location=device, weights_only=False)
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        ckpt = self._api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self._api.report(metrics, checkpoint=ckpt)
 
 
-class TrainWorkerSession:
+class TrainWorkerSession(_Session):
     """One worker of a Ray Train ``TorchTrainer``: DDP wrapping, distributed sampler, Train's checkpoints."""
 
     def __init__(self):
         import ray.train
         import ray.train.torch
 
-        self._train, self._torch = ray.train, ray.train.torch
+        super().__init__(ray.train)
+        self._torch = ray.train.torch
         self.rank = ray.train.get_context().get_world_rank()
         self.device = ray.train.torch.get_device()
 
@@ -36,15 +48,8 @@ class TrainWorkerSession:
     def prepare_data_loader(self, loader):
         return self._torch.prepare_data_loader(loader)
 
-    def load_state(self, device: torch.device) -> dict | None:
-        return _load_state(self._train.get_checkpoint(), device)
 
-    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
-        ckpt = self._train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        self._train.report(metrics, checkpoint=ckpt)
-
-
-class TuneTrialSession:
+class TuneTrialSession(_Session):
     """The Tune trial process as the only worker: the first visible GPU when the trial holds one, else the CPU;
     checkpoints go to Tune, which restores the last one when the trial is retried or the sweep resumed."""
 
@@ -53,7 +58,7 @@ class TuneTrialSession:
     def __init__(self, gpus: float = 0.0):
         import ray.tune
 
-        self._tune = ray.tune
+        super().__init__(ray.tune)
         use_cuda = gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
 
@@ -62,10 +67,3 @@ class TuneTrialSession:
 
     def prepare_data_loader(self, loader):
         return loader
-
-    def load_state(self, device: torch.device) -> dict | None:
-        return _load_state(self._tune.get_checkpoint(), device)
-
-    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
-        ckpt = self._tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        self._tune.report(metrics, checkpoint=ckpt)
