@@ -15,6 +15,7 @@ EMA; the EMA weights are evaluated and checkpointed), ``amp`` (mixed precision; 
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -100,7 +101,13 @@ def train_in_trial(config: dict) -> None:
     """Train one single-worker configuration in the Tune trial process itself (the ``inline`` executor)."""
     from trainables.session import TuneTrialSession
 
-    fit(config, TuneTrialSession(gpus=float(config.get("gpus", 0) or 0)))
+    try:
+        fit(config, TuneTrialSession(gpus=float(config.get("gpus", 0) or 0)))
+    finally:
+        # The process serves the next trial too: give back what this one cached on the GPU.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def fit(config: dict, session) -> None:

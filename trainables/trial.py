@@ -47,6 +47,12 @@ def choose_executor(requested: str, workers: int) -> str:
     return requested
 
 
+def worker_resources(runtime: dict) -> dict[str, float]:
+    """One worker's CPUs and (when it has any) GPUs."""
+    gpus = float(runtime.get("gpus_per_worker", 0))
+    return {"CPU": float(runtime.get("cpus_per_worker", 1)), **({"GPU": gpus} if gpus else {})}
+
+
 def trial_resources(config: dict):
     """What one trial's process reserves: the worker's CPUs and GPUs when it trains itself (``inline``), else memory
     only (its ``train`` workers reserve their own)."""
@@ -55,8 +61,7 @@ def trial_resources(config: dict):
     runtime = config["runtime"]
     if runtime.get("executor") != "inline":
         return PlacementGroupFactory([TRIAL_DRIVER_RESOURCES])
-    gpus = float(runtime.get("gpus_per_worker", 0))
-    return PlacementGroupFactory([{"CPU": float(runtime.get("cpus_per_worker", 1)), **({"GPU": gpus} if gpus else {})}])
+    return PlacementGroupFactory([worker_resources(runtime)])
 
 
 def run_trial(config: dict) -> None:
@@ -66,17 +71,7 @@ def run_trial(config: dict) -> None:
     loop_config = {**{k: v for k, v in config.items() if k != "runtime"},
                    "threads": max(1, int(runtime.get("cpus_per_worker", 1))), "gpus": gpus}
     if runtime.get("executor") == "inline":
-        try:
-            train_in_trial(loop_config)
-        finally:
-            # The process serves the next trial too: give back what this one cached on the GPU.
-            import gc
-
-            import torch
-
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        train_in_trial(loop_config)
         return
 
     import ray
@@ -92,7 +87,7 @@ def run_trial(config: dict) -> None:
     scaling = ScalingConfig(
         num_workers=int(runtime.get("workers", 1)),
         use_gpu=gpus > 0,
-        resources_per_worker={"CPU": float(runtime.get("cpus_per_worker", 1)), **({"GPU": gpus} if gpus else {})},
+        resources_per_worker=worker_resources(runtime),
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
