@@ -82,7 +82,7 @@ def cnn_rnn(**kwargs) -> CnnRnn:
     return _build(**kwargs)
 
 
-@register_backbone("cnn_rnn_tiny")
+@register_backbone("cnn_rnn_tiny", pins=("cnn",))
 def cnn_rnn_tiny(**kwargs) -> CnnRnn:
     """A variant that trains on CPU in seconds: timm's tiny ``test_convnext`` per frame and a 64-unit GRU."""
     kwargs.setdefault("cnn", "test_convnext")

@@ -212,7 +212,7 @@ def conv3d_resnet_gru(**kwargs) -> Conv3dResNetGRU:
     return Conv3dResNetGRU(**kwargs)
 
 
-@register_backbone("conv3d_resnet_gru_tiny")
+@register_backbone("conv3d_resnet_gru_tiny", pins=("stem_channels", "widths", "blocks"))
 def conv3d_resnet_gru_tiny(**kwargs) -> Conv3dResNetGRU:
     """A variant that trains on CPU in seconds: 16-channel stem, one block per stage (16/24/32/48), a 32-unit GRU."""
     kwargs.setdefault("stem_channels", 16)

@@ -125,7 +125,7 @@ def i3d(**kwargs) -> I3D:
     return I3D(**kwargs)
 
 
-@register_backbone("i3d_tiny")
+@register_backbone("i3d_tiny", pins=("cnn",))
 def i3d_tiny(**kwargs) -> I3D:
     """A variant that trains on CPU in seconds: timm's ``test_resnet`` (0.37M parameters) inflated, a 32-unit head."""
     kwargs.setdefault("cnn", "test_resnet")

@@ -5,6 +5,8 @@ Every backbone returns a dict with ``"window"`` (B, D) and, when the architectur
 """
 from __future__ import annotations
 
+import inspect
+import typing
 from typing import Callable
 
 import torch.nn as nn
@@ -14,9 +16,36 @@ from trainables.registry import Registry
 _BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
 
 
-def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register ``fn`` under ``name``; a second registration of the same name is an error."""
-    return _BACKBONES.register(name)
+# Set by the training loop from the data and the loss, never by a trial setting.
+LOOP_ARGUMENTS = frozenset({"out_dims", "in_chans", "n_bins"})
+
+
+def register_backbone(name: str, pins: tuple[str, ...] = ()) -> Callable[[Callable[..., nn.Module]],
+                                                                          Callable[..., nn.Module]]:
+    """Register ``fn`` under ``name``; a second registration of the same name is an error.
+
+    ``fn``'s return annotation is the model class: its constructor's arguments are what a trial config may set
+    (:func:`backbone_arguments`), less ``pins``, the arguments this variant fixes (a tiny variant's CNN).
+    """
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        fn.pinned_arguments = frozenset(pins)
+        return _BACKBONES.add(name, fn)
+
+    return add
+
+
+def backbone_arguments(name: str) -> frozenset[str]:
+    """Constructor arguments of backbone ``name`` that a trial config may set.
+
+    Raises:
+        ValueError: ``name`` is not registered.
+    """
+    fn = _BACKBONES.get(name)
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        params = inspect.signature(typing.get_type_hints(fn)["return"]).parameters
+    names = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return frozenset(names - LOOP_ARGUMENTS - fn.pinned_arguments)
 
 
 def list_backbones() -> list[str]:
