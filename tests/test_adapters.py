@@ -15,7 +15,6 @@ from trainables.data.adapters import (
     LabelFileError,
     LabelTrack,
     get_adapter,
-    label_frame_index,
     labels_on_frames,
     list_adapters,
     read_labels,
@@ -114,7 +113,7 @@ def test_custom_adapter_is_selectable_by_name(tmp_path):
     ((1.0, 9.0), [1, 3, 5, 9], [-1, -0.5, 0, 1]),
 ])
 def test_to_native_inverts_rescale(scale, native, unit):
-    from trainables.data.adapters import to_unit
+    from trainables.data.labels import to_unit
 
     np.testing.assert_allclose(to_unit(np.array(native, float), scale), unit, atol=1e-12)
     track = LabelTrack(np.array(unit, np.float32)[:, None], np.arange(len(unit), dtype=np.float64), ("valence",),
@@ -483,23 +482,8 @@ def test_recola_errors(tmp_path, text, fragments):
 
 
 # ---------------------------------------------------------------------------
-# label steps <-> decoded frames
+# decoded frames -> label steps (label steps -> frames: tests/test_labels.py)
 # ---------------------------------------------------------------------------
-
-def test_label_frame_index_nearest_and_clipped():
-    times = np.array([-0.5, 0.0, 0.019, 0.02, 0.021, 0.5, 1.5, 3.96, 100.0])
-    np.testing.assert_array_equal(label_frame_index(times, 25, 100), [0, 0, 0, 1, 1, 13, 38, 99, 99])
-    idx = label_frame_index(np.arange(250) / 25.0, 25, 250)
-    assert idx.dtype == np.int64 and np.array_equal(idx, np.arange(250))
-    # 30 fps labels on a 15 fps video: 0.5 frame ties go to the later frame
-    np.testing.assert_array_equal(label_frame_index(np.arange(4) / 30.0, 15, 10), [0, 1, 1, 2])
-    for bad in [dict(fps=0), dict(num_frames=0)]:
-        kw = {"fps": 25, "num_frames": 5, **bad}
-        with pytest.raises(ValueError):
-            label_frame_index(np.array([0.0]), **kw)
-    with pytest.raises(ValueError, match="finite"):
-        label_frame_index(np.array([np.nan]), 25, 5)
-
 
 def _track(values, times, rate):
     return LabelTrack(np.array(values, np.float32).reshape(len(times), -1), np.array(times, np.float64),

@@ -13,12 +13,12 @@ from trainables.objectives.losses import (
     bin_centers,
     bin_edges,
     bin_labels,
-    ccc_torch,
     cross_entropy_bins,
     fit_bin_centroids,
     fit_bin_centroids_per_dim,
     ncce_bins,
 )
+from trainables.objectives.concordance import masked_ccc
 from trainables.objectives.metrics import ccc
 
 
@@ -33,24 +33,12 @@ def _parts_are_finite(parts: dict[str, float]) -> bool:
     return all(math.isfinite(v) for v in parts.values())
 
 
-def test_ccc_torch_matches_numpy_metric() -> None:
+def test_masked_ccc_matches_numpy_metric() -> None:
     pred, target = _data()
-    got = ccc_torch(target, pred, dim=0)
+    got = masked_ccc(target, pred, dim=0)
     assert got.shape == (2,)
     for j in range(2):
         assert got[j].item() == pytest.approx(ccc(target[:, j].numpy(), pred[:, j].numpy()), abs=1e-6)
-
-
-def test_ccc_torch_hand_value_and_other_dim() -> None:
-    t = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
-    p = torch.tensor([[2.0, 3.0, 4.0, 5.0]])
-    # 2*1.25 / (1.25 + 1.25 + 1) = 5/7 (see test_metrics)
-    assert ccc_torch(t, p, dim=1).item() == pytest.approx(5 / 7, abs=1e-6)
-    # Constant and equal: 0 / eps = 0, the same rule as the NumPy metric.
-    c = torch.full((5,), 0.3)
-    assert ccc_torch(c, c).item() == 0.0
-    with pytest.raises(ValueError, match="shape mismatch"):
-        ccc_torch(t, p[:, :3], dim=1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -87,7 +75,7 @@ def test_half_precision_is_upcast(dtype: torch.dtype) -> None:
     const = torch.full((8, 2), 0.25, dtype=dtype)
     # Constant and equal: eps must survive (fp16 would flush 1e-8 to 0 -> NaN).
     assert CompositeLoss()(const, const).item() == 1.0
-    assert ccc_torch(const, const).dtype == torch.float32
+    assert masked_ccc(const, const).dtype == torch.float32
 
 
 def test_gradient_flows() -> None:

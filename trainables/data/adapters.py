@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from trainables.data.labels import UNIT_SCALE, check_fps_frames, from_unit, to_unit
 from trainables.data.sidecar import LabelFileError
 from trainables.registry import Registry
 
@@ -33,7 +34,6 @@ __all__ = [
     "LabelTrack",
     "adapter_extensions",
     "get_adapter",
-    "label_frame_index",
     "labels_on_frames",
     "list_adapters",
     "read_labels",
@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 DEFAULT_DIMS: tuple[str, ...] = ("valence", "arousal")
-UNIT_SCALE: tuple[float, float] = (-1.0, 1.0)
 # Relative slack on the native-scale bounds: exports written with "%.6f" or float32 round-trips may overshoot a bound by
 # an ulp or so; anything beyond this is a real out-of-range value. Values inside the slack are clipped onto the bound.
 _SCALE_SLACK = 1e-6
@@ -110,20 +109,6 @@ class LabelTrack:
             float64 array of the same shape on the native scale.
         """
         return from_unit(np.asarray(values, dtype=np.float64), self.scale)
-
-
-def to_unit(native: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """Rescale native values onto [-1, 1] via the centre/half-width of ``scale`` (exact for a [-1, 1] scale)."""
-    low, high = scale
-    centre, half = (low + high) / 2.0, (high - low) / 2.0
-    return (np.asarray(native, dtype=np.float64) - centre) / half
-
-
-def from_unit(values: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """Inverse of ``to_unit``."""
-    low, high = scale
-    centre, half = (low + high) / 2.0, (high - low) / 2.0
-    return np.asarray(values, dtype=np.float64) * half + centre
 
 
 # ---------------------------------------------------------------------------
@@ -777,42 +762,8 @@ def read_recola_arff(path: Path, *, fps: float, dims: tuple[str, ...]) -> LabelT
 
 
 # ---------------------------------------------------------------------------
-# Mapping label steps to decoded frames
+# Decoded frames -> label steps (per-frame targets); label steps -> frames is trainables.data.labels
 # ---------------------------------------------------------------------------
-
-def _check_fps_frames(fps: float, num_frames: int, fn: str) -> None:
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"{fn}: fps must be a positive finite number; got {fps!r}")
-    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
-        raise ValueError(f"{fn}: num_frames must be an integer >= 1; got {num_frames!r}")
-
-
-def label_frame_index(times: np.ndarray, fps: float, num_frames: int) -> np.ndarray:
-    """Index of the decoded frame nearest each label time (frame k is shown at ``k / fps``).
-
-    Ties (a label exactly half-way between two frames, e.g. the centre 0.5 s of a second at 25 fps = frame 12.5) go to
-    the later frame. Times before the first or after the last frame are clipped to frame 0 / ``num_frames - 1``; callers
-    that must not reuse an edge frame should compare ``times`` with ``num_frames / fps`` themselves.
-
-    Args:
-        times: (L,) seconds, finite.
-        fps: decoded frame rate, > 0.
-        num_frames: number of decoded frames, >= 1.
-
-    Returns:
-        (L,) int64 frame indices in [0, num_frames - 1].
-
-    Raises:
-        ValueError: non-finite times, fps <= 0 or num_frames < 1.
-    """
-    _check_fps_frames(fps, num_frames, "label_frame_index")
-    times = np.asarray(times, dtype=np.float64)
-    if not np.isfinite(times).all():
-        raise ValueError("label_frame_index: times must be finite")
-    # floor(x + 0.5) rounds half up; a tiny epsilon absorbs k/fps*fps landing an ulp below an integer + 0.5.
-    idx = np.floor(times * fps + 0.5 + 1e-9).astype(np.int64)
-    return np.clip(idx, 0, num_frames - 1)
-
 
 def labels_on_frames(track: LabelTrack, fps: float, num_frames: int) -> np.ndarray:
     """Per-frame labels for sequence targets: each frame takes the value of its nearest label step (in time).
@@ -832,7 +783,7 @@ def labels_on_frames(track: LabelTrack, fps: float, num_frames: int) -> np.ndarr
     Raises:
         ValueError: fps <= 0 or num_frames < 1.
     """
-    _check_fps_frames(fps, num_frames, "labels_on_frames")
+    check_fps_frames(fps, num_frames, "labels_on_frames")
     t = np.arange(num_frames, dtype=np.float64) / fps
     lt = track.times
     out = np.full((num_frames, track.values.shape[1]), np.nan, dtype=np.float32)

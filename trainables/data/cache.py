@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from trainables.data.adapters import label_frame_index, read_labels
+from trainables.data.adapters import read_labels
 from trainables.data.decode import iter_frames, open_video
+from trainables.data.labels import label_frame_index
 from trainables.data.manifest import VideoEntry
 from trainables.data.sidecar import read_face_sidecar
 

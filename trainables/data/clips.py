@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from trainables.data.adapters import label_frame_index
 from trainables.data.cache import CachedVideo, kept_frame_indices
+from trainables.data.labels import label_frame_index
 from trainables.data.sampling import consecutive_indices, ssts_indices, ssts_views, uniform_indices
 from trainables.data.windows import FUSION_MODES, coverage_mean, dense_window_starts, fuse_labels, window_starts
 
@@ -113,11 +113,9 @@ class VideoView:
         self.grid = kept_frame_indices(video.num_frames, video.fps, fps)
         self.fps = fps or video.fps
         self.valid = np.asarray(video.valid)[self.grid]
-        if video.label_times is not None:
-            self.label_pos = label_frame_index(video.label_times, self.fps, len(self.grid))
-        else:
-            self.label_pos = np.minimum(np.rint(video.label_frames * self.fps / video.fps).astype(np.int64),
-                                        len(self.grid) - 1)
+        # Entries without label times have one label step per cached frame: step k is at k / video.fps.
+        times = video.label_times if video.label_times is not None else video.label_frames / video.fps
+        self.label_pos = label_frame_index(times, self.fps, len(self.grid))
         self.labels = video.labels
         self._frame_labels: np.ndarray | None = None
 

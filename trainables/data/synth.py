@@ -76,6 +76,8 @@ import tempfile
 import cv2
 import numpy as np
 
+from trainables.data.labels import to_unit
+
 __all__ = [
     "VARIANTS",
     "FACE_COLUMNS",
@@ -134,11 +136,12 @@ def render_states(seed: int, subject: int, video: int, frames: int, fps: int) ->
         x = (amps[:, None] * np.sin(2.0 * np.pi * t[None, :] / periods[:, None] + phases[:, None])).sum(0)
         noise = rng.normal(0.0, 1.0, size=frames)
         x = x + 0.35 * _smooth(noise, sigma=0.5 * fps)
-        lo, hi = x.min(), x.max()
+        lo, hi = float(x.min()), float(x.max())
         if hi - lo < 1e-9:
             out[:, d] = 0.0
         else:
-            out[:, d] = 2.0 * (x - lo) / (hi - lo) - 1.0
+            # The video's own range is its native label scale; clipped against an ulp of rounding at the ends.
+            out[:, d] = np.clip(to_unit(x, (lo, hi)), -1.0, 1.0)
     return out
 
 

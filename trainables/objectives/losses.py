@@ -16,9 +16,10 @@ logits over a discretisation of each label dimension:
   ``C = 1 + || sum_l K_l (Y_l - Yhat_l) ||_2`` where ``K_l`` is a per-bin
   value from k-means on the training labels (see :func:`fit_bin_centroids`).
 
-Moments are population moments (``1/N``) to match
-:func:`trainables.objectives.metrics.ccc`, so ``1 - loss`` on a full
-sequence equals the reported metric up to the ``eps`` stabiliser.
+The CCC term is :func:`trainables.objectives.concordance.masked_ccc`, the
+same function the reported metric :func:`trainables.objectives.metrics.ccc`
+calls, so ``1 - loss`` on a full sequence equals the metric up to the ``eps``
+stabiliser.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import Tensor
 
+from trainables.objectives.concordance import masked_ccc
+
 __all__ = [
-    "ccc_torch",
     "CompositeLoss",
     "LOSS_TERMS",
     "bin_edges",
@@ -53,56 +55,6 @@ Weight = float | Sequence[float]
 LOSS_TERMS: tuple[str, ...] = ("ccc", "mse", "ce", "ncce")
 
 _DEFAULT_WEIGHTS: dict[str, float] = {"ccc": 1.0, "mse": 0.0, "ce": 0.0, "ncce": 0.0}
-
-
-def ccc_torch(y_true: Tensor, y_pred: Tensor, dim: int = 0, eps: float = 1e-8) -> Tensor:
-    """Differentiable concordance correlation coefficient along one axis.
-
-    Formula (population moments along ``dim``)::
-
-        CCC = 2 cov(t, p) / (var_t + var_p + (mu_t - mu_p)^2 + eps)
-
-    ``eps`` keeps the value finite when both series are constant and equal
-    (0 / eps = 0, i.e. a constant prediction scores 0, the same rule as the
-    NumPy metric). It biases the value by roughly ``eps / denominator``,
-    negligible for any realistic signal.
-
-    No NaN handling is done here: NaN in either input propagates. Use
-    :class:`CompositeLoss` for masked targets.
-
-    Args:
-        y_true: Targets; any shape, broadcast-compatible with ``y_pred``.
-        y_pred: Predictions, same shape as ``y_true``.
-        dim: Axis along which the moments are taken (the time / sample axis).
-        eps: Non-negative constant added to the denominator.
-
-    Returns:
-        Tensor with ``dim`` reduced away, e.g. shape ``(D,)`` for ``(N, D)``
-        inputs and ``dim=0``, in the promoted dtype of the inputs but at
-        least float32 (half-precision inputs are upcast). Gradients flow to
-        both inputs.
-
-    Raises:
-        ValueError: If the shapes differ or ``eps < 0``.
-    """
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"shape mismatch: y_true {tuple(y_true.shape)} vs y_pred {tuple(y_pred.shape)}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    # Half precision (AMP) would flush eps=1e-8 to 0 and lose the moments;
-    # compute in at least float32.
-    work = torch.promote_types(torch.promote_types(y_true.dtype, y_pred.dtype), torch.float32)
-    y_true = y_true.to(work)
-    y_pred = y_pred.to(work)
-    mu_t = y_true.mean(dim=dim, keepdim=True)
-    mu_p = y_pred.mean(dim=dim, keepdim=True)
-    dt = y_true - mu_t
-    dp = y_pred - mu_p
-    var_t = (dt * dt).mean(dim=dim)
-    var_p = (dp * dp).mean(dim=dim)
-    cov = (dt * dp).mean(dim=dim)
-    mean_gap = (mu_t - mu_p).squeeze(dim)
-    return 2.0 * cov / (var_t + var_p + mean_gap * mean_gap + eps)
 
 
 # --------------------------------------------------------------------------
@@ -450,7 +402,7 @@ class CompositeLoss(torch.nn.Module):
         dim_names: Optional names for the ``D`` dimensions used as keys of
             :attr:`last_parts` (e.g. ``("valence", "arousal")``); defaults to
             ``"0", "1", ...``.
-        eps: Stabiliser added to the CCC denominator (see :func:`ccc_torch`).
+        eps: Stabiliser added to the CCC denominator (see :func:`masked_ccc`).
         w_ce: Weight of the CE term, same format (keyword only).
         w_ncce: Weight of the nCCE term, same format (keyword only).
         n_bins: Number of uniform bins / classes per dimension (20).
@@ -681,15 +633,7 @@ class CompositeLoss(torch.nn.Module):
         n = m.sum(dim=0)
         n_safe = n.clamp(min=1.0)
 
-        mu_t = t0.sum(dim=0) / n_safe
-        mu_p = p0.sum(dim=0) / n_safe
-        dt = (t0 - mu_t) * m
-        dp = (p0 - mu_p) * m
-        var_t = (dt * dt).sum(dim=0) / n_safe
-        var_p = (dp * dp).sum(dim=0) / n_safe
-        cov = (dt * dp).sum(dim=0) / n_safe
-        gap = mu_t - mu_p
-        ccc = 2.0 * cov / (var_t + var_p + gap * gap + self.eps)
+        ccc = masked_ccc(t, p, dim=0, eps=self.eps)
         err = p0 - t0
         mse = (err * err).sum(dim=0) / n_safe
 

@@ -1,8 +1,11 @@
 """Regression metrics for continuous emotion recognition (valence / arousal).
 
-All functions are pure NumPy, take plain array-likes and return Python floats
-(or a dict of floats), so they can be used both in evaluation loops and in
-reporting code without dragging torch in.
+All functions take plain array-likes and return Python floats (or a dict of
+floats), so they can be used both in evaluation loops and in reporting code.
+They are NumPy except :func:`ccc`, which hands its float64 arrays to the one
+CCC implementation, :func:`trainables.objectives.concordance.masked_ccc`
+(torch, shared with the training loss), so the metric and the loss cannot
+drift apart.
 
 Conventions shared by every pairwise metric (:func:`ccc`, :func:`pcc`,
 :func:`rmse`, :func:`mae`, :func:`mape`):
@@ -22,7 +25,11 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike, NDArray
+
+from trainables.data.labels import from_unit
+from trainables.objectives.concordance import masked_ccc
 
 __all__ = ["ccc", "pcc", "rmse", "mae", "mape", "MAPE_EPS", "regression_report", "per_video_report", "to_native"]
 
@@ -64,18 +71,6 @@ def _as_pair(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[NDArray[np.float64],
     return t, p
 
 
-def _joint_scale(t: NDArray[np.float64], p: NDArray[np.float64]) -> float:
-    """Largest absolute value over both series (0.0 if both are all zeros).
-
-    CCC is invariant to a joint rescaling ``(t, p) -> (t/s, p/s)`` (every
-    term of the formula is quadratic), and dividing by this factor keeps all
-    intermediates in ``[-1, 1]``: squared deviations can then neither
-    overflow (values near 1e308) nor make the denominator underflow to an
-    exact 0 (values near 1e-200), either of which would give NaN.
-    """
-    return float(max(np.max(np.abs(t)), np.max(np.abs(p))))
-
-
 def _scaled_errors(t: NDArray[np.float64], p: NDArray[np.float64]) -> tuple[NDArray[np.float64], float]:
     """Errors ``t - p`` written as ``m * d`` with ``max|d| = 1``.
 
@@ -108,7 +103,7 @@ def _is_constant(x: NDArray[np.float64]) -> bool:
 
 
 def ccc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    """Lin's concordance correlation coefficient (Lin, 1989).
+    """Lin's concordance correlation coefficient (Lin, 1989), computed by :func:`masked_ccc`.
 
     Formula (population moments, ``N`` = number of samples)::
 
@@ -129,6 +124,7 @@ def ccc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     * Both series are first divided by their common max magnitude (CCC is
       invariant to that), so values near 1e308 or 1e-300 cannot overflow
       or underflow into NaN.
+    * Computed in float64 with ``eps = 0`` (the exact formula).
 
     Args:
         y_true: Ground truth, 1-D, finite, length ``N >= 2``.
@@ -143,23 +139,9 @@ def ccc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
             values (the message says which).
     """
     t, p = _as_pair(y_true, y_pred)
-    if _is_constant(p):
-        return 0.0
-    # p is not constant, so the scale is > 0; after the joint rescaling the
-    # denominator cannot underflow to 0 (see _joint_scale).
-    scale = _joint_scale(t, p)
-    t, p = t / scale, p / scale
-    mu_t = t.mean()
-    mu_p = p.mean()
-    dt = t - mu_t
-    dp = p - mu_p
-    var_t = float(np.mean(dt * dt))
-    var_p = float(np.mean(dp * dp))
-    cov = float(np.mean(dt * dp))
-    # denom > 0: it is 0 only if t' is constant, p' equals that constant on
-    # average and var_p underflowed - impossible once max|value| == 1.
-    denom = var_t + var_p + float(mu_t - mu_p) ** 2
-    return float(np.clip(2.0 * cov / denom, -1.0, 1.0))
+    # The one CCC implementation (torch); from_numpy shares the float64 buffers, so nothing is copied.
+    value = masked_ccc(torch.from_numpy(t), torch.from_numpy(p)).item()
+    return float(np.clip(value, -1.0, 1.0))
 
 
 def pcc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
@@ -301,18 +283,16 @@ ScaleSpec = tuple[float, float] | Sequence[tuple[float, float]] | Mapping[str, t
 def to_native(y: ArrayLike, low: float, high: float) -> NDArray[np.float64]:
     """Map values from the training scale ``[-1, 1]`` to a native scale ``[low, high]``.
 
-    Formula (the inverse of the per-dataset rescaling to ``[-1, 1]``)::
-
-        y_native = low + (y + 1) * (high - low) / 2
-
-    NaN stays NaN.
+    The inverse of the per-dataset rescaling to ``[-1, 1]``, i.e.
+    :func:`trainables.data.labels.from_unit` (``y_native = low + (y + 1) * (high - low) / 2``)
+    with the scale checked first. NaN stays NaN.
 
     Raises:
         ValueError: If ``low`` / ``high`` are not finite or ``high <= low``.
     """
     if not (math.isfinite(low) and math.isfinite(high) and high > low):
         raise ValueError(f"native scale must be finite with high > low, got ({low}, {high})")
-    return float(low) + (np.asarray(y, dtype=np.float64) + 1.0) * ((float(high) - float(low)) / 2.0)
+    return from_unit(np.asarray(y, dtype=np.float64), (float(low), float(high)))
 
 
 def _native_scales(scale: ScaleSpec | None, names: list[str]) -> dict[str, tuple[float, float]]:
