@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--smooth", type=int, default=2, help="radius in frames of detected-box smoothing (0 = off)")
     pr.add_argument("--workers", type=int, default=1, help="videos prepared in parallel")
     pr.add_argument("--index", default=None, help="where to write the dataset index (default: in the cache)")
+    pr.add_argument("--warn-face-share", type=float, default=0.5,
+                    help="name the videos with a face on fewer than this share of their frames in a warning "
+                         "(default 0.5)")
+    pr.add_argument("--min-face-share", type=float, default=0.0,
+                    help="skip videos with a face on fewer than this share of their frames, with the reason, and "
+                         "leave them out of the dataset index (default 0: skip none)")
 
     mf = data.add_parser("manifest", help="pair videos with label files and write a subject-split manifest")
     mf.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
@@ -143,7 +149,8 @@ def cmd_prepare(a) -> int:
         os.environ["EMOTUNE_FACE_WEIGHTS"] = str(Path(a.weights_dir).resolve())  # read by the detector (and workers)
     reg = Registration(size=a.size, margin=a.margin, min_score=a.min_score, grayscale=a.grayscale,
                        detector=a.detector, align=a.align, fps=a.fps, smooth=a.smooth, face_detector=a.face_detector)
-    index, summary = prepare(a.manifest, a.cache, reg, workers=a.workers, index_path=a.index)
+    index, summary = prepare(a.manifest, a.cache, reg, workers=a.workers, index_path=a.index,
+                             min_face_share=a.min_face_share, warn_face_share=a.warn_face_share)
     print("\n".join(summary.lines()))
     print(f"dataset index: {index}")
     return 0
