@@ -19,14 +19,14 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=2)
     a = ap.parse_args()
 
-    from trainables.data.cache import Registration
+    from trainables.data.cache import load_split
     from trainables.data.clips import ClipSpec, TrainWindows
-    from trainables.data.decode import open_video
-    from trainables.data.manifest import read_manifest
-    from trainables.data.prepare import load_split, prepare
-    from trainables.data.registration import coarse_crop
-    from trainables.data.sidecar import read_face_sidecar
-    from trainables.data.synth import synthesize
+    from trainables.prepare.decode import open_video
+    from trainables.prepare.manifest import read_manifest
+    from trainables.prepare.registration import Registration, coarse_crop
+    from trainables.prepare.run import prepare
+    from trainables.prepare.sidecar import read_face_sidecar
+    from trainables.prepare.synth import synthesize
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = synthesize(Path(tmp) / "ds", frames=250, progress=False)

@@ -35,10 +35,11 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    from trainables.data.cache import Registration
+    from trainables.data.cache import load_split
     from trainables.data.clips import ClipSpec, predict_labels
-    from trainables.data.prepare import load_split, prepare
-    from trainables.data.synth import synthesize
+    from trainables.prepare.registration import Registration
+    from trainables.prepare.run import prepare
+    from trainables.prepare.synth import synthesize
     from trainables.models import create_backbone
 
     with tempfile.TemporaryDirectory() as tmp:

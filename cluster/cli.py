@@ -132,7 +132,7 @@ def _sweep_args(sw: argparse.ArgumentParser) -> None:
 
 
 def cmd_synth(a) -> int:
-    from trainables.data.synth import synthesize
+    from trainables.prepare.synth import synthesize
 
     manifest = synthesize(a.out, subjects=a.subjects, videos_per_subject=a.videos_per_subject, frames=a.frames,
                           fps=a.fps, size=a.size, lag_frames=a.lag_frames, variant=a.variant, seed=a.seed)
@@ -142,8 +142,8 @@ def cmd_synth(a) -> int:
 
 def cmd_prepare(a) -> int:
     import os
-    from trainables.data.cache import Registration
-    from trainables.data.prepare import prepare
+    from trainables.prepare.registration import Registration
+    from trainables.prepare.run import prepare
 
     if a.weights_dir:
         os.environ["EMOTUNE_FACE_WEIGHTS"] = str(Path(a.weights_dir).resolve())  # read by the detector (and workers)
@@ -159,7 +159,7 @@ def cmd_prepare(a) -> int:
 def cmd_manifest(a) -> int:
     import warnings
 
-    from trainables.data.splits import build_manifest
+    from trainables.prepare.splits import build_manifest
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -173,7 +173,7 @@ def cmd_manifest(a) -> int:
 
 
 def cmd_fetch_weights(a) -> int:
-    from trainables.data.faces import fetch_weights
+    from trainables.prepare.faces import fetch_weights
 
     for path in fetch_weights(a.to, detector=a.face_detector):
         print(path)
@@ -228,9 +228,9 @@ def cmd_sweep(a) -> int:
 def cmd_demo(a) -> int:
     from cluster.sweep import SweepOptions, default_optuna_storage, run_sweep
     from cluster.tracking import default_tracking_uri
-    from trainables.data.cache import Registration
-    from trainables.data.prepare import prepare
-    from trainables.data.synth import synthesize
+    from trainables.prepare.registration import Registration
+    from trainables.prepare.run import prepare
+    from trainables.prepare.synth import synthesize
 
     root = Path(a.root).resolve()
     t0 = time.time()

@@ -18,15 +18,15 @@ CROP_SIZE = 32
 @pytest.fixture(scope="session")
 def synth_manifest(tmp_path_factory) -> Path:
     """``manifest.csv`` of a small synthetic dataset (real mp4 files, labels, face sidecars); see ``SYNTH_PARAMS``."""
-    from trainables.data.synth import synthesize
+    from trainables.prepare.synth import synthesize
 
     return synthesize(tmp_path_factory.mktemp("synth") / "ds", **SYNTH_PARAMS)
 
 
 @pytest.fixture(scope="session")
 def _prepared(synth_manifest, tmp_path_factory):
-    from trainables.data.cache import Registration
-    from trainables.data.prepare import prepare
+    from trainables.prepare.registration import Registration
+    from trainables.prepare.run import prepare
 
     cache_root = tmp_path_factory.mktemp("cache")
     return prepare(synth_manifest, cache_root, Registration(size=CROP_SIZE), workers=1, progress=False)

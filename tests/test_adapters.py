@@ -1,4 +1,4 @@
-"""Tests for the label-file adapters (trainables/data/adapters.py).
+"""Tests for the label-file adapters (trainables/prepare/adapters.py).
 
 Every adapter is exercised on small files in its native format written here: exact values, times, the rescale round
 trip, and each error with a message naming the file.
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainables.data.adapters import (
+from trainables.prepare.adapters import (
     LabelFileError,
     LabelTrack,
     get_adapter,
@@ -20,7 +20,7 @@ from trainables.data.adapters import (
     read_labels,
     register_adapter,
 )
-from trainables.data.sidecar import read_frame_labels
+from trainables.prepare.sidecar import read_frame_labels
 
 NAN = np.nan
 ALL = ["afew_va", "affwild2_va", "frame_csv", "recola_arff", "second_csv", "sewa_csv"]
@@ -102,7 +102,7 @@ def test_custom_adapter_is_selectable_by_name(tmp_path):
         np.testing.assert_array_equal(track.values, [[0.25]] * 3)
         np.testing.assert_allclose(track.times, [0.0, 0.1, 0.2])
     finally:
-        from trainables.data import adapters
+        from trainables.prepare import adapters
         adapters._ADAPTERS.entries.pop(name)
 
 
@@ -252,7 +252,7 @@ def test_second_csv_other_scale(tmp_path):
 
 
 def test_second_csv_reads_synthetic_per_second_file(tmp_path):
-    from trainables.data.synth import synthesize
+    from trainables.prepare.synth import synthesize
 
     m = synthesize(tmp_path / "ps", subjects=3, videos_per_subject=1, frames=60, size=64, seed=0, progress=False,
                    variant="per_second")

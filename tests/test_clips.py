@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trainables.data.clips import ClipSpec, TrainWindows, predict_timeline, to_tensor
-from trainables.data.prepare import load_split
+from trainables.data.cache import load_split
 
 T = 80
 CPU = torch.device("cpu")

@@ -18,12 +18,15 @@ import cv2
 import numpy as np
 import pytest
 
-from trainables.data import cache as cache_mod
-from trainables.data.cache import Registration, build_entry
-from trainables.data.decode import VideoDecodeError, iter_frames, open_video
-from trainables.data.manifest import ManifestError, read_manifest
-from trainables.data.prepare import load_split, prepare
-from trainables.data.sidecar import FACE_COLUMNS, LabelFileError, read_face_sidecar, read_frame_labels
+from trainables.data.cache import load_split
+from trainables.errors import DataError
+from trainables.prepare import build as build_mod
+from trainables.prepare.build import build_entry
+from trainables.prepare.decode import VideoDecodeError, iter_frames, open_video
+from trainables.prepare.manifest import ManifestError, read_manifest
+from trainables.prepare.registration import Registration
+from trainables.prepare.run import prepare
+from trainables.prepare.sidecar import FACE_COLUMNS, LabelFileError, read_face_sidecar, read_frame_labels
 
 decord = pytest.importorskip("decord")
 
@@ -461,7 +464,7 @@ def test_prepare_fails_when_nothing_prepares(synth_manifest, tmp_path):
     text.write_text("not a video")
     rows[0]["path"] = str(text)
     m = _write_manifest(tmp_path / "manifest.csv", rows)
-    with pytest.raises(RuntimeError, match="no video could be prepared") as exc:
+    with pytest.raises(DataError, match="no video could be prepared") as exc:
         prepare(m, tmp_path / "cache", REG, progress=False)
     assert "s00_v0: VideoDecodeError" in str(exc.value) and str(text) in str(exc.value)
 
@@ -473,7 +476,7 @@ def test_prepare_second_run_rebuilds_nothing(synth_manifest, prepared_index, tmp
     def no_decoding(path):
         raise AssertionError(f"second prepare() decoded {path}")
 
-    monkeypatch.setattr(cache_mod, "open_video", no_decoding)
+    monkeypatch.setattr(build_mod, "open_video", no_decoding)
     index2, summary = prepare(synth_manifest, cache_root, REG, progress=False, index_path=tmp_path / "index.json")
     assert summary.skipped == {} and sorted(summary.ok) == ["s00_v0", "s01_v0", "s02_v0"]
     after = {p.name: _mtimes(p) for p in cache_root.iterdir() if p.is_dir()}
@@ -522,7 +525,7 @@ def _race_worker(entry, cache_root, barrier, queue):
             raise
         outcome.append("won")
 
-    child_os.rename = rename  # cache.py calls os.rename; this process does nothing but build this one entry
+    child_os.rename = rename  # build.py calls os.rename; this process does nothing but build this one entry
     try:
         folder = build_entry(entry, cache_root, Registration(size=32))
         queue.put(("ok", str(folder), outcome))

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.data import faces
-from trainables.data.faces import (Detection, DetectorUnavailableError, MissingWeightsError, create_detector,
-                                   fetch_weights, haar_score, landmarks68_to_5, list_detectors, pick_main_face,
-                                   read_crops_folder, register_detector, resolve_weights, smooth_boxes, weight_files,
-                                   weight_folders)
-from trainables.data.registration import coarse_crop
+from trainables.prepare import faces
+from trainables.prepare.faces import (Detection, DetectorUnavailableError, MissingWeightsError, create_detector,
+                                      fetch_weights, haar_score, landmarks68_to_5, list_detectors, pick_main_face,
+                                      read_crops_folder, register_detector, resolve_weights, smooth_boxes, weight_files,
+                                      weight_folders)
+from trainables.prepare.faces import base as faces_base
+from trainables.prepare.registration import coarse_crop
+from trainables.prepare.sidecar import LabelFileError
 
 FAN_FILE = "2DFAN4-11f355bf06.pth.tar"
 S3FD_FILE = "s3fd-619a316812.pth"
@@ -131,7 +133,7 @@ def test_registry_lists_creates_and_rejects(monkeypatch):
     with pytest.raises(ValueError, match="read_crops_folder"):
         create_detector("precomputed")
 
-    monkeypatch.setattr(faces._DETECTORS, "entries", dict(faces._DETECTORS.entries))
+    monkeypatch.setattr(faces_base._DETECTORS, "entries", dict(faces_base._DETECTORS.entries))
 
     @register_detector("constant")
     class Constant:
@@ -462,7 +464,7 @@ def test_read_crops_folder_size_mismatch_missing_folder_and_short_video(tmp_path
     _write(tmp_path / "00002.jpg", 10, size=(96, 96))
     with pytest.raises(ValueError, match="one size"):
         read_crops_folder(tmp_path)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(LabelFileError, match="does not exist"):  # a user error, like every bad face source
         read_crops_folder(tmp_path / "nope")
     (tmp_path / "00002.jpg").unlink()
     _write(tmp_path / "00009.jpg", 10)

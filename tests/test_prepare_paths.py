@@ -13,9 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from trainables.data.cache import Registration, kept_frame_indices, open_entry
+from trainables.data.cache import kept_frame_indices, load_split, open_entry
 from trainables.data.clips import ClipSpec, TrainWindows, VideoView
-from trainables.data.prepare import load_split, prepare
+from trainables.prepare.registration import Registration
+from trainables.prepare.run import prepare
 
 
 def _write_astronaut_dataset(root: Path, frames: int = 40) -> Path:
@@ -57,7 +58,7 @@ def test_opencv_detector_prepares_real_face_video(tmp_path):
     video = load_split(index, "train")[0]
     assert video.frames.shape == (40, 48, 48, 3)
     # The crop holds the face: OpenCV finds a face again inside the crop, near its centre.
-    from trainables.data.faces import create_detector
+    from trainables.prepare.faces import create_detector
 
     crop = np.ascontiguousarray(cv2.resize(np.asarray(video.frames[10]), (192, 192)))
     found = create_detector("opencv").detect(crop[None])[0]
@@ -67,7 +68,7 @@ def test_opencv_detector_prepares_real_face_video(tmp_path):
 
 
 def test_per_second_labels_land_on_their_own_timeline(tmp_path):
-    from trainables.data.synth import synthesize
+    from trainables.prepare.synth import synthesize
 
     manifest = synthesize(tmp_path / "ds", subjects=3, videos_per_subject=1, frames=100, size=64, fps=25,
                           variant="per_second", progress=False)
@@ -135,21 +136,22 @@ def test_video_without_any_face_is_skipped_with_reason(tmp_path, synth_manifest)
 
 
 def test_prepare_killed_halfway_resumes_without_redoing_finished_videos(tmp_path):
-    from trainables.data.synth import synthesize
+    from trainables.prepare.synth import synthesize
 
     manifest = synthesize(tmp_path / "ds", subjects=4, videos_per_subject=2, frames=60, size=64, progress=False)
     cache = tmp_path / "cache"
     # A child process prepares and is killed after its first finished entry.
     code = f"""
 import os, signal
-from trainables.data import cache as c
-from trainables.data.prepare import prepare
-real = c.os.rename
+from trainables.prepare import build
+from trainables.prepare.registration import Registration
+from trainables.prepare.run import prepare
+real = build.os.rename
 def rename(a, b):
     real(a, b)
     os.kill(os.getpid(), signal.SIGKILL)
-c.os.rename = rename
-prepare({str(manifest)!r}, {str(cache)!r}, c.Registration(size=32), progress=False)
+build.os.rename = rename
+prepare({str(manifest)!r}, {str(cache)!r}, Registration(size=32), progress=False)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9
@@ -165,7 +167,7 @@ prepare({str(manifest)!r}, {str(cache)!r}, c.Registration(size=32), progress=Fal
 
 
 def test_face_sidecar_rows_out_of_order_are_refused(tmp_path, synth_manifest):
-    from trainables.data.sidecar import LabelFileError, read_face_sidecar
+    from trainables.prepare.sidecar import LabelFileError, read_face_sidecar
 
     rows = (synth_manifest.parent / "faces" / "s00_v0.csv").read_text().splitlines()
     bad = tmp_path / "faces.csv"
@@ -189,7 +191,7 @@ def test_video_reporting_no_frame_rate_is_refused_by_name(tmp_path, synth_manife
     """A container without a usable frame rate cannot be written with OpenCV, so decord's answer is replaced."""
     import decord
 
-    from trainables.data.decode import VideoDecodeError, open_video
+    from trainables.prepare.decode import VideoDecodeError, open_video
 
     real = decord.VideoReader
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cluster.cli import main
-from trainables.data.cache import Registration
-from trainables.data.prepare import prepare
+from trainables.prepare.registration import Registration
+from trainables.prepare.run import prepare
 
 FEW = "s01_v0"  # the test-split video; 4 of its 80 frames keep a detection score >= 0.8
 # Frames with a face in the synthetic dataset (seed 0, 80 frames each): s00_v0 77, s02_v0 76.

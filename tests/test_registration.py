@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from trainables.data.registration import (CANONICAL_TEMPLATE_112, TEMPLATE_5PTS, apply_transform, coarse_crop,
-                                          crop_region, fine_align, similarity_from_points)
+from trainables.prepare.registration import (CANONICAL_TEMPLATE_112, TEMPLATE_5PTS, apply_transform, coarse_crop,
+                                             crop_region, fine_align, similarity_from_points)
 
 
 def _random_similarity(rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests for subject-grouped splits, folds and manifest building (trainables/data/splits.py)."""
+"""Tests for subject-grouped splits, folds and manifest building (trainables/prepare/splits.py)."""
 from __future__ import annotations
 
 import csv
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainables.data.adapters import read_labels
-from trainables.data.manifest import read_manifest
-from trainables.data.splits import (
+from trainables.prepare.adapters import read_labels
+from trainables.prepare.manifest import read_manifest
+from trainables.prepare.splits import (
     UnpairedFilesWarning,
     assign_splits,
     build_manifest,

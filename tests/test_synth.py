@@ -1,4 +1,4 @@
-"""Tests for the synthetic face-video generator (trainables.data.synth)."""
+"""Tests for the synthetic face-video generator (trainables.prepare.synth)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainables.data import synth
-from trainables.data.synth import (FACE_COLUMNS, VARIANTS, assign_splits, lag_labels, per_second_labels,
-                                   render_states, synthesize)
+from trainables.prepare import synth
+from trainables.prepare.synth import (FACE_COLUMNS, VARIANTS, assign_splits, lag_labels, per_second_labels,
+                                      render_states, synthesize)
 
 decord = pytest.importorskip("decord")
 

@@ -1,1 +1,1 @@
-"""Trainable components: data, models, objectives."""
+"""Trainable components: data preparation (once per dataset), the data trials read, models, objectives."""

@@ -28,7 +28,7 @@ import torch
 
 from trainables.data.augment import build_eval_transform, build_train_transform
 from trainables.data.clips import ClipSpec, TrainWindows, predict_labels
-from trainables.data.prepare import load_split
+from trainables.data.cache import load_split
 from trainables.models import create_backbone
 from trainables.objectives.losses import CompositeLoss, fit_bin_centroids_per_dim
 from trainables.objectives.metrics import regression_report

@@ -6,9 +6,11 @@ from typing import Iterator
 
 import numpy as np
 
+from trainables.errors import DataError
 
-class VideoDecodeError(ValueError):
-    """A video that decord cannot decode; the message names the file."""
+
+class VideoDecodeError(DataError):
+    """A video that decord cannot decode (missing, empty, truncated, corrupt); the message names the file."""
 
 
 def open_video(path: str | Path):
@@ -37,13 +39,22 @@ def open_video(path: str | Path):
     return reader, fps, n
 
 
-def iter_frames(reader, num_frames: int, chunk: int = 64, indices: np.ndarray | None = None
-                ) -> Iterator[tuple[int, np.ndarray]]:
+def iter_frames(reader, num_frames: int, chunk: int = 64, indices: np.ndarray | None = None,
+                path: str | Path | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (position of the chunk's first frame in ``indices``, uint8 RGB frames (k, H, W, 3)) in chunks of at most
     ``chunk`` frames, so a long video never sits in memory whole. ``indices`` (sorted source frame numbers, e.g. the
-    frames kept at a target fps) defaults to every frame."""
+    frames kept at a target fps) defaults to every frame.
+
+    Raises:
+        VideoDecodeError: a chunk cannot be decoded (a file corrupt past its index); ``path`` names it in the message.
+    """
     if indices is None:
         indices = np.arange(num_frames)
     for start in range(0, len(indices), chunk):
         idx = [int(i) for i in indices[start:start + chunk]]
-        yield start, reader.get_batch(idx).asnumpy()
+        try:
+            frames = reader.get_batch(idx).asnumpy()
+        except Exception as exc:  # decord raises DECORDError (a RuntimeError) with ffmpeg's text
+            raise VideoDecodeError(f"video {path if path is not None else '(unnamed)'}: frames {idx[0]}..{idx[-1]} "
+                                   f"cannot be decoded: {str(exc).splitlines()[0][:200]}") from None
+        yield start, frames

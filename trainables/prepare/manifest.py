@@ -9,12 +9,15 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainables.errors import DataError
+
 REQUIRED_COLUMNS = ("video_id", "path", "subject", "split", "labels")
 SPLITS = ("train", "val", "test")
 
 
-class ManifestError(ValueError):
-    """A manifest that cannot be used; the message names the file, the row or column, and what is allowed."""
+class ManifestError(DataError):
+    """A manifest that cannot be used (or built); the message names the file, the row or column, and what is
+    allowed."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ def read_manifest(path: str | Path) -> list[VideoEntry]:
     if not rows:
         raise ManifestError(f"manifest {path} lists no videos")
 
-    from trainables.data.adapters import list_adapters
+    from trainables.prepare.adapters import list_adapters
 
     adapters = list_adapters()
     entries: list[VideoEntry] = []

@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trainables.errors import DataError
+
 FACE_COLUMNS = ("frame", "x1", "y1", "x2", "y2", "score",
                 "le_x", "le_y", "re_x", "re_y", "nose_x", "nose_y", "ml_x", "ml_y", "mr_x", "mr_y")
 
 
-class LabelFileError(ValueError):
-    """A label or sidecar file that cannot be used; the message names the file and the problem."""
+class LabelFileError(DataError):
+    """A label file, face sidecar or face crops folder that cannot be used (or does not fit its video); the message
+    names the file and the problem."""
 
 
 def read_frame_labels(path: str | Path, dims: tuple[str, ...] = ("valence", "arousal")) -> np.ndarray:
@@ -64,7 +67,11 @@ class FaceTrack:
 
 
 def read_face_sidecar(path: str | Path) -> FaceTrack:
-    """Read a precomputed face sidecar CSV (columns ``FACE_COLUMNS``); empty box cells mean no face on that frame."""
+    """Read a precomputed face sidecar CSV (columns ``FACE_COLUMNS``); empty box cells mean no face on that frame.
+
+    Raises:
+        LabelFileError: unreadable file, missing columns, frames not counting 0..T-1, or a non-numeric value.
+    """
     path = Path(path)
     try:
         df = pd.read_csv(path)
@@ -77,8 +84,14 @@ def read_face_sidecar(path: str | Path) -> FaceTrack:
     if not np.array_equal(frames, np.arange(len(df))):
         raise LabelFileError(f"face sidecar {path}: column 'frame' must count 0..{len(df) - 1} in order, one row per "
                              "video frame")
-    boxes = df[["x1", "y1", "x2", "y2"]].to_numpy(np.float32)
-    scores = df["score"].fillna(0.0).to_numpy(np.float32)
-    lms = df[list(FACE_COLUMNS[6:])].to_numpy(np.float32).reshape(-1, 5, 2)
+    numeric = df[list(FACE_COLUMNS[1:])].apply(pd.to_numeric, errors="coerce")
+    bad = (numeric.isna() & df[list(FACE_COLUMNS[1:])].notna()).to_numpy()
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise LabelFileError(f"face sidecar {path}: non-numeric value {df[FACE_COLUMNS[1 + col]].iat[row]!r} in "
+                             f"column {FACE_COLUMNS[1 + col]!r} at frame {row}")
+    boxes = numeric[["x1", "y1", "x2", "y2"]].to_numpy(np.float32)
+    scores = numeric["score"].fillna(0.0).to_numpy(np.float32)
+    lms = numeric[list(FACE_COLUMNS[6:])].to_numpy(np.float32).reshape(-1, 5, 2)
     scores[np.isnan(boxes).any(axis=1)] = 0.0
     return FaceTrack(boxes, scores, lms)

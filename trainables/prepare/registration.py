@@ -1,4 +1,6 @@
-"""Face registration: coarse (crop around a detected box) and fine (similarity alignment of 5 landmarks onto a template).
+"""Face registration: the settings (``Registration``, part of every cache entry's address) and the two ways of turning
+a frame into a face crop, coarse (crop around a detected box) and fine (similarity alignment of 5 landmarks onto a
+template).
 
 Coordinates: x to the right, y down, in pixels, with integer values at pixel centres (OpenCV's convention for
 ``warpAffine``). Landmarks are ordered left eye centre, right eye centre, nose tip, left mouth corner, right mouth corner
@@ -7,8 +9,68 @@ the (T, H, W, C) arrays of the clip cache.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
 import cv2
 import numpy as np
+
+from trainables.errors import UserError
+
+ALIGNMENTS = ("coarse", "fine")
+DETECTORS = ("precomputed", "opencv", "face_alignment")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Face registration settings (SPEC 000).
+
+    Attributes:
+        size: crop side in pixels (96, 112, 160, 224, 384 ...) or (height, width) such as (100, 80).
+        margin: the detected box is enlarged by this fraction of its longer side on every side (coarse crops).
+        min_score: frames whose detection score is below it are invalid (no face), 0.8 by default as in paper 000.
+        grayscale: store one channel (paper 001 uses grayscale 96x96 crops).
+        detector: ``precomputed`` (the manifest's face sidecar, or a folder of cropped-aligned frames), ``opencv``
+            (Haar cascade, needs no download) or ``face_alignment`` (S3FD/BlazeFace + FAN landmarks; local weights).
+        align: ``coarse`` (crop and resize) or ``fine`` (5 landmarks -> similarity transform onto a template with
+            the eyes horizontal); fine needs landmarks (a sidecar with them, or the face_alignment detector).
+        fps: keep frames at this rate (10, 25, 30, 50 ...); None keeps the video's own rate.
+        smooth: radius in frames of the moving average applied to detected boxes against jitter (0 = off); boxes
+            from a precomputed sidecar are used as given.
+        face_detector: the face_alignment package's detector (``sfd``, ``blazeface`` ...).
+    """
+
+    size: int | tuple[int, int] = 64
+    margin: float = 0.15
+    min_score: float = 0.8
+    grayscale: bool = False
+    detector: str = "precomputed"
+    align: str = "coarse"
+    fps: float | None = None
+    smooth: int = 2
+    face_detector: str = "sfd"
+
+    def __post_init__(self) -> None:
+        if self.detector not in DETECTORS:
+            raise UserError(f"detector {self.detector!r} is unknown; allowed: {', '.join(DETECTORS)}")
+        if self.align not in ALIGNMENTS:
+            raise UserError(f"align {self.align!r} is unknown; allowed: {', '.join(ALIGNMENTS)}")
+        if self.fps is not None and not self.fps > 0:
+            raise UserError(f"fps must be positive or None (the video's own rate), got {self.fps}")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise UserError(f"min_score must lie in [0, 1], got {self.min_score}")
+        if self.align == "fine" and self.detector == "opencv":
+            raise UserError("align 'fine' needs landmarks; the opencv detector gives none (use face_alignment, or a "
+                            "sidecar with landmarks)")
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return (self.size, self.size) if isinstance(self.size, int) else (int(self.size[0]), int(self.size[1]))
+
+    def digest(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
 
 #: The canonical 5-point template in a 112 x 112 crop (x, y; pixel centres at integers, so the crop's centre column is
 #: x = 55.5). It is the usual face-recognition layout made exactly left/right symmetric about that column, so the eyes
@@ -119,7 +181,7 @@ def crop_region(box: np.ndarray, size: int | tuple[int, int], margin: float = 0.
 
     The box is enlarged by ``margin`` of its width / height on each side, then widened or heightened (centred) to the
     output's aspect H:W so the whole enlarged box fits; for a square output that is a square of side
-    ``max(w, h) * (1 + 2 margin)``, the rule of ``trainables.data.cache.square_crop_box``.
+    ``max(w, h) * (1 + 2 margin)``.
 
     Returns:
         (x1, y1, x2, y2) integers, x2/y2 exclusive; may extend beyond the frame.

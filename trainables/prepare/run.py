@@ -1,7 +1,9 @@
-"""``emotune data prepare``: turn a manifest of face videos into cache entries, once per registration setting.
+"""``emotune data prepare``: turn a manifest of face videos into cache entries and a dataset index, once per
+registration setting (the driver of this package: manifest -> labels and faces -> registration -> cache entry).
 
-Each video is decoded once here and never again by trials. Videos that fail are skipped with their reason and the rest
-go on; finished entries are found by content address, so an interrupted run resumes where it stopped.
+Each video is decoded once here and never again by trials, which read the index and the entries with
+:mod:`trainables.data.cache`. Videos that fail are skipped with their reason and the rest go on; finished entries are
+found by content address, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from trainables.data.cache import Registration, build_entry, open_entry, remove_stale_temporaries
-from trainables.data.manifest import VideoEntry, read_manifest
+from trainables.data.cache import open_entry
+from trainables.errors import DataError, UserError
+from trainables.prepare.build import build_entry, remove_stale_temporaries
+from trainables.prepare.manifest import VideoEntry, read_manifest
+from trainables.prepare.registration import Registration
 
 
 #: Videos with a face on fewer than this share of their frames are named in a warning (``--warn-face-share``).
@@ -90,7 +95,7 @@ def _detector_for(reg: Registration):
         return None
     key = (reg.detector, reg.face_detector)
     if key not in _DETECTORS:
-        from trainables.data.faces import create_detector
+        from trainables.prepare.faces import create_detector
 
         kwargs = {"face_detector": reg.face_detector} if reg.detector == "face_alignment" else {}
         _DETECTORS[key] = create_detector(reg.detector, **kwargs)
@@ -125,12 +130,12 @@ def prepare(manifest: str | Path, cache_root: str | Path, reg: Registration | No
         the skipped videos with their reasons, and every read video's face share (``face_share``).
     Raises:
         ManifestError: the manifest itself is unusable.
-        ValueError: a face share threshold outside [0, 1].
-        RuntimeError: no video could be prepared (the message lists each reason).
+        UserError: a face share threshold outside [0, 1].
+        DataError: no video could be prepared (the message lists each reason).
     """
     for name, value in (("min_face_share", min_face_share), ("warn_face_share", warn_face_share)):
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be a share of frames in [0, 1], got {value}")
+            raise UserError(f"{name} must be a share of frames in [0, 1], got {value}")
     reg = reg or Registration()
     cache_root = Path(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -176,7 +181,7 @@ def prepare(manifest: str | Path, cache_root: str | Path, reg: Registration | No
         frames_total += cv.num_frames
         score_sum += float(cv.scores[cv.valid].sum())
     if not folders:
-        raise RuntimeError("no video could be prepared:\n" + "\n".join(f"  {v}: {w}" for v, w in summary.skipped.items()))
+        raise DataError("no video could be prepared:\n" + "\n".join(f"  {v}: {w}" for v, w in summary.skipped.items()))
     summary.face_fraction = valid_total / max(frames_total, 1)
     summary.mean_score = score_sum / max(valid_total, 1)
 
@@ -202,16 +207,3 @@ def _record(summary: PrepareSummary, folders: dict[str, str], vid: str, folder: 
         folders[vid] = folder
     else:
         summary.skipped[vid] = err
-
-
-def load_split(index_path: str | Path, split: str) -> list:
-    """Open (memory-mapped) every prepared video of ``split`` listed in a dataset index."""
-    index = json.loads(Path(index_path).read_text())
-    root = Path(index["cache_root"])
-    if not root.is_dir():  # an index moved with its cache (e.g. onto shared storage) still resolves
-        root = Path(index_path).parent
-    videos = [open_entry(root / v["entry"], v["video_id"]) for v in index["videos"] if v["split"] == split]
-    if not videos:
-        raise ValueError(f"dataset index {index_path} has no prepared video in split {split!r}")
-    return videos
-

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from trainables.data.labels import UNIT_SCALE, check_fps_frames, from_unit, to_unit
-from trainables.data.sidecar import LabelFileError
+from trainables.prepare.sidecar import LabelFileError
 from trainables.registry import Registry
 
 __all__ = [
@@ -730,17 +730,17 @@ def read_recola_arff(path: Path, *, fps: float, dims: tuple[str, ...]) -> LabelT
         ``LabelTrack`` with scale (-1, 1), ``rate = 25`` and the files' frameTime as times.
 
     Raises:
-        ValueError: several dims but no ``{dim}`` in the path.
-        LabelFileError: missing/empty file, a header without @relation / @data / frameTime / GoldStandard, a row with a
-            wrong number of fields, frameTime not on a 0.04 s grid (duplicated / missing / out-of-order rows),
+        LabelFileError: several dims but no ``{dim}`` in the path, a missing/empty file, a header without @relation /
+            @data / frameTime / GoldStandard, a row with a wrong number of fields, frameTime not on a 0.04 s grid
+            (duplicated / missing / out-of-order rows),
             non-numeric / NaN-text / infinite values, values outside [-1, 1], no annotated value, or dimension files
             whose frameTime grids differ (the error names both files).
     """
     fmt, rate = "recola_arff", 25.0
     template = str(path)
     if RECOLA_PLACEHOLDER not in template and len(dims) > 1:
-        raise ValueError(f"recola_arff {path}: RECOLA keeps one file per dimension; put {RECOLA_PLACEHOLDER} in the "
-                         f"path to read {', '.join(dims)}")
+        raise LabelFileError(f"label file {path} (recola_arff): RECOLA keeps one file per dimension; put "
+                             f"{RECOLA_PLACEHOLDER} in the path to read {', '.join(dims)}")
     columns = []
     first: tuple[Path, np.ndarray] | None = None
     for d in dims:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from trainables.data.adapters import DEFAULT_DIMS, RECOLA_PLACEHOLDER, adapter_extensions, get_adapter
-from trainables.data.manifest import REQUIRED_COLUMNS, SPLITS
+from trainables.prepare.adapters import DEFAULT_DIMS, RECOLA_PLACEHOLDER, adapter_extensions, get_adapter
+from trainables.prepare.manifest import REQUIRED_COLUMNS, SPLITS, ManifestError
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -56,7 +56,7 @@ def _unique_subjects(subjects: Iterable[str], fn: str) -> list[str]:
     out = set()
     for s in subjects:
         if not isinstance(s, str) or not s.strip():
-            raise ValueError(f"{fn}: subject ids must be non-empty strings; got {s!r}")
+            raise ManifestError(f"{fn}: subject ids must be non-empty strings; got {s!r}")
         out.add(s)
     return sorted(out)
 
@@ -96,25 +96,25 @@ def assign_splits(subjects: Sequence[str], val_fraction: float = 0.2, test_fract
         ``{subject: split}`` for every distinct subject, keys sorted.
 
     Raises:
-        ValueError: empty ids, fractions out of range, or fewer subjects than non-empty parts (the message says how many
-            are needed).
+        ManifestError: empty ids, fractions out of range, or fewer subjects than non-empty parts (the message says how
+            many are needed).
         TypeError: a non-int seed or a bare string for ``subjects``.
     """
     fn = "assign_splits"
     _check_seed(seed, fn)
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0 <= f < 1):
-            raise ValueError(f"{fn}: {name} must be a number in [0, 1); got {f!r}")
+            raise ManifestError(f"{fn}: {name} must be a number in [0, 1); got {f!r}")
     if val_fraction + test_fraction >= 1:
-        raise ValueError(f"{fn}: val_fraction + test_fraction must be < 1 to leave train subjects; got "
-                         f"{val_fraction} + {test_fraction}")
+        raise ManifestError(f"{fn}: val_fraction + test_fraction must be < 1 to leave train subjects; got "
+                            f"{val_fraction} + {test_fraction}")
     unique = _unique_subjects(subjects, fn)
     n = len(unique)
     needed = 1 + (val_fraction > 0) + (test_fraction > 0)
     if n < needed:
         parts = "train" + (", val" if val_fraction > 0 else "") + (", test" if test_fraction > 0 else "")
-        raise ValueError(f"{fn}: {n} distinct subject(s) but at least {needed} are needed (one each for {parts}); "
-                         "add subjects or set a fraction to 0")
+        raise ManifestError(f"{fn}: {n} distinct subject(s) but at least {needed} are needed (one each for {parts}); "
+                            "add subjects or set a fraction to 0")
     n_val = max(1, _round_half_up(n * val_fraction)) if val_fraction > 0 else 0
     n_test = max(1, _round_half_up(n * test_fraction)) if test_fraction > 0 else 0
     while n - n_val - n_test < 1:
@@ -145,7 +145,7 @@ def kfold(subjects: Sequence[str], k: int, seed: int = 0) -> list[dict[str, str]
         exactly one fold and the val parts differ in size by at most one.
 
     Raises:
-        ValueError: k < 2, fewer distinct subjects than k (the message says how many are needed), or empty ids.
+        ManifestError: k < 2, fewer distinct subjects than k (the message says how many are needed), or empty ids.
         TypeError: a non-int k or seed.
     """
     fn = "kfold"
@@ -153,11 +153,11 @@ def kfold(subjects: Sequence[str], k: int, seed: int = 0) -> list[dict[str, str]
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"{fn}: k must be an int; got {k!r}")
     if k < 2:
-        raise ValueError(f"{fn}: k must be >= 2; got {k}")
+        raise ManifestError(f"{fn}: k must be >= 2; got {k}")
     unique = _unique_subjects(subjects, fn)
     if len(unique) < k:
-        raise ValueError(f"{fn}: {k}-fold cross-validation needs at least {k} distinct subjects (one val subject per "
-                         f"fold); got {len(unique)}")
+        raise ManifestError(f"{fn}: {k}-fold cross-validation needs at least {k} distinct subjects (one val subject "
+                            f"per fold); got {len(unique)}")
     order = _shuffled(unique, seed)
     folds = []
     for i in range(k):
@@ -173,14 +173,14 @@ def check_disjoint(rows: Iterable[tuple[str, str, str]]) -> None:
         rows: ``(video_id, subject, split)`` triples, e.g. the rows of a manifest.
 
     Raises:
-        ValueError: naming the first subject found in two splits, both splits, and a video from each.
+        ManifestError: naming the first subject found in two splits, both splits, and a video from each.
     """
     first: dict[str, tuple[str, str]] = {}
     for video_id, subject, split in rows:
         seen = first.setdefault(subject, (split, video_id))
         if seen[0] != split:
-            raise ValueError(f"subject {subject!r} is in split {seen[0]!r} (video {seen[1]!r}) and in split {split!r} "
-                             f"(video {video_id!r}); splits must be subject-disjoint")
+            raise ManifestError(f"subject {subject!r} is in split {seen[0]!r} (video {seen[1]!r}) and in split "
+                                f"{split!r} (video {video_id!r}); splits must be subject-disjoint")
 
 
 # ---------------------------------------------------------------------------
@@ -212,28 +212,29 @@ def write_manifest(rows: Iterable[Mapping[str, object]], path: str | Path) -> Pa
         ``path``.
 
     Raises:
-        ValueError: no rows, a row lacking a required column, an empty or duplicated video_id, a split other than
+        ManifestError: no rows, a row lacking a required column, an empty or duplicated video_id, a split other than
             train / val / test, an unknown column, or a subject in two splits.
     """
     path = Path(path)
     rows = [dict(r) for r in rows]
     if not rows:
-        raise ValueError(f"write_manifest {path}: no rows to write")
+        raise ManifestError(f"write_manifest {path}: no rows to write")
     seen: dict[str, int] = {}
     for i, row in enumerate(rows):
         missing = [c for c in REQUIRED_COLUMNS if row.get(c) in (None, "")]
         unknown = [c for c in row if c not in MANIFEST_COLUMNS]
         where = f"write_manifest {path} row {i} (video {row.get('video_id')!r})"
         if missing:
-            raise ValueError(f"{where}: missing value(s) for {', '.join(missing)}; required: "
-                             f"{', '.join(REQUIRED_COLUMNS)}")
+            raise ManifestError(f"{where}: missing value(s) for {', '.join(missing)}; required: "
+                                f"{', '.join(REQUIRED_COLUMNS)}")
         if unknown:
-            raise ValueError(f"{where}: unknown column(s) {', '.join(unknown)}; allowed: {', '.join(MANIFEST_COLUMNS)}")
+            raise ManifestError(f"{where}: unknown column(s) {', '.join(unknown)}; "
+                                f"allowed: {', '.join(MANIFEST_COLUMNS)}")
         if row["split"] not in SPLITS:
-            raise ValueError(f"{where}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+            raise ManifestError(f"{where}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
         vid = str(row["video_id"])
         if vid in seen:
-            raise ValueError(f"{where}: duplicate video_id, first in row {seen[vid]}")
+            raise ManifestError(f"{where}: duplicate video_id, first in row {seen[vid]}")
         seen[vid] = i
     check_disjoint((str(r["video_id"]), str(r["subject"]), str(r["split"])) for r in rows)
     columns = list(REQUIRED_COLUMNS) + [c for c in ("label_format", "faces") if any(r.get(c) for r in rows)]
@@ -277,7 +278,7 @@ class Pairing:
 def _index(folder: Path, extensions: Sequence[str], what: str, exclude: Path | None = None) -> dict[str, Path]:
     """``{stem: file}`` for files under ``folder`` (recursively) with one of ``extensions`` (case-insensitive)."""
     if not folder.is_dir():
-        raise ValueError(f"{what} folder {folder} does not exist or is not a folder")
+        raise ManifestError(f"{what} folder {folder} does not exist or is not a folder")
     exts = {e.lower() for e in extensions}
     out: dict[str, Path] = {}
     excluded = os.path.abspath(exclude) if exclude is not None else None
@@ -287,8 +288,8 @@ def _index(folder: Path, extensions: Sequence[str], what: str, exclude: Path | N
         if excluded is not None and os.path.abspath(p) == excluded:
             continue
         if p.stem in out:
-            raise ValueError(f"{what} files {out[p.stem]} and {p} share the stem {p.stem!r}; video ids (file stems) "
-                             "must be unique")
+            raise ManifestError(f"{what} files {out[p.stem]} and {p} share the stem {p.stem!r}; video ids (file stems) "
+                                "must be unique")
         out[p.stem] = p
     return out
 
@@ -337,9 +338,13 @@ def pair_files(videos_dir: str | Path, labels_dir: str | Path, *, label_format: 
         The ``Pairing`` (nothing is dropped silently: unpaired files are listed).
 
     Raises:
-        ValueError: unknown label format (lists the valid ones), a missing folder, or two files with the same stem.
+        ManifestError: an unknown label format (lists the valid ones), a missing folder, or two files with the same
+            stem.
     """
-    get_adapter(label_format)
+    try:
+        get_adapter(label_format)
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from None
     exclude_p = Path(exclude) if exclude is not None else None
     videos = _index(Path(videos_dir), VIDEO_EXTENSIONS, "video")
     if label_format == "recola_arff":
@@ -395,16 +400,17 @@ def build_manifest(videos_dir: str | Path, labels_dir: str | Path, *, label_form
         The manifest path.
 
     Raises:
-        ValueError: unknown format, a pattern without a ``subject`` group or that does not match a video id (named),
-            no video with labels, too few subjects for the split fractions, or the errors of ``pair_files``.
+        ManifestError: an unknown format, a pattern without a ``subject`` group or that does not match a video id
+            (named), no video with labels, too few subjects for the split fractions, or the errors of ``pair_files``.
     """
     out = Path(out)
     try:
         pattern = re.compile(subject_pattern)
     except re.error as exc:
-        raise ValueError(f"build_manifest: subject_pattern {subject_pattern!r} is not a valid regex: {exc}") from None
+        raise ManifestError(f"build_manifest: subject_pattern {subject_pattern!r} is not a valid regex: {exc}") \
+            from None
     if "subject" not in pattern.groupindex:
-        raise ValueError(f"build_manifest: subject_pattern {subject_pattern!r} needs a named group (?P<subject>...)")
+        raise ManifestError(f"build_manifest: subject_pattern {subject_pattern!r} needs a named group (?P<subject>...)")
     pairing = pair_files(videos_dir, labels_dir, label_format=label_format, faces_dir=faces_dir, dims=dims,
                          exclude=out)
     notes = []
@@ -418,14 +424,14 @@ def build_manifest(videos_dir: str | Path, labels_dir: str | Path, *, label_form
         notes.append(f"{len(pairing.videos_without_faces)} video(s) without a face sidecar in {faces_dir}: "
                      f"{_summary(pairing.videos_without_faces)}")
     if not pairing.pairs:
-        raise ValueError(f"build_manifest: no video in {videos_dir} has a label file ({label_format}) in {labels_dir}"
-                         + (f" ({'; '.join(notes)})" if notes else ""))
+        raise ManifestError(f"build_manifest: no video in {videos_dir} has a label file ({label_format}) in "
+                            f"{labels_dir}" + (f" ({'; '.join(notes)})" if notes else ""))
     subjects = {}
     for vid, _, _, _ in pairing.pairs:
         m = pattern.search(vid)
         if m is None or not m.group("subject"):
-            raise ValueError(f"build_manifest: subject_pattern {subject_pattern!r} finds no subject in video id "
-                             f"{vid!r}; give a pattern whose (?P<subject>...) group matches every video file stem")
+            raise ManifestError(f"build_manifest: subject_pattern {subject_pattern!r} finds no subject in video id "
+                                f"{vid!r}; give a pattern whose (?P<subject>...) group matches every video file stem")
         subjects[vid] = m.group("subject")
     split_of = assign_splits(list(subjects.values()), val_fraction, test_fraction, seed)
     rows = []

@@ -1,0 +1,249 @@
+"""Writing cache entries: decode a video once, find and register its faces, and write the entry trials read (the
+format is :mod:`trainables.data.cache`).
+
+Entries are content-addressed by (video bytes, label and face file bytes, registration settings), so two datasets that
+share a video share its entry and changing a registration setting never serves stale crops. An entry is built in a
+temporary folder and renamed into place: a reader sees either nothing or a complete entry, and two processes preparing
+the same video both succeed (the second rename loses, is discarded). Video is decoded in bounded chunks, so long videos
+never sit in memory whole.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainables.data.cache import CACHE_VERSION, kept_frame_indices
+from trainables.data.labels import label_frame_index
+from trainables.prepare.adapters import read_labels
+from trainables.prepare.decode import iter_frames, open_video
+from trainables.prepare.manifest import ManifestError, VideoEntry
+from trainables.prepare.registration import Registration, coarse_crop, fine_align
+from trainables.prepare.sidecar import LabelFileError, read_face_sidecar
+
+__all__ = ["build_entry", "entry_key", "file_digest", "remove_stale_temporaries"]
+
+
+def file_digest(path: Path, block: int = 1 << 20) -> str:
+    """SHA-1 of a file's bytes, or of a folder's file names, sizes and bytes (folders of face crops)."""
+    h = hashlib.sha1()
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(block):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def entry_key(video: Path, reg: Registration, *sources: Path | str | None) -> str:
+    """Content address of a cache entry: the video's bytes, the bytes of the files its labels and crops are built from
+    (``sources``: label file, face sidecar; an edited label or face file must not be served from a stale entry) and the
+    registration settings."""
+    key = file_digest(video)[:20]
+    if sources:
+        h = hashlib.sha1()
+        for src in sources:
+            h.update((_source_digest(src) if src is not None else "-").encode())
+        key = f"{key}-{h.hexdigest()[:12]}"
+    return f"{key}-{reg.digest()}"
+
+
+def _source_digest(src: Path | str) -> str:
+    text = str(src)
+    if "{dim}" in text:  # one file per dimension (RECOLA): hash the template and whatever files it names
+        parent = Path(text).parent
+        return hashlib.sha1(text.encode() + b"".join(file_digest(p).encode() for p in sorted(parent.parent.rglob(
+            Path(text).name)) if p.is_file())).hexdigest()
+    return file_digest(Path(src))
+
+
+def remove_stale_temporaries(cache_root: str | Path) -> list[Path]:
+    """Delete the temporary folders of builds whose process is gone (a prepare run that was killed); folders of
+    builds still running in other processes are left alone. Returns what was removed."""
+    removed = []
+    for tmp in Path(cache_root).glob(".tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+class _Cropper:
+    """Turns decoded frames into crops with the registration settings, given per-frame boxes and landmarks."""
+
+    def __init__(self, reg: Registration):
+        self.reg, self.coarse_crop, self.fine_align = reg, coarse_crop, fine_align
+        self.h, self.w = reg.hw
+        self.c = 1 if reg.grayscale else 3
+        self.size = reg.size if isinstance(reg.size, int) else reg.hw  # what the registration functions take
+
+    def __call__(self, frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray | None) -> np.ndarray:
+        if self.reg.align == "fine":
+            out = self.fine_align(frame, landmarks, self.size, grayscale=self.reg.grayscale)
+        else:
+            out = self.coarse_crop(frame, box, self.size, margin=self.reg.margin, grayscale=self.reg.grayscale)
+        return np.asarray(out).reshape(self.h, self.w, self.c)
+
+
+def build_entry(entry: VideoEntry, cache_root: str | Path, reg: Registration, detector: Any = None) -> Path:
+    """Decode ``entry``'s video once, find and register its faces and write the cache entry (if not already there).
+
+    Args:
+        detector: an already built face detector to reuse across videos (built from ``reg`` when None).
+    Returns:
+        The entry's folder.
+    Raises:
+        VideoDecodeError: the video cannot be decoded (the message names it).
+        LabelFileError: the label or face file is unusable, the labels extend more than one second past the video, the
+            face sidecar has fewer rows than the video has frames, or lacks the landmarks ``align='fine'`` needs.
+        ManifestError: the registration reads a faces sidecar the manifest does not give.
+        DataError: ``reg.fps`` exceeds the video's frame rate.
+    """
+    cache_root = Path(cache_root)
+    final = cache_root / entry_key(entry.path, reg, entry.labels, entry.faces)
+    if (final / "meta.json").is_file():
+        return final
+
+    reader, native_fps, n = open_video(entry.path)
+    keep = kept_frame_indices(n, native_fps, reg.fps)
+    out_fps = reg.fps or native_fps
+    track = read_labels(entry.label_format, entry.labels, fps=native_fps)
+    duration = n / native_fps
+    beyond = track.times > duration + 1.0 / max(track.rate, 1e-9)
+    if (track.times > duration + 1.0).any():
+        raise LabelFileError(f"video {entry.video_id}: labels in {entry.labels} run to {track.times.max():.2f} s but "
+                             f"the video lasts {duration:.2f} s ({n} frames at {native_fps:.3f} fps)")
+    # Up to one second of trailing labels past the last frame is common (rounding in annotation tools): dropped.
+    labels, label_times = track.values[~beyond], track.times[~beyond]
+    label_frames = label_frame_index(label_times, out_fps, len(keep))
+
+    tmp = cache_root / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        h, w = reg.hw
+        c = 1 if reg.grayscale else 3
+        frames = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.uint8, shape=(len(keep), h, w, c))
+        if entry.faces is not None and Path(entry.faces).is_dir():
+            valid, scores = _from_crops_folder(entry, n, keep, frames, reg)
+        else:
+            valid, scores = _detect_and_crop(entry, reader, n, keep, frames, reg, detector)
+        frames.flush()
+        del frames
+        np.save(tmp / "valid.npy", valid)
+        np.save(tmp / "scores.npy", scores.astype(np.float32))
+        np.save(tmp / "frame_times.npy", keep / native_fps)
+        np.save(tmp / "labels.npy", labels.astype(np.float32))
+        np.save(tmp / "label_times.npy", label_times)
+        np.save(tmp / "label_frames.npy", label_frames)
+        meta = {"version": CACHE_VERSION, "video_id": entry.video_id, "source": str(entry.path), "fps": out_fps,
+                "native_fps": native_fps, "num_frames": int(len(keep)), "registration": asdict(reg),
+                "label_format": entry.label_format, "label_rate": track.rate, "label_scale": list(track.scale),
+                "dims": list(track.dims)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another process finished the same entry first: its copy is identical, keep it.
+            if not (final / "meta.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _from_crops_folder(entry: VideoEntry, n: int, keep: np.ndarray, frames: np.ndarray, reg: Registration):
+    """Frames a dataset distributes already cropped and aligned (Aff-Wild2): resized to the registration size."""
+    import cv2
+
+    from trainables.prepare.faces import read_crops_folder
+
+    crops, present = read_crops_folder(entry.faces, num_frames=n)
+    h, w = reg.hw
+    for t, src in enumerate(keep):
+        if present[src]:
+            img = cv2.resize(crops[src], (w, h), interpolation=cv2.INTER_AREA)
+            if reg.grayscale:
+                img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+            frames[t] = img.reshape(frames.shape[1:])
+    valid = present[keep].copy()
+    return valid, valid.astype(np.float32)
+
+
+def _detect_and_crop(entry: VideoEntry, reader, n: int, keep: np.ndarray, frames: np.ndarray, reg: Registration,
+                     detector: Any):
+    """Stream the kept frames in chunks: faces from the sidecar or a detector, boxes smoothed over +-``reg.smooth``
+    frames (a chunk is cropped once the next chunk's boxes are known), crops written into ``frames``."""
+    from trainables.prepare.faces import create_detector, pick_main_face, smooth_boxes
+
+    t_out = len(keep)
+    boxes = np.full((t_out, 4), np.nan, dtype=np.float32)
+    scores = np.zeros(t_out, dtype=np.float32)
+    lms = np.full((t_out, 5, 2), np.nan, dtype=np.float32)
+    if reg.detector == "precomputed":
+        if entry.faces is None:
+            raise ManifestError(f"video {entry.video_id}: detector 'precomputed' needs a faces sidecar (manifest "
+                                "column 'faces'); or prepare with --detector opencv|face_alignment")
+        track = read_face_sidecar(entry.faces)
+        if len(track.scores) < n:
+            raise LabelFileError(f"video {entry.video_id}: face sidecar {entry.faces} has {len(track.scores)} rows "
+                                 f"but the video has {n} frames")
+        boxes[:], scores[:], lms[:] = track.boxes[keep], track.scores[keep], track.landmarks[keep]
+        if reg.align == "fine" and np.isnan(lms[scores >= reg.min_score]).any():
+            raise LabelFileError(f"video {entry.video_id}: align 'fine' needs 5 landmarks on every face frame, and "
+                                 f"face sidecar {entry.faces} lacks some")
+    elif detector is None:
+        detector = create_detector(reg.detector, **({"face_detector": reg.face_detector}
+                                                    if reg.detector == "face_alignment" else {}))
+    crop = _Cropper(reg)
+    # Smoothing is for detector jitter; a precomputed sidecar's boxes are taken as given.
+    r = max(0, int(reg.smooth)) if reg.detector != "precomputed" else 0
+    pending: list[tuple[int, np.ndarray]] = []
+    previous_box = None
+
+    def flush(upto: int) -> None:
+        while pending and pending[0][0] <= upto:
+            t, frame = pending.pop(0)
+            if not (scores[t] >= reg.min_score and np.isfinite(boxes[t]).all()):
+                continue
+            lo, hi = max(0, t - r), min(t_out, t + r + 1)
+            window = np.where((scores[lo:hi] >= reg.min_score)[:, None], boxes[lo:hi], np.nan)
+            box = smooth_boxes(window, radius=r)[t - lo] if r else boxes[t]
+            frames[t] = crop(frame, box, lms[t])
+
+    for start, chunk in iter_frames(reader, n, indices=keep, path=entry.path):
+        if reg.detector != "precomputed":
+            for k, dets in enumerate(detector.detect(chunk)):
+                face = pick_main_face(dets, previous_box)
+                if face is not None:
+                    boxes[start + k], scores[start + k] = face.box, face.score
+                    if face.landmarks5 is not None:
+                        lms[start + k] = face.landmarks5
+                    previous_box = face.box
+        pending.extend((start + k, frame) for k, frame in enumerate(chunk))
+        flush(start + len(chunk) - 1 - r)
+    flush(t_out)
+    valid = (scores >= reg.min_score) & np.isfinite(boxes).all(axis=1)
+    if reg.align == "fine":
+        valid &= np.isfinite(lms).all(axis=(1, 2))
+    return valid, scores
