@@ -34,7 +34,9 @@ def rows_from_results(results, metric: str, mode: str, params: Iterable[str], ma
         df = df.dropna(subset=[metric])
         best = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
         epochs = int(df[epoch_key].max())
-        status = "error" if result.error else ("stopped early" if epochs < max_epochs else "complete")
+        diverged = "diverged" in df and (df["diverged"] == 1).any()
+        status = ("error" if result.error else "diverged" if diverged
+                  else "stopped early" if epochs < max_epochs else "complete")
         rows.append(Row(trial_id, {p: config.get(p) for p in params}, epochs, int(best[epoch_key]), float(best[metric]),
                         {d: float(best[d]) for d in DIM_METRICS if d in best}, status))
     sign = -1.0 if mode == "max" else 1.0

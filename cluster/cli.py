@@ -1,4 +1,9 @@
-"""The ``emotune`` command line: data synth | data prepare | sweep | demo."""
+"""The ``emotune`` command line: data synth | data prepare | data manifest | sweep | settings | demo.
+
+A user error (a setting, a file, a resource request; ``trainables.errors.UserError`` and
+``search_spaces.schema.SpaceError``) is printed as one line, ``emotune: error: <message>``, with exit status 2. A sweep
+exits 1 when a trial errored or no trial finished.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from trainables.errors import UserError
 
 
 def _size(text: str) -> int | tuple[int, int]:
@@ -24,7 +31,13 @@ def _set_value(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        try:  # YAML reads 1e-3 as a string; a number is meant
+            parsed = float(parsed) if parsed.strip().lower() not in ("nan", "inf", "-inf", "infinity") else parsed
+        except ValueError:
+            pass
+    return key.strip(), parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--data", default=None, action="append", metavar="[NAME=]INDEX",
                     help="dataset index written by `emotune data prepare`; repeat as NAME=INDEX, one per "
                          "registration setting, for studies that search 'registration' (not with --resume)")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="check every configuration the sweep can start against the trial settings, the data and "
+                         "the cluster, then stop (nothing is started or recorded)")
+
+    sub.add_parser("settings", help="list every trial setting: group, default and what is allowed")
 
     d = sub.add_parser("demo", help="synthesise data, prepare it, run the smoke sweep and print a leaderboard")
     d.add_argument("--root", default="emotune-demo", help="folder for the demo's data, cache, MLflow store and results")
@@ -105,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _sweep_args(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("--space", default="smoke", help="a study file or the name of a shipped one")
     sw.add_argument("--trials", type=int, default=8, help="number of trials")
+    sw.add_argument("--epochs", type=int, default=None,
+                    help="at most this many epochs per trial (default: the study's fidelity max)")
     sw.add_argument("--max-concurrent", type=int, default=None, help="cap on concurrent trials (default: what fits)")
     sw.add_argument("--workers", type=int, default=None, help="workers per trial (more than one: DDP with Ray Train)")
     sw.add_argument("--cpus-per-worker", type=float, default=None)
@@ -180,7 +200,7 @@ def cmd_fetch_weights(a) -> int:
     return 0
 
 
-def _print_outcome(outcome, max_epochs: int) -> None:
+def _print_outcome(outcome, max_epochs: int) -> dict[str, int]:
     from analysis.leaderboard import format_leaderboard, rows_from_results
 
     params = list(outcome.space.params)
@@ -197,14 +217,28 @@ def _print_outcome(outcome, max_epochs: int) -> None:
     print(f"Ray results:   {outcome.storage}/{outcome.name}")
     if outcome.best_trial_id:
         print(f"Best trial:    {outcome.best_trial_id} (checkpoint logged to MLflow run {outcome.best_run_id})")
+    else:
+        print("Best trial:    none (no trial finished without an error)")
+    counts = {status: sum(r.status == status for r in rows) for status in STATUSES}
+    print("Trials:        " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    return counts
+
+
+#: Trial outcomes as the leaderboard and the summary count them.
+STATUSES = ("complete", "stopped early", "diverged", "error")
+
+
+def sweep_exit_status(counts: dict[str, int]) -> int:
+    """1 when any trial errored or none finished (complete or stopped early), else 0."""
+    finished = counts["complete"] + counts["stopped early"]
+    return 1 if counts["error"] or not finished else 0
 
 
 def cmd_sweep(a) -> int:
     from cluster.sweep import SweepOptions, run_sweep
 
     if not a.resume and not a.data:
-        print("emotune sweep: --data is required (the dataset index from `emotune data prepare`)", file=sys.stderr)
-        return 2
+        raise UserError("sweep: --data is required (the dataset index from `emotune data prepare`)")
 
     data = a.data or []
     if len(data) == 1 and "=" not in data[0]:
@@ -212,16 +246,27 @@ def cmd_sweep(a) -> int:
     else:
         data = dict(item.split("=", 1) for item in data) if all("=" in d for d in data) else data
         if isinstance(data, list):
-            print("emotune sweep: several --data need NAME=INDEX each", file=sys.stderr)
-            return 2
+            raise UserError("sweep: several --data need NAME=INDEX each (e.g. --data coarse=a.json --data fine=b.json)")
     opts = SweepOptions(space=a.space, data_index=data, num_samples=a.trials, max_concurrent=a.max_concurrent,
                         workers=a.workers, cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
                         storage=a.storage, name=a.name, seed=a.seed, time_budget_s=a.time_budget,
                         tracking_uri=a.mlflow_uri, experiment=a.experiment, overrides=dict(a.overrides),
                         resume=a.resume, optuna_storage=a.optuna_storage, keep_checkpoints=a.keep_checkpoints,
-                        max_failures=a.max_failures, executor=a.executor, verbose=a.verbose)
+                        max_failures=a.max_failures, executor=a.executor, verbose=a.verbose, dry_run=a.dry_run,
+                        epochs=a.epochs)
     outcome = run_sweep(opts)
-    _print_outcome(outcome, int(outcome.space.fidelity["max"]))
+    if a.dry_run:
+        return 0
+    return sweep_exit_status(_print_outcome(outcome, int(outcome.space.fidelity["max"])))
+
+
+def cmd_settings(a) -> int:
+    from trainables.config import describe
+
+    rows = [("setting", "group", "default", "allowed"), *describe()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
     return 0
 
 
@@ -245,18 +290,26 @@ def cmd_demo(a) -> int:
                         seed=a.seed, tracking_uri=default_tracking_uri(root), experiment="emotune-demo",
                         artifact_root=str(root / "mlartifacts"), optuna_storage=default_optuna_storage(root))
     outcome = run_sweep(opts)
-    _print_outcome(outcome, int(outcome.space.fidelity["max"]))
+    status = sweep_exit_status(_print_outcome(outcome, int(outcome.space.fidelity["max"])))
     print(f"Demo finished in {time.time() - t0:.0f} s")
-    return 0
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from search_spaces.schema import SpaceError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     handlers = {"synth": cmd_synth, "prepare": cmd_prepare, "manifest": cmd_manifest,
                 "fetch-weights": cmd_fetch_weights}
-    if args.command == "data":
-        return handlers[args.data_command](args)
-    return {"sweep": cmd_sweep, "demo": cmd_demo}[args.command](args)
+    try:
+        if args.command == "data":
+            return handlers[args.data_command](args)
+        return {"sweep": cmd_sweep, "demo": cmd_demo, "settings": cmd_settings}[args.command](args)
+    except (UserError, SpaceError) as err:
+        # One line, no traceback: the message names what is wrong and what is allowed.
+        print(f"emotune: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import math
 
-
-class ResourceError(ValueError):
-    """A trial asks for more than the cluster has."""
+from trainables.errors import ResourceError
 
 
 def max_concurrent_trials(cluster: dict[str, float], workers: int, cpus_per_worker: float, gpus_per_worker: float,

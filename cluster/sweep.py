@@ -2,6 +2,7 @@
 ``trainables.trial.run_trial``, recorded in MLflow."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.schema import SearchSpace, load_space, suggest
+from trainables.errors import DataError, UserError
 from trainables.trial import checkpoint_policy, choose_executor, run_trial, trial_resources
 
+from cluster.preflight import PreflightReport, preflight
 from cluster.progress import ProgressPrinter
 from cluster.resources import max_concurrent_trials
 from cluster.records import data_fingerprint, git_commit, package_versions
@@ -43,6 +46,8 @@ class SweepOptions:
     keep_checkpoints: int = 2
     max_failures: int = 2
     executor: str = "auto"  # inline (one worker, in the trial process) | train (Ray Train workers) | auto
+    dry_run: bool = False  # check every configuration against the data and the cluster, start nothing
+    epochs: int | None = None  # cap on the epochs of every trial (the study's fidelity max otherwise)
     verbose: int = 0  # 0: one line per trial event; 1: Tune's status tables; 2: also every worker's log
 
 
@@ -56,6 +61,7 @@ class SweepOutcome:
     parent_run_id: str
     best_trial_id: str | None
     best_run_id: str | None
+    preflight: PreflightReport | None = None
 
 
 class DefineByRun:
@@ -74,6 +80,10 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     its controller through the State API, which the dashboard serves (without it, trials after the first hang)."""
     import ray
 
+    from cluster.retries import install_retry_policy
+
+    # Every sweep (new or resumed) starts here: a trial failing with a user error is not retried, a crash is.
+    install_retry_policy()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -127,38 +137,50 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     if opts.resume:
         return _resume(opts, storage, trainable)
 
-    space = load_space(opts.space, opts.overrides)
+    space = cap_epochs(load_space(opts.space, opts.overrides), opts.epochs)
     data = resolve_data(opts.data_index, space)
-    init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2)
-
     workers = int(opts.workers if opts.workers is not None else space.resources["workers"])
     cpus = float(opts.cpus_per_worker if opts.cpus_per_worker is not None else space.resources["cpus_per_worker"])
     gpus = float(opts.gpus_per_worker if opts.gpus_per_worker is not None else space.resources["gpus_per_worker"])
     executor = choose_executor(opts.executor, workers)
-    autoscaling = bool(opts.ray_address or os.environ.get("RAY_ADDRESS")) and opts.max_concurrent is not None
-    concurrent = max_concurrent_trials(ray.cluster_resources(), workers, cpus, gpus, opts.max_concurrent, autoscaling)
-
     name = opts.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if _experiment_exists(storage, name):
-        raise FileExistsError(f"a sweep named {name!r} already exists in {storage}; resume it with "
-                              f"`emotune sweep --resume {name} --storage {opts.storage}` or choose another --name")
-    runtime = {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
-               "storage_path": f"{storage}/{name}", "keep_checkpoints": opts.keep_checkpoints,
-               "max_failures": opts.max_failures, "executor": executor, "metric": space.metric, "mode": space.mode}
-    data_index = data if isinstance(data, str) else json.dumps(data)
     per_epoch = int(space.fidelity["per_epoch"])
     units = int(space.fidelity["max"])  # reports a trial makes at most: epochs, or fractions of an epoch
     epochs = -(-units // per_epoch)
     time_attr = "epoch" if space.fidelity["attr"] == "epoch" else "step"
+    constants = {("data_index" if isinstance(data, str) else "data_indexes"): data, "epochs": epochs,
+                 "reports_per_epoch": per_epoch, "max_units": units}
+    # Every configuration the sweep can start, checked against the trial config and the data before Ray starts.
+    checked = preflight(space, {**constants, "metric": space.metric, "mode": space.mode,
+                                "threads": max(1, int(cpus)), "gpus": gpus}, seed=opts.seed)
+    space = checked.space
+    for line in checked.lines():
+        print(line, flush=True)
+    autoscaling = bool(opts.ray_address or os.environ.get("RAY_ADDRESS")) and opts.max_concurrent is not None
+    # Before Ray starts: a request this machine (or the running cluster) cannot hold is refused at once.
+    concurrent = max_concurrent_trials(cluster_resources(opts.ray_address), workers, cpus, gpus, opts.max_concurrent,
+                                       autoscaling)
+    if opts.dry_run:
+        print(f"dry run: {opts.num_samples} trials of {workers} worker(s) x {cpus:g} CPU / {gpus:g} GPU, "
+              f"{concurrent} at a time ({executor} executor); nothing started", flush=True)
+        return SweepOutcome(name, None, space, storage, "", "", None, None, checked)
+    if _experiment_exists(storage, name):
+        raise UserError(f"a sweep named {name!r} already exists in {storage}; resume it with "
+                        f"`emotune sweep --resume {name} --storage {opts.storage}` or choose another --name")
+    init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2)
+    concurrent = max_concurrent_trials(ray.cluster_resources(), workers, cpus, gpus, opts.max_concurrent, autoscaling)
+
+    runtime = {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
+               "storage_path": f"{storage}/{name}", "keep_checkpoints": opts.keep_checkpoints,
+               "max_failures": opts.max_failures, "executor": executor, "metric": space.metric, "mode": space.mode}
+    data_index = data if isinstance(data, str) else json.dumps(data)
 
     tracking_uri = opts.tracking_uri or default_tracking_uri()
     client, experiment_id = open_experiment(tracking_uri, opts.experiment, artifact_root=Path(opts.artifact_root))
     parent_id = _start_parent_run(client, experiment_id, name, space, opts, data_index, concurrent,
                                   workers, executor)
 
-    searcher = make_searcher(space, opts, name, concurrent,
-                             {("data_index" if isinstance(data, str) else "data_indexes"): data, "epochs": epochs,
-                              "reports_per_epoch": per_epoch, "max_units": units, "runtime": runtime})
+    searcher = make_searcher(space, opts, name, concurrent, {**constants, "runtime": runtime})
     scheduler = ASHAScheduler(time_attr=time_attr, max_t=units, grace_period=space.fidelity["grace"],
                               reduction_factor=space.fidelity["reduction_factor"])
     callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=time_attr,
@@ -178,7 +200,32 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                                   checkpoint_config=checkpoint_policy(runtime, tune.CheckpointConfig),
                                   verbose=min(opts.verbose, 1)),
     )
-    return _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id)
+    return _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id, checked)
+
+
+def cap_epochs(space: SearchSpace, epochs: int | None) -> SearchSpace:
+    """``space`` with at most ``epochs`` epochs per trial (``--epochs``): the fidelity's max in its own units, and the
+    grace period no longer than that."""
+    if epochs is None:
+        return space
+    if epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {epochs}")
+    fidelity = dict(space.fidelity)
+    fidelity["max"] = min(int(fidelity["max"]), epochs * int(fidelity["per_epoch"]))
+    fidelity["grace"] = min(int(fidelity["grace"]), fidelity["max"])
+    return dataclasses.replace(space, fidelity=fidelity)
+
+
+def cluster_resources(address: str | None) -> dict[str, float]:
+    """CPUs and GPUs of the cluster at ``address`` (or $RAY_ADDRESS), else of this machine, without starting Ray."""
+    import ray
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        init_ray(address, log_to_driver=False)
+        return ray.cluster_resources()
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
 def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent: int, constants: dict[str, Any]):
@@ -203,17 +250,17 @@ def resolve_data(data: str | dict[str, str], space: SearchSpace) -> str | dict[s
     out = {}
     for key, path in data.items():
         if not Path(path).is_file():
-            raise FileNotFoundError(f"dataset index {path!r} not found; run `emotune data prepare` first")
+            raise DataError(f"dataset index {path!r} not found; run `emotune data prepare` first")
         out[key] = str(Path(path).resolve())
     if list(out) == [""]:
         if "registration" in space.params and space.params["registration"]["type"] != "constant":
-            raise ValueError(f"study {space.name} searches 'registration'; give one dataset index per setting "
+            raise UserError(f"study {space.name} searches 'registration'; give one dataset index per setting "
                              f"(--data coarse=INDEX --data fine=INDEX) or pin it (--set registration=coarse)")
         return out[""]
     wanted = _values_of(space, "registration")
     missing = [w for w in wanted if w not in out]
     if missing:
-        raise ValueError(f"no dataset index for registration {missing}; given: {sorted(out)}")
+        raise UserError(f"no dataset index for registration {missing}; given: {sorted(out)}")
     return out
 
 
@@ -251,6 +298,7 @@ def _start_parent_run(client, experiment_id: str, name: str, space: SearchSpace,
     parent = client.create_run(experiment_id, run_name=name, tags={
         "emotune.sweep": name, "emotune.space": space.name, "emotune.space_file": space.path.name,
         "emotune.overrides": json.dumps(opts.overrides, default=str),
+        "emotune.epochs": str(opts.epochs or ""),
         "emotune.git_commit": git_commit(Path(__file__).parent),
         "emotune.command": " ".join(sys.argv)})
     parent_id = parent.info.run_id
@@ -271,7 +319,7 @@ def _resume(opts: SweepOptions, storage: str, trainable) -> SweepOutcome:
     name = opts.resume
     path = f"{storage}/{name}"
     if not _experiment_exists(storage, name):
-        raise FileNotFoundError(f"no sweep named {name!r} in {storage} to resume")
+        raise UserError(f"no sweep named {name!r} in {storage} to resume")
     init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2)
     tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     run_config = tuner._local_tuner.get_run_config()
@@ -282,11 +330,13 @@ def _resume(opts: SweepOptions, storage: str, trainable) -> SweepOutcome:
     space_file = client.download_artifacts(callback.parent_run_id, parent.data.tags["emotune.space_file"],
                                            tempfile.mkdtemp(prefix="emotune-space-"))
     space = load_space(space_file, json.loads(parent.data.tags.get("emotune.overrides", "{}")))
+    space = cap_epochs(space, int(parent.data.tags["emotune.epochs"]) if parent.data.tags.get("emotune.epochs") else None)
     client.set_tag(callback.parent_run_id, "emotune.resumed", time.strftime("%Y-%m-%d %H:%M:%S"))
     return _fit(tuner, name, space, storage, callback.tracking_uri, client, callback, callback.parent_run_id)
 
 
-def _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id) -> SweepOutcome:
+def _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id,
+         checked: PreflightReport | None = None) -> SweepOutcome:
     status = "FAILED"
     best_trial = best_run = None
     try:
@@ -297,14 +347,32 @@ def _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id)
         # A sweep stopped by a dead driver stays RUNNING until --resume finishes it; failures end it FAILED.
         client.set_terminated(parent_id, status)
     return SweepOutcome(name, results, space, Path(storage) if "://" not in storage else storage, tracking_uri,
-                        parent_id, best_trial, best_run)
+                        parent_id, best_trial, best_run, checked)
+
+
+def best_result(results, metric: str, mode: str):
+    """The result holding the best report of the sweep, or None. A trial that errored is never best (whatever it
+    reported before the error), nor is a diverged report (it carries the objective's worst value)."""
+    best = None
+    for result in results:
+        df = result.metrics_dataframe
+        if result.error is not None or df is None or metric not in df:
+            continue
+        if "diverged" in df:
+            df = df[df["diverged"] != 1]
+        values = df[metric].dropna()
+        if values.empty:
+            continue
+        value = float(values.max() if mode == "max" else values.min())
+        if best is None or (value > best[0] if mode == "max" else value < best[0]):
+            best = (value, result)
+    return None if best is None else best[1]
 
 
 def _record_best(results, space: SearchSpace, client, callback: MlflowTrialCallback, parent_id: str):
-    """Tag the parent run with the best trial (by its best epoch) and that run's id."""
-    try:
-        best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all")
-    except RuntimeError:
+    """Tag the parent run with the best trial (by its best report) and that run's id."""
+    best = best_result(results, space.metric, space.mode)
+    if best is None:
         return None, None
     trial_id = best.metrics.get("trial_id")
     run_id = callback.run_id(trial_id)

@@ -60,6 +60,7 @@ class SearchSpace:
     description: str = ""
     constraints: tuple[tuple[str, str, str], ...] = ()
     initial_points: tuple[dict[str, Any], ...] = ()
+    overrides: dict[str, Any] = field(default_factory=dict)  # the user's --set, as given
     raw: dict = field(default_factory=dict, repr=False)
 
 
@@ -137,9 +138,14 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
                                  f"{key!r}; a condition may only use fixed settings or params listed earlier")
             if not isinstance(allowed, list):
                 raise SpaceError(f"{path}: params.{key}.when.{cond_key} must be a list of values")
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    for key, value in overrides.items():
         if key in params:
-            params[key] = {"type": "constant", "value": value, **({"when": params[key]["when"]} if "when" in params[key] else {})}
+            spec = params[key]
+            if not _in_domain(spec, value):
+                raise SpaceError(f"--set {key}={value!r} lies outside the distribution the study searches "
+                                 f"({_domain_text(spec)}); pin a value inside it, or edit {path}")
+            params[key] = {"type": "constant", "value": value, **({"when": spec["when"]} if "when" in spec else {})}
         else:
             fixed[key] = value
     clash = set(fixed) & set(params)
@@ -149,6 +155,9 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     points = raw.get("initial_points", [])
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
         raise SpaceError(f"{path}: initial_points must be a list of mappings param -> value")
+    # A pinned parameter overrides the initial points: each point keeps its other values.
+    points = [{k: v for k, v in point.items() if k not in overrides} for point in points]
+    points = [p for p in points if p]
     for i, point in enumerate(points):
         for key, value in point.items():
             if key not in params:
@@ -157,7 +166,7 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
                 raise SpaceError(f"{path}: initial_points[{i}].{key} = {value!r} lies outside its distribution")
     return SearchSpace(name=str(raw.get("name", path.stem)), path=path, metric=metric, mode=mode, fidelity=fidelity,
                        resources=resources, fixed=fixed, params=params, description=str(raw.get("description", "")),
-                       raw=raw, constraints=constraints, initial_points=tuple(points))
+                       raw=raw, constraints=constraints, initial_points=tuple(points), overrides=overrides)
 
 
 def _values(spec_or_value: Any, is_param: bool) -> list[Any]:
@@ -179,6 +188,15 @@ def _in_domain(spec: dict[str, Any], value: Any) -> bool:
     if kind == "categorical":
         return value in spec["choices"]
     return isinstance(value, (int, float)) and spec["low"] <= value <= spec["high"]
+
+
+def _domain_text(spec: dict[str, Any]) -> str:
+    kind = spec["type"]
+    if kind == "categorical":
+        return "one of " + ", ".join(map(str, spec["choices"]))
+    if kind == "constant":
+        return f"the constant {spec['value']!r}"
+    return f"{kind} from {spec['low']} to {spec['high']}"
 
 
 def _check_constraints(items: Any, path: Path, fixed: dict, params: dict) -> tuple[tuple[str, str, str], ...]:

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from trainables.config import TrialConfig
+from trainables.errors import ConfigError
 from trainables.data.clips import ClipSpec, TrainWindows, predict_timeline, to_tensor
 from trainables.data.cache import load_split
 
@@ -54,16 +56,16 @@ def _frame_positions(clip: torch.Tensor, window_frames: np.ndarray) -> list[int]
 def test_clipspec_refuses_window_shorter_than_clip():
     with pytest.raises(ValueError, match="window_length=16 is shorter than clip_len=24"):
         ClipSpec(length=16, clip_len=24)
-    with pytest.raises(ValueError, match="window_length=20 is shorter than clip_len=21"):
-        ClipSpec.from_config({"window_length": 20, "clip_len": 21})
+    with pytest.raises(ConfigError, match="window_length=20 is shorter than clip_len=21"):
+        TrialConfig.from_dict({"window_length": 20, "clip_len": 21})
     assert ClipSpec(length=24, clip_len=24).length == 24  # equal is allowed
 
 
-def test_clipspec_from_config():
-    spec = ClipSpec.from_config({"window_length": 40, "window_overlap": 0.25, "label_fusion": "median",
-                                 "clip_len": 12, "ssts_stride": 3, "ssts_stochastic": False})
+def test_clipspec_from_trial_config():
+    spec = TrialConfig.from_dict({"window_length": 40, "window_overlap": 0.25, "label_fusion": "median",
+                                  "clip_len": 12, "ssts_stride": 3, "ssts_stochastic": False}).clip_spec()
     assert spec == ClipSpec(length=40, overlap=0.25, fusion="median", clip_len=12, stride=3, stochastic=False)
-    assert ClipSpec.from_config({}) == ClipSpec()
+    assert TrialConfig.from_dict({}).clip_spec() == ClipSpec()
 
 
 # ---------------------------------------------------------------------------

@@ -24,10 +24,16 @@ params:
 """
 
 
-def emotune(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The installed ``emotune`` command, as a user runs it; the exit status is the caller's to check."""
     exe = Path(sys.executable).with_name("emotune")
-    proc = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def emotune(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``run_cli`` that must succeed."""
+    proc = run_cli(*args, cwd=cwd, timeout=timeout)
     assert proc.returncode == 0, f"emotune {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 

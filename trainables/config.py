@@ -24,6 +24,7 @@ import math
 import numbers
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from trainables.errors import ConfigError
@@ -67,8 +68,8 @@ class TrialConfig:
     bidirectional: bool | None = setting(None, "model", "bidirectional GRU", arg="bidirectional")
     dropout: float | None = setting(None, "model", "dropout before the head / between RNN layers", low=0.0, high=1.0,
                                     high_open=True, arg="dropout")
-    time_kernel: int | None = setting(None, "model", "temporal kernel of inflated convolutions", low=1,
-                                      arg="time_kernel")
+    time_kernel: int | None = setting(None, "model", "temporal kernel of inflated convolutions (a centre tap)",
+                                      low=1, arg="time_kernel", pattern="an odd integer >= 1")
     inflation_mode: str | None = setting(None, "model", "paper 003 inflation", choices=("centered", "copied"),
                                          arg="mode")
     inflation_surround: str | None = setting(None, "model", "initialisation of the temporal surround (centered)",
@@ -193,12 +194,17 @@ class TrialConfig:
                 dropped.append(f"{key} does not apply ({reason}); dropped")
         config = cls(**kwargs)
         config._check_combinations()
+        config.clip_spec()
         return config
 
     def _check_combinations(self) -> None:
         if self.data_indexes is not None and self.registration not in self.data_indexes:
             raise ConfigError(f"registration={self.registration!r} has no dataset index; the sweep has: "
                               f"{', '.join(sorted(self.data_indexes))}")
+        for key in ("pretrained", "pretext_checkpoint"):
+            path = getattr(self, key)
+            if isinstance(path, str) and not Path(path).expanduser().is_file():
+                raise ConfigError(f"{key}={path!r}: no such checkpoint file (a path on every node that runs trials)")
         from trainables.data.augment import parse_augment_config  # validates every aug_* value
 
         try:
@@ -234,6 +240,22 @@ class TrialConfig:
                 value = [int(v) for v in value.split("-")]
             kwargs[arg] = value
         return kwargs
+
+    def clip_spec(self):
+        """The window and sampling settings as a ``trainables.data.clips.ClipSpec``.
+
+        Raises:
+            ConfigError: a window shorter than the frames its sampler draws.
+        """
+        from trainables.data.clips import ClipSpec
+
+        try:
+            return ClipSpec(length=self.window_length, overlap=self.window_overlap, fusion=self.label_fusion,
+                            clip_len=self.clip_len, stride=self.ssts_stride, stochastic=self.ssts_stochastic,
+                            sampler=self.sampler, num_frames=self.num_frames, fps=self.fps,
+                            gap_tolerance=self.gap_tolerance, target=self.label_target)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     @property
     def index_path(self) -> str:
@@ -369,6 +391,10 @@ def check_value(key: str, value: Any) -> Any:
             raise bad()
         if hi is not None and (out > hi or (spec["high_open"] and out == hi)):
             raise bad()
+    if key == "time_kernel" and out % 2 == 0:
+        raise bad()
+    if key == "time_kernel" and out % 2 == 0:
+        raise bad()
     if key == "inflation_dilation":
         parts = out.split("-")
         if len(parts) != 4 or not all(p.isdigit() and int(p) >= 1 for p in parts):

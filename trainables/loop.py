@@ -1,17 +1,13 @@
 """The training loop: one trial's training, run in the Tune trial process (one worker) or on every worker of a Ray
 Train TorchTrainer (see ``trainables.trial``).
 
-Each epoch ends with an evaluation on the validation split's canonical label timeline, a search of post-processing on
-those stored predictions (no retraining), and one report with a checkpoint, so ASHA can stop the trial between epochs
-and a restarted trial resumes from the last epoch it finished.
+Each report (an epoch, or a fraction of one with a data-fraction fidelity) ends with an evaluation on the validation
+split's canonical label timeline, a search of post-processing on those stored predictions (no retraining), and one
+report with a checkpoint, so ASHA can stop the trial between reports and a restarted trial resumes where it stopped.
 
-Training knobs read from the trial config (all optional unless noted):
-``lr`` (required), ``weight_decay``, ``batch_size`` (required), ``epochs`` (required), ``warmup_epochs`` (linear warmup,
-then cosine decay to ``lr * min_lr_ratio``), ``grad_clip`` (max gradient norm; 0 = off), ``ema_decay`` (timm's weight
-EMA; the EMA weights are evaluated and checkpointed), ``amp`` (mixed precision; on GPU only), ``target_multiplier``
-(paper 003's x1 / x100: labels are scaled up for the loss, predictions scaled back before metrics),
-``postprocess`` (search post-processing per epoch; default true), the loss weights (``w_ccc``, ``w_mse``, ``w_ce``,
-``w_ncce`` and per-dimension ``w_<term>_<dim>``), the data knobs of ``ClipSpec`` and ``aug_*`` augmentation keys.
+The stages, in the order a trial runs them: :func:`build_trial` (data, model, optimiser, loss from the typed
+:class:`~trainables.config.TrialConfig`), :func:`train_unit` (the batches of one report), :func:`evaluate` (the
+validation timeline), :func:`score_and_report` (post-processing, metrics, checkpoint). :func:`fit` strings them together.
 """
 from __future__ import annotations
 
@@ -21,11 +17,14 @@ import math
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from trainables.config import TrialConfig
 from trainables.data.augment import build_eval_transform, build_train_transform
 from trainables.data.clips import ClipSpec, TrainWindows, predict_labels
 from trainables.data.cache import load_split
@@ -35,12 +34,8 @@ from trainables.objectives.metrics import regression_report
 from trainables.objectives.postprocess import PostProcess, compute_stats, search_postprocess
 
 DIMS = ("valence", "arousal")
-OBJECTIVE = "val_ccc_mean"
-# Trial-config key -> backbone constructor argument. Keys a backbone does not take are not passed.
-MODEL_KEYS = {"cnn": "cnn", "rnn": "rnn", "rnn_hidden": "hidden", "rnn_layers": "layers", "dropout": "dropout",
-              "time_kernel": "time_kernel", "inflation_mode": "mode", "inflation_surround": "surround",
-              "inflation_dilation": "dilation", "inflation_masking": "masking", "freeze": "freeze",
-              "pretrained": "pretrained", "pretext_checkpoint": "pretext_checkpoint", "bidirectional": "bidirectional"}
+#: What every report holds besides the validation metrics (``val_<metric>`` and ``val_<metric>_raw``).
+REPORT_KEYS = ("epoch", "step", "data_fraction", "train_loss", "epoch_time_s", "train_time_s", "clips_per_s", "lr")
 
 
 def seed_everything(seed: int) -> None:
@@ -49,14 +44,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(config: dict, out_dims: int, in_chans: int = 3, n_bins: int = 0) -> torch.nn.Module:
-    """The backbone named by ``config["backbone"]`` with the model knobs the config sets."""
-    kwargs = {arg: config[key] for key, arg in MODEL_KEYS.items() if config.get(key) is not None}
-    if isinstance(kwargs.get("dilation"), str):  # search spaces spell per-stage dilations "1-2-4-8"
-        kwargs["dilation"] = [int(v) for v in kwargs["dilation"].split("-")]
-    if n_bins:
-        kwargs["n_bins"] = n_bins
-    return create_backbone(config["backbone"], out_dims=out_dims, in_chans=in_chans, **kwargs)
+def build_model(config: TrialConfig, out_dims: int, in_chans: int = 3, n_bins: int = 0) -> torch.nn.Module:
+    """The backbone named by ``config.backbone`` with the constructor arguments the config sets and it takes."""
+    return create_backbone(config.backbone, out_dims=out_dims, in_chans=in_chans,
+                           **config.model_kwargs(), **({"n_bins": n_bins} if n_bins else {}))
+
+
+def reported_metrics(dims: tuple[str, ...] = DIMS, native_scale: tuple[float, float] | None = None) -> set[str]:
+    """Every metric name a report can hold for targets ``dims``: what a study's objective may name."""
+    keys = set(REPORT_KEYS)
+    probe = np.linspace(-1, 1, 8)[:, None].repeat(len(dims), 1)
+    for name in regression_report(probe, probe[::-1], dims=dims, scale=native_scale, include_mape=True):
+        keys |= {f"val_{name}", f"val_{name}_raw"}
+    return keys
+
+
+def worst_value(metric: str, mode: str) -> float:
+    """The objective a diverged trial reports: the worst value the metric can take (CCC and PCC lie in [-1, 1])."""
+    bounded = any(part in metric for part in ("ccc", "pcc"))
+    if mode == "max":
+        return -1.0 if bounded else -math.inf
+    return 1.0 if bounded else math.inf
 
 
 def evaluate(model: torch.nn.Module, videos: list, spec: ClipSpec, device: torch.device, seed: int = 0,
@@ -110,150 +118,222 @@ def train_in_trial(config: dict) -> None:
             torch.cuda.empty_cache()
 
 
-def fit(config: dict, session) -> None:
-    """Train one configuration, reporting to ``session`` (a ``trainables.session`` object) after every fidelity unit."""
-    rank = session.rank
-    torch.set_num_threads(max(1, int(config.get("threads", 1))))
-    seed = int(config.get("seed", 0))
-    seed_everything(seed + rank)
+@dataclass
+class Trial:
+    """Everything :func:`build_trial` sets up for one worker, used by the later stages."""
 
-    # One index, or one per registration setting (a study that searches the registration, SPEC 000).
-    index = config["data_indexes"][config["registration"]] if "data_indexes" in config else config["data_index"]
-    spec = ClipSpec.from_config(config)
-    train_videos, val_videos = load_split(index, "train"), load_split(index, "val")
+    config: TrialConfig
+    session: Any
+    spec: ClipSpec
+    val_videos: list
+    train_set: TrainWindows
+    loader: Any
+    generator: torch.Generator
+    eval_transform: Any
+    dims: tuple[str, ...]
+    model: torch.nn.Module
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: Any
+    scaler: Any
+    use_amp: bool
+    loss_fn: CompositeLoss
+    label_stats: Any
+    checkpoint_meta: dict
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is evaluated and checkpointed for prediction: the EMA weights when EMA is on."""
+        return self.ema.module if self.ema is not None else _unwrap(self.model)
+
+
+def build_trial(config: TrialConfig, session) -> Trial:
+    """Data, model, optimiser, schedule and loss of one configuration on this worker."""
+    rank, seed = session.rank, config.seed
+    torch.set_num_threads(config.threads)
+    seed_everything(seed + rank)
+    spec = config.clip_spec()
+    train_videos, val_videos = load_split(config.index_path, "train"), load_split(config.index_path, "val")
     frame_hw = tuple(train_videos[0].frames.shape[1:3])
     in_chans = int(train_videos[0].frames.shape[3])
     train_set = TrainWindows(train_videos, spec, seed=seed + rank,
-                             transform=build_train_transform(config, frame_size=frame_hw))
-    eval_transform = build_eval_transform(config, frame_size=frame_hw)
+                             transform=build_train_transform(config.augmentations(), frame_size=frame_hw))
     out_dims = int(train_set.labels.shape[1])
     dims = DIMS[:out_dims] if out_dims <= len(DIMS) else tuple(str(i) for i in range(out_dims))
-    multiplier = float(config.get("target_multiplier", 1.0))
-
-    def weighted(term: str) -> bool:
-        return any(float(v or 0) > 0 for k, v in config.items() if k == f"w_{term}" or k.startswith(f"w_{term}_"))
 
     centroids = None
-    if weighted("ncce"):  # k-means (k = 20) centroids of the training labels, per dimension (paper 001)
+    if config.weighted("ncce"):  # k-means (k = 20) centroids of the training labels, per dimension (paper 001)
         centroids = fit_bin_centroids_per_dim(np.concatenate([v.labels for v in train_videos]), k=20, seed=seed)
-    loss_fn = CompositeLoss.from_config(config, dims, centroids=centroids)
-    n_bins = 20 if weighted("ce") or weighted("ncce") else 0
+    loss_fn = CompositeLoss.from_config(config.loss_weights(), dims, centroids=centroids)
+    n_bins = 20 if config.weighted("ce") or config.weighted("ncce") else 0
 
-    batch_size = int(config["batch_size"])
     generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator,
-                                         drop_last=len(train_set) > batch_size)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
+                                         drop_last=len(train_set) > config.batch_size)
     loader = session.prepare_data_loader(loader)
     model = session.prepare_model(build_model(config, out_dims, in_chans, n_bins))
-    device = session.device
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(config["lr"]), weight_decay=float(config.get("weight_decay", 1e-4)))
-    epochs = int(config["epochs"])
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(loader))
-    warmup = int(float(config.get("warmup_epochs", 0)) * steps_per_epoch)
+    warmup = int(config.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
-        s, epochs * steps_per_epoch, warmup, float(config.get("min_lr_ratio", 0.01))))
+        s, config.epochs * steps_per_epoch, warmup, config.min_lr_ratio))
     ema = None
-    if config.get("ema_decay"):
+    if config.ema_decay:
         from timm.utils import ModelEmaV3
 
-        ema = ModelEmaV3(_unwrap(model), decay=float(config["ema_decay"]))
-    use_amp = bool(config.get("amp", True)) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    grad_clip = float(config.get("grad_clip", 0) or 0)
-    label_stats = compute_stats(np.concatenate([v.labels for v in train_videos]))
+        ema = ModelEmaV3(_unwrap(model), decay=config.ema_decay)
+    use_amp = config.amp and session.device.type == "cuda"
+    return Trial(config=config, session=session, spec=spec, val_videos=val_videos, train_set=train_set, loader=loader,
+                 generator=generator, eval_transform=build_eval_transform(config.augmentations(), frame_size=frame_hw),
+                 dims=dims, model=model, params=params, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                 scaler=torch.amp.GradScaler("cuda", enabled=use_amp), use_amp=use_amp, loss_fn=loss_fn,
+                 label_stats=compute_stats(np.concatenate([v.labels for v in train_videos])),
+                 checkpoint_meta={"in_chans": in_chans, "out_dims": out_dims, "n_bins": n_bins})
 
+
+@dataclass
+class UnitResult:
+    """What the batches of one report produced."""
+
+    losses: list
+    clips: int
+    train_preds: list
+    train_time: float
+    diverged: bool = False
+    stopped: bool = False
+
+
+def train_unit(t: Trial, batches, n_batches: int) -> UnitResult:
+    """Train on the next ``n_batches`` of ``batches``. Ends early on a non-finite loss (``diverged``) or when the
+    session asks the trial to stop (``stopped``: a stopped trial's thread must end promptly, its process serves the
+    next trial)."""
+    device, multiplier = t.session.device, t.config.target_multiplier
+    sequence = t.spec.target == "sequence"
+    stop_requested = getattr(t.session, "should_stop", None) or (lambda: False)
+    out = UnitResult([], 0, [], 0.0)
+    t0 = time.perf_counter()
+    t.model.train()
+    for _ in range(n_batches):
+        if stop_requested():
+            out.stopped = True
+            break
+        x, y = next(batches)
+        x, y = x.to(device), y.to(device) * multiplier
+        with torch.autocast(device_type=device.type, enabled=t.use_amp):
+            res = t.model(x)
+            pred = res["frames"] if sequence else res["window"]
+            logits = res.get("frame_logits" if sequence else "logits")
+            loss = t.loss_fn(pred.float(), y, logits=None if logits is None else logits.float())
+        if not _all_finite(loss):
+            out.diverged = True
+            break
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        if t.config.grad_clip > 0:
+            t.scaler.unscale_(t.optimizer)
+            torch.nn.utils.clip_grad_norm_(t.params, t.config.grad_clip)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.scheduler.step()
+        if t.ema is not None:
+            t.ema.update(_unwrap(t.model))
+        out.losses.append(float(loss.detach()))
+        out.train_preds.append(pred.detach().float().reshape(-1, pred.shape[-1]).cpu().numpy() / multiplier)
+        out.clips += len(x)
+    out.train_time = time.perf_counter() - t0
+    return out
+
+
+def score_and_report(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0: float) -> bool:
+    """Evaluate, post-process and report one unit with its checkpoint. Returns False when the trial diverged (it is
+    reported once with the objective at its worst value, and ends)."""
+    config = t.config
+    progress = {"epoch": (unit - 1) // per_epoch + 1, "step": unit, "data_fraction": unit / per_epoch}
+    metrics = preds = None
+    if not result.diverged:
+        try:
+            metrics, preds = evaluate(t.eval_model, t.val_videos, t.spec, t.session.device, seed=config.seed,
+                                      transform=t.eval_transform, multiplier=config.target_multiplier)
+        except Diverged:
+            pass
+    if metrics is None:
+        # A NaN/inf loss or prediction ends this trial, not the sweep: report it once with the objective at its worst
+        # value so the searcher learns the region is bad; no retry.
+        t.session.report({**progress, "diverged": 1, config.metric: worst_value(config.metric, config.mode),
+                          "train_loss": math.nan})
+        return False
+
+    report = {**progress, "train_loss": float(np.mean(result.losses)) if result.losses else math.nan,
+              "epoch_time_s": time.perf_counter() - t0, "train_time_s": result.train_time,
+              "clips_per_s": result.clips / max(result.train_time, 1e-9), "lr": t.scheduler.get_last_lr()[0],
+              **{f"val_{k}_raw": v for k, v in metrics.items()}}
+    post = PostProcess()
+    if config.postprocess:
+        truth = {v.video_id: v.labels for v in t.val_videos}
+        # Paper 003 takes the prediction statistics (scale normalisation, mean filtering) from the training set;
+        # judgment call: they come from the predictions made on the training clips just seen, which costs nothing
+        # extra. Taking them from the validation predictions would fit the scale on the data it is scored on.
+        pred_stats = compute_stats(np.concatenate(result.train_preds)) if result.train_preds else None
+        post, metrics = search_postprocess(preds, truth, t.label_stats, pred_stats, dims=t.dims)
+        preds = {vid: post.apply(p) for vid, p in preds.items()}
+    report.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    _report_with_checkpoint(t.session, report, {
+        # "model": the trained weights (resumed from); "eval_model": what was evaluated and what prediction uses.
+        "model": _unwrap(t.model).state_dict(), "eval_model": t.eval_model.state_dict(),
+        "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+        "ema": t.ema.state_dict() if t.ema else None, "epoch": unit // per_epoch, "unit": unit,
+        "config": config.to_dict(), "postprocess": post.to_dict(), **t.checkpoint_meta,
+    }, preds, post)
+    return True
+
+
+def resume_unit(t: Trial, per_epoch: int) -> int:
+    """Load the session's checkpoint, if any, into the trial; the number of units already done."""
+    state = t.session.load_state(t.session.device)
+    if state is None:
+        return 0
+    _unwrap(t.model).load_state_dict(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    if t.ema is not None and state.get("ema") is not None:
+        t.ema.load_state_dict(state["ema"])
+    return int(state.get("unit", int(state["epoch"]) * per_epoch))
+
+
+def fit(config: dict, session) -> None:
+    """Train one configuration, reporting to ``session`` (a ``trainables.session`` object) after every fidelity unit.
+
+    ``config`` is checked into a :class:`TrialConfig`; keys that do not apply to the chosen backbone or sampler are
+    dropped here without a word (the sweep's pre-flight check refused those the user set, and warned once about those
+    from the study file).
+    """
+    cfg = TrialConfig.from_dict(config, lenient=config.keys())
+    t = build_trial(cfg, session)
     # Reports: one per epoch, or ``reports_per_epoch`` per epoch when the sweep's fidelity is a data fraction (each
     # report then follows 1/k of an epoch's batches, so ASHA can stop a trial before its first full epoch).
-    per_epoch = max(1, int(config.get("reports_per_epoch", 1)))
-    total_units = int(config.get("max_units", epochs * per_epoch))
-    unit = 0
-    state = session.load_state(device)
-    if state is not None:
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        unit = int(state.get("unit", int(state["epoch"]) * per_epoch))
-
+    per_epoch = cfg.reports_per_epoch
+    total_units = cfg.max_units or cfg.epochs * per_epoch
+    unit = resume_unit(t, per_epoch)
     while unit < total_units:
         epoch, part = divmod(unit, per_epoch)
-        train_set.set_epoch(epoch)
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        generator.manual_seed(seed * 1000 + epoch)
-        bounds = np.linspace(0, len(loader), per_epoch + 1).round().astype(int)
-        batches = iter(loader)
+        t.train_set.set_epoch(epoch)
+        if hasattr(t.loader, "sampler") and hasattr(t.loader.sampler, "set_epoch"):
+            t.loader.sampler.set_epoch(epoch)
+        t.generator.manual_seed(cfg.seed * 1000 + epoch)
+        bounds = np.linspace(0, len(t.loader), per_epoch + 1).round().astype(int)
+        batches = iter(t.loader)
         for _ in range(bounds[part]):  # resuming inside an epoch: the same shuffled order, already trained part
             next(batches)
         while part < per_epoch and unit < total_units:
             t0 = time.perf_counter()
-            losses, clips, diverged, train_preds = [], 0, False, []
-            model.train()
-            for _ in range(bounds[part + 1] - bounds[part]):
-                x, y = next(batches)
-                x, y = x.to(device), y.to(device) * multiplier
-                with torch.autocast(device_type=device.type, enabled=use_amp):
-                    out = model(x)
-                    pred = out["frames"] if spec.target == "sequence" else out["window"]
-                    logits = out.get("frame_logits" if spec.target == "sequence" else "logits")
-                    loss = loss_fn(pred.float(), y, logits=None if logits is None else logits.float())
-                if not _all_finite(loss):
-                    diverged = True
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update(_unwrap(model))
-                losses.append(float(loss.detach()))
-                train_preds.append(pred.detach().float().reshape(-1, pred.shape[-1]).cpu().numpy() / multiplier)
-                clips += len(x)
-            train_time = time.perf_counter() - t0
-            unit, part = unit + 1, part + 1
-            progress = {"epoch": epoch + 1, "step": unit, "data_fraction": unit / per_epoch}
-            eval_model = ema.module if ema is not None else _unwrap(model)
-            if not diverged:
-                try:
-                    metrics, preds = evaluate(eval_model, val_videos, spec, device, seed=seed,
-                                              transform=eval_transform, multiplier=multiplier)
-                except Diverged:
-                    diverged = True
-            if diverged:
-                # A NaN/inf loss or prediction ends this trial, not the sweep: report it once with the objective at
-                # its worst possible value (CCC >= -1) so the searcher learns the region is bad; no retry.
-                session.report({**progress, "diverged": 1, OBJECTIVE: -1.0, "train_loss": math.nan})
+            result = train_unit(t, batches, bounds[part + 1] - bounds[part])
+            if result.stopped:
                 return
-
-            report = {**progress, "train_loss": float(np.mean(losses)) if losses else math.nan,
-                      "epoch_time_s": time.perf_counter() - t0, "train_time_s": train_time,
-                      "clips_per_s": clips / max(train_time, 1e-9), "lr": scheduler.get_last_lr()[0],
-                      **{f"val_{k}_raw": v for k, v in metrics.items()}}
-            post = PostProcess()
-            if config.get("postprocess", True):
-                truth = {v.video_id: v.labels for v in val_videos}
-                # Paper 003 takes the prediction statistics (scale normalisation, mean filtering) from the training
-                # set; judgment call: they come from the predictions made on the training clips just seen, which
-                # costs nothing extra. Taking them from the validation predictions would fit the scale on the data it
-                # is scored on.
-                pred_stats = compute_stats(np.concatenate(train_preds)) if train_preds else None
-                post, metrics = search_postprocess(preds, truth, label_stats, pred_stats, dims=dims)
-                preds = {vid: post.apply(p) for vid, p in preds.items()}
-            report.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-            _report_with_checkpoint(session, report, {
-                # "model": the trained weights (resumed from); "eval_model": what was evaluated and what prediction
-                # uses (the EMA weights when EMA is on).
-                "model": _unwrap(model).state_dict(), "eval_model": eval_model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema else None, "epoch": unit // per_epoch, "unit": unit, "config": config,
-                "postprocess": post.to_dict(), "in_chans": in_chans, "out_dims": out_dims, "n_bins": n_bins,
-            }, preds, post)
+            unit, part = unit + 1, part + 1
+            if not score_and_report(t, unit, per_epoch, result, t0):
+                return
 
 
 def _report_with_checkpoint(session, report: dict, state: dict, preds: dict, post: PostProcess) -> None:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from trainables.loop import OBJECTIVE, train_in_trial, train_loop_per_worker
+from trainables.errors import ConfigError
+from trainables.loop import train_in_trial, train_loop_per_worker
 
 # 256 MiB: what the waiting trial process needs; nonzero so that Tune accepts the request.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
@@ -35,14 +36,14 @@ def choose_executor(requested: str, workers: int) -> str:
     """``inline`` or ``train`` for a sweep whose trials have ``workers`` workers.
 
     Raises:
-        ValueError: an unknown executor, or ``inline`` with more than one worker.
+        ConfigError: an unknown executor, or ``inline`` with more than one worker.
     """
     if requested not in EXECUTORS:
-        raise ValueError(f"unknown executor {requested!r}; choose one of {', '.join(EXECUTORS)}")
+        raise ConfigError(f"unknown executor {requested!r}; choose one of {', '.join(EXECUTORS)}")
     if requested == "auto":
         return "inline" if workers == 1 else "train"
     if requested == "inline" and workers != 1:
-        raise ValueError(f"the inline executor runs one worker per trial (got workers={workers}); use --executor train "
+        raise ConfigError(f"the inline executor runs one worker per trial (got workers={workers}); use --executor train "
                          "for multi-worker (DDP) trials")
     return requested
 
@@ -69,7 +70,9 @@ def run_trial(config: dict) -> None:
     runtime = config["runtime"]
     gpus = float(runtime.get("gpus_per_worker", 0))
     loop_config = {**{k: v for k, v in config.items() if k != "runtime"},
-                   "threads": max(1, int(runtime.get("cpus_per_worker", 1))), "gpus": gpus}
+                   "threads": max(1, int(runtime.get("cpus_per_worker", 1))), "gpus": gpus,
+                   # the study's objective: what a diverged trial reports at its worst value
+                   "metric": runtime["metric"], "mode": runtime["mode"]}
     if runtime.get("executor") == "inline":
         train_in_trial(loop_config)
         return
@@ -101,12 +104,108 @@ def run_trial(config: dict) -> None:
             failure_config=FailureConfig(max_failures=int(runtime.get("max_failures", 2))),
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as err:
+        user_error = worker_user_error(err)
+        if user_error is None:
+            raise
+        # A worker's user error ends the trial as that error, which the sweep does not retry (cluster.retries); Ray
+        # Train itself has already tried the run max_failures more times, having no per-exception switch either.
+        raise user_error from err
 
 
 def checkpoint_policy(runtime: dict, config_cls):
     """Keep the best ``keep_checkpoints`` checkpoints of a trial by the study's objective (Ray also keeps the latest,
     which a retry resumes from), so the best one is still there when the trial's record is written."""
     return config_cls(num_to_keep=int(runtime.get("keep_checkpoints", 2)),
-                      checkpoint_score_attribute=runtime.get("metric", OBJECTIVE),
-                      checkpoint_score_order=runtime.get("mode", "max"))
+                      checkpoint_score_attribute=runtime["metric"],
+                      checkpoint_score_order=runtime["mode"])
+
+
+#: Seconds a reused trial process waits for the previous trial's training thread to end before it gives up on reusing
+#: the process (Ray's own wait, ``TUNE_FUNCTION_THREAD_TIMEOUT_S``, is 2 s).
+REUSE_TIMEOUT_ENV = "EMOTUNE_REUSE_TIMEOUT_S"
+DEFAULT_REUSE_TIMEOUT_S = 120.0
+
+
+class ProcessStillBusy(RuntimeError):
+    """The previous trial's training thread did not end in time, so this process is not reused: Tune retries the
+    trial in a new process."""
+
+
+class ReusableTrial:
+    """Mixin for Tune's function trainable (``run_trial.__mixins__``): a reused trial process never loses a trial.
+
+    With ``reuse_actors`` (inline trials) Tune gives a stopped trial's process to the next trial and calls its
+    ``reset_config``. Ray's ``FunctionTrainable.reset_config`` waits ``TUNE_FUNCTION_THREAD_TIMEOUT_S`` (2 s) for the
+    previous trial's training thread to end and otherwise returns False; ``TuneController._on_trial_reset`` then marks
+    the *new* trial ERROR ("Trainable runner reuse requires reset_config() ...") without starting it, without a retry,
+    and without telling the searcher, the scheduler or the callbacks. So the trial got no MLflow run, and the
+    ``ConcurrencyLimiter`` that ``max_concurrent_trials`` puts around the searcher kept counting it as live: once the
+    lost trials filled every slot, the searcher suggested nothing, ``TuneController._update_trial_queue`` waited for a
+    trial forever and the sweep sat idle. On a busy machine the thread did need more than 2 s to end (it wakes from
+    ``report``, unwinds the loop and collects garbage while other processes hold the cores).
+
+    Here ``reset_config`` never returns False:
+
+    * it waits up to ``EMOTUNE_REUSE_TIMEOUT_S`` (default 120 s) for the thread. A thread parked in ``report`` (how
+      ASHA stops a trial) ends as soon as it runs; one stopped mid-epoch ends at its next batch
+      (``TuneTrialSession.should_stop``), so the wait is short;
+    * if the thread is still alive after that (stuck), the process is not reused: the reset succeeds but the new
+      trial's first step raises :class:`ProcessStillBusy`, a failure of a running trial, which Tune handles like a
+      crash: the trial is restarted in a new process (counted against ``--max-failures``) and the stuck process ends.
+    """
+
+    _previous_thread_alive = False
+
+    def reset_config(self, new_config):
+        import logging
+
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        if session is not None and session.training_started:
+            session.finish(timeout=reuse_timeout())  # sets the stop request and waits for the thread
+            if session.training_thread.is_alive():
+                self._previous_thread_alive = True
+                logging.getLogger(__name__).warning(
+                    "the previous trial's training thread is still running after %.0f s; trial %s restarts in a new "
+                    "process", reuse_timeout(), self.trial_id)
+                return True
+        self._previous_thread_alive = False
+        return super().reset_config(new_config)
+
+    def step(self):
+        if self._previous_thread_alive:
+            raise ProcessStillBusy(f"the previous trial's training thread in this process did not end within "
+                                   f"{reuse_timeout():.0f} s ({REUSE_TIMEOUT_ENV}); retrying in a new process")
+        return super().step()
+
+
+def worker_user_error(err: BaseException):
+    """The :class:`~trainables.errors.UserError` a Ray Train worker raised, from the error ``TorchTrainer.fit`` raises
+    (a ``WorkerGroupError`` whose ``worker_failures`` wrap each worker's exception), else None."""
+    from trainables.errors import UserError
+
+    todo, seen = [err], set()
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)  # a RayTaskError carries the exception raised in the task
+        if isinstance(exc, UserError):
+            return cause if isinstance(cause, UserError) else exc
+        failures = getattr(exc, "worker_failures", None)
+        todo += [cause, exc.__cause__, getattr(exc, "_base_exc", None), getattr(exc, "controller_failure", None),
+                 *(failures.values() if isinstance(failures, dict) else ())]
+    return None
+
+
+def reuse_timeout() -> float:
+    return float(os.environ.get(REUSE_TIMEOUT_ENV, DEFAULT_REUSE_TIMEOUT_S))
+
+
+# Tune's ``wrap_function`` builds the function trainable with the classes listed here in front of FunctionTrainable.
+run_trial.__mixins__ = (ReusableTrial,)

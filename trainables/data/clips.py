@@ -51,25 +51,6 @@ class ClipSpec:
     gap_tolerance: int | None = None
     target: str = "window"
 
-    @classmethod
-    def from_config(cls, cfg: dict) -> "ClipSpec":
-        def opt(key, cast):
-            return None if cfg.get(key) in (None, "none", "null") else cast(cfg[key])
-
-        return cls(
-            length=int(cfg.get("window_length", cls.length)),
-            overlap=float(cfg.get("window_overlap", cls.overlap)),
-            fusion=str(cfg.get("label_fusion", cls.fusion)),
-            clip_len=int(cfg.get("clip_len", cls.clip_len)),
-            stride=int(cfg.get("ssts_stride", cls.stride)),
-            stochastic=bool(cfg.get("ssts_stochastic", cls.stochastic)),
-            sampler=str(cfg.get("sampler", cls.sampler)),
-            num_frames=opt("num_frames", int),
-            fps=opt("fps", float),
-            gap_tolerance=opt("gap_tolerance", int),
-            target=str(cfg.get("label_target", cls.target)),
-        )
-
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler {self.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")

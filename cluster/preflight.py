@@ -1,0 +1,213 @@
+"""Pre-flight: every configuration a sweep can start is checked before any trial starts.
+
+A setting that cannot work (an unknown key, a value outside its range, a crop larger than the cached faces, windows
+longer than the videos, a metric no trial reports, more CPUs than the cluster has) would otherwise surface inside a
+trial, one retry after another. Checked here, in order:
+
+1. every key of the study file and of ``--set`` is a trial setting a user may give (``trainables.config``);
+2. the configurations the sweep can start: the fixed and pinned values alone, every initial point, every value of
+   every searched parameter (each with the others drawn at random), and ``samples`` random draws, each resolved into a
+   ``TrialConfig``. A key that does not apply to the chosen backbone or sampler is refused when the user set it
+   (``--set``) and dropped with one warning when it comes from the study file; a searched parameter that never applies
+   is not searched at all;
+3. each distinct data view of those configurations against its dataset index: the crop against the cached frame
+   size, the windows against the training videos' valid frames (at least one training window), the frame rate
+   against the cache's;
+4. the objective's metric against what trials report.
+
+Resources are checked by ``cluster.resources.max_concurrent_trials`` against the running cluster.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from search_spaces.schema import SearchSpace, suggest
+from trainables.config import TrialConfig, check_user_key, check_value
+from trainables.errors import ConfigError, DataError
+
+#: Random configurations drawn on top of the systematic ones.
+DEFAULT_SAMPLES = 32
+
+
+@dataclass
+class PreflightReport:
+    """What the check found: the space to search (parameters that never apply removed), one warning per dropped key,
+    and how many configurations and data views were checked."""
+
+    space: SearchSpace
+    warnings: list[str]
+    configs: int
+    data_views: int
+
+    def lines(self) -> list[str]:
+        return [f"warning: {w}" for w in self.warnings] + [
+            f"pre-flight: {self.configs} configurations and {self.data_views} data views checked: ok"]
+
+
+class _Draw:
+    """A stand-in for an Optuna trial: the values of ``point`` where it has them, else ``pinned`` values, else random
+    draws; ``suggest`` then walks the study's conditions exactly as a real trial does."""
+
+    def __init__(self, rng: random.Random, point: dict[str, Any] | None = None):
+        self.rng, self.point, self.params = rng, point or {}, {}
+
+    def _take(self, name: str, draw):
+        value = self.point[name] if name in self.point else draw()
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name, choices):
+        return self._take(name, lambda: self.rng.choice(list(choices)))
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        return self._take(name, lambda: self.rng.randrange(low, high + 1, step))
+
+    def suggest_float(self, name, low, high, step=None, log=False):
+        return self._take(name, lambda: self.rng.uniform(low, high))
+
+
+def candidate_points(space: SearchSpace, samples: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    """(where it came from, the trial settings) of every configuration the check resolves."""
+    rng = random.Random(seed)
+    out = []
+
+    def resolve(origin: str, point: dict[str, Any] | None = None) -> None:
+        draw = _Draw(rng, point)
+        constants = suggest(space, draw)
+        out.append((origin, {**constants, **draw.params}))
+
+    resolve("the fixed settings")
+    for i, point in enumerate(space.initial_points):
+        resolve(f"initial_points[{i}]", point)
+    for key, spec in space.params.items():
+        values = spec["choices"] if spec["type"] == "categorical" else (
+            [spec["low"], spec["high"]] if spec["type"] != "constant" else [])
+        for value in values:
+            resolve(f"params.{key}={value!r}", {key: value})
+    for i in range(samples):
+        resolve(f"random configuration {i + 1}")
+    return out
+
+
+def check_keys(space: SearchSpace) -> None:
+    """Every key of the study file and of ``--set`` names a trial setting a user may give.
+
+    Raises:
+        ConfigError: naming where the key is (``--set`` or the file's section) and the closest valid key.
+    """
+    for key in (*space.fixed, *space.params):
+        try:
+            check_user_key(key)
+            if key in space.overrides:
+                check_value(key, space.overrides[key])
+        except ConfigError as err:
+            where = "--set" if key in space.overrides else (
+                f"{space.path}: params" if key in space.params else f"{space.path}: fixed")
+            raise ConfigError(f"{where}: {err}") from None
+
+
+def preflight(space: SearchSpace, runtime: dict[str, Any], samples: int = DEFAULT_SAMPLES,
+              seed: int = 0) -> PreflightReport:
+    """Check every configuration the sweep can start (see the module docstring).
+
+    Args:
+        space: the loaded study with the user's ``--set`` applied.
+        runtime: the trial settings the sweep writes (``data_index`` or ``data_indexes``, ``epochs``, ``metric``,
+            ``mode`` ...), merged into every configuration.
+        samples: random configurations on top of the systematic ones.
+
+    Raises:
+        ConfigError, DataError: one line naming the key, the value, where it came from and what is allowed.
+    """
+    check_keys(space)
+    from_study = {k for k in (*space.fixed, *space.params) if k not in space.overrides}
+    warnings: dict[str, str] = {}
+    applied: dict[str, bool] = {}  # searched key -> did it apply in any configuration that sampled it
+    configs = []
+    for origin, settings in candidate_points(space, samples, seed):
+        dropped: list[str] = []
+        try:
+            config = TrialConfig.from_dict({**settings, **runtime}, lenient=from_study, dropped=dropped)
+        except ConfigError as err:
+            raise ConfigError(f"{_origin_text(space, origin)}: {err}") from None
+        for message in dropped:
+            key = message.split(" ", 1)[0]
+            warnings.setdefault(key, f"{space.path.name}: {message}")
+        for key in settings:
+            if key in space.params:
+                applied[key] = applied.get(key, False) or not any(m.startswith(f"{key} ") for m in dropped)
+        configs.append((origin, config))
+
+    never = [k for k, ok in applied.items() if not ok and space.params[k]["type"] != "constant"]
+    if never:
+        params = {k: v for k, v in space.params.items() if k not in never}
+        space = dataclasses.replace(space, params=params, initial_points=tuple(
+            {k: v for k, v in p.items() if k not in never} for p in space.initial_points))
+        for key in never:
+            warnings[key] = warnings[key].replace("; dropped", "; not searched")
+    views = check_data(space, configs)
+    return PreflightReport(space, list(warnings.values()), len(configs), views)
+
+
+def _origin_text(space: SearchSpace, origin: str) -> str:
+    return f"{space.path.name} ({origin})"
+
+
+def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> int:
+    """Check each distinct data view (index, windows, sampler, crop) against its dataset; returns how many.
+
+    Raises:
+        ConfigError: a crop, window or frame rate the data cannot give, naming the setting and the data's figures.
+        DataError: an index without training or validation videos.
+    """
+    from trainables.data.augment import crop_output_size
+    from trainables.data.clips import TrainWindows, VideoView
+    from trainables.data.cache import load_split
+    from trainables.loop import DIMS, reported_metrics
+
+    splits: dict[str, tuple[list, list]] = {}
+    seen: set = set()
+    for origin, config in configs:
+        index = config.index_path
+        if index not in splits:
+            try:
+                splits[index] = (load_split(index, "train"), load_split(index, "val"))
+            except ValueError as err:
+                raise DataError(str(err)) from None
+        train, val = splits[index]
+        frame_hw = tuple(train[0].frames.shape[1:3])
+        spec = config.clip_spec()
+        key = (index, spec, tuple(sorted(config.augmentations().items(), key=lambda kv: kv[0])))
+        if key in seen:
+            continue
+        seen.add(key)
+        where = _origin_text(space, origin)
+        try:
+            crop_output_size(config.augmentations(), frame_hw)
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err} (the cache {index} holds {frame_hw[0]}x{frame_hw[1]} faces)") from None
+        try:
+            TrainWindows(train, spec)
+        except ValueError as err:
+            longest = max(int(VideoView(v, spec.fps).valid.sum()) for v in train)
+            rate = f"at fps={spec.fps:g}" if spec.fps else "at the cache's frame rate"
+            raise ConfigError(f"{where}: window_length={spec.length}, {_needed_text(spec)}: {err}; the longest "
+                              f"training video has {longest} valid frames {rate} ({index})") from None
+        dims = DIMS[: train[0].labels.shape[1]]
+        scale = tuple(train[0].meta.get("label_scale", (-1.0, 1.0)))
+        metrics = reported_metrics(dims, None if scale == (-1.0, 1.0) else scale)
+        if config.metric not in metrics:
+            import difflib
+
+            close = difflib.get_close_matches(config.metric, sorted(metrics), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; reported: {', '.join(sorted(metrics))}"
+            raise ConfigError(f"{space.path}: objective.metric {config.metric!r} is not a metric trials report{hint}")
+    return len(seen)
+
+
+def _needed_text(spec) -> str:
+    return f"clip_len={spec.clip_len}" if spec.sampler == "ssts" else f"num_frames={spec.needed}"
+

@@ -1,0 +1,117 @@
+"""The README's examples, run as written (in a scratch folder): the demo command and the MLflow UI command on its store
+(default suite), the own-data workflow (``-m slow``: face_alignment on every frame). The laptop line of every study is
+run by ``tests/test_studies.py``; the test command is what CI runs; ``ray job submit`` and ``--resume`` are exercised by
+``tests/test_cluster.py`` and ``tests/test_fault_tolerance.py`` (``-m slow``)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_sweep_e2e import emotune
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def code_blocks(section: str) -> list[str]:
+    """The bash blocks of the README section whose heading is ``section``."""
+    body = README.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", body, re.S)
+
+
+def commands(block: str) -> list[list[str]]:
+    """Shell commands of a block (continuation lines joined, comments dropped), split into words."""
+    joined = block.replace("\\\n", " ")
+    return [shlex.split(line) for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_demo_command_and_the_mlflow_ui_on_its_store(tmp_path):
+    setup = commands(code_blocks("The two commands")[0])[0]
+    # The install steps are what CI runs before this suite; the demo is the command's last step.
+    demo = " ".join(setup).split("&&")[-1].split()
+    assert demo == [".venv/bin/emotune", "demo"]
+    out = emotune("demo", cwd=tmp_path, timeout=900).stdout
+    board = out.split("Leaderboard of sweep demo-")[1]
+    assert len([line for line in board.splitlines() if line[:1].isdigit()]) == 8
+    assert re.search(r"Trials: +\d+ complete, \d+ stopped early, 0 diverged, 0 error", out)
+    assert "Best trial:    " in out and "Demo finished in" in out
+
+    ui = commands(code_blocks("Looking at the results in MLflow")[0])[0]
+    assert ui[:2] == [".venv/bin/mlflow", "ui"]
+    port = _free_port()
+    args = [a.replace("$PWD", str(tmp_path)) for a in ui[1:]]
+    args[args.index("--port") + 1] = str(port)
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), *args], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=emotune-demo"
+        deadline, answer = time.time() + 120, None
+        while time.time() < deadline and answer is None:
+            try:
+                answer = json.loads(urllib.request.urlopen(url, timeout=5).read())
+            except OSError:
+                time.sleep(1)
+        assert answer is not None, "mlflow ui did not answer"
+        experiment_id = answer["experiment"]["experiment_id"]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search",
+                                         data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
+        assert len(runs) == 9  # the sweep's parent run and its 8 trials
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_own_data_workflow(tmp_path, fa_weights):
+    """Aff-Wild2's layout (videos, one VA txt per video with a `valence,arousal` header) made from synthetic videos,
+    then the README's three commands as written, face_alignment's weights found through $EMOTUNE_FACE_WEIGHTS; the
+    sweep runs its pre-flight check only (``--dry-run``), sized for this machine."""
+    folder, _ = fa_weights
+    emotune("data", "synth", "--out", "synth", "--subjects", "5", "--videos-per-subject", "1", "--frames", "170",
+            "--size", "96", cwd=tmp_path)
+    root = tmp_path / "affwild2"
+    (root / "videos").mkdir(parents=True)
+    (root / "annotations" / "VA").mkdir(parents=True)
+    for row in csv.DictReader((tmp_path / "synth" / "manifest.csv").open()):
+        (tmp_path / "synth" / row["path"]).rename(root / "videos" / f"{row['video_id']}.mp4")
+        labels = list(csv.DictReader((tmp_path / "synth" / row["labels"]).open()))
+        lines = ["valence,arousal", *(f"{r['valence']},{r['arousal']}" for r in labels)]
+        (root / "annotations" / "VA" / f"{row['video_id']}.txt").write_text("\n".join(lines) + "\n")
+
+    env = {**os.environ, "EMOTUNE_FACE_WEIGHTS": str(folder)}
+    steps = commands(code_blocks("Using it on your own data")[0])
+    assert [s[:3] for s in steps] == [["emotune", "data", "manifest"], ["emotune", "data", "prepare"],
+                                      ["emotune", "sweep", "--space"]]
+    exe = str(Path(sys.executable).with_name("emotune"))
+    outputs = []
+    for words in steps:
+        if words[1] == "sweep":
+            index = outputs[-1].split("dataset index: ")[1].strip()
+            words = [index if w == "cache/index-<digest>.json" else w for w in words]
+            words += ["--dry-run", "--cpus-per-worker", "1", "--gpus-per-worker", "0"]
+        proc = subprocess.run([exe, *words[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, f"{' '.join(words)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        outputs.append(proc.stdout)
+    assert "videos ok: 5, skipped: 0" in outputs[1]
+    assert "pre-flight:" in outputs[2] and "dry run: 64 trials" in outputs[2]
+
+
+from test_faces import fa_weights  # noqa: E402,F401  (the fixture: tiny face_alignment weights written locally)
