@@ -2,8 +2,8 @@
 
 ``fit`` (``trainables.loop``) speaks only to these objects, so the same loop trains inside a Ray Train worker (DDP over
 several workers, each a process of its own) or directly inside the Tune trial process (one worker, no worker group to
-start). Both offer the same five things: the worker's rank, its device, model and loader preparation, the checkpoint
-to resume from, and ``report(metrics, checkpoint_dir)``.
+start). Both offer the same six things: the worker's rank, its device, model and loader preparation, the checkpoint
+to resume from, ``report(metrics, checkpoint_dir)``, and ``should_stop()`` (checked between batches).
 """
 from __future__ import annotations
 
@@ -29,9 +29,17 @@ class _Session:
         ckpt = self._api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         self._api.report(metrics, checkpoint=ckpt)
 
+    def should_stop(self) -> bool:
+        """Whether this trial was told to stop: the loop then ends at once instead of finishing its epoch."""
+        return False
+
 
 class TrainWorkerSession(_Session):
-    """One worker of a Ray Train ``TorchTrainer``: DDP wrapping, distributed sampler, Train's checkpoints."""
+    """One worker of a Ray Train ``TorchTrainer``: DDP wrapping, distributed sampler, Train's checkpoints.
+
+    ``should_stop`` stays False: Ray Train (V2) gives a worker no stop request to poll; it ends a stopped run by tearing
+    down the worker group (every worker process), which needs no help from the loop.
+    """
 
     def __init__(self):
         import ray.train
@@ -51,7 +59,16 @@ class TrainWorkerSession(_Session):
 
 class TuneTrialSession(_Session):
     """The Tune trial process as the only worker: the first visible GPU when the trial holds one, else the CPU;
-    checkpoints go to Tune, which restores the last one when the trial is retried or the sweep resumed."""
+    checkpoints go to Tune, which restores the last one when the trial is retried or the sweep resumed.
+
+    The loop runs in a thread of the trial process. A stopped trial (ASHA, the end of the sweep) must let that thread
+    end promptly, because the next trial reuses the process only once it has (``trainables.trial.ReusableTrial``).
+    Tune's function-trainable session asks a thread to stop by setting its ``stop_event`` (in
+    ``_TrainSession.finish``) and acts on it only inside ``report``. ``should_stop`` reads that event, so the loop can
+    also stop between batches; the event is the one of *this* trial's session (taken when the loop starts), so a thread
+    left behind by a stopped trial still sees its own stop request after the process has been reset for the next one,
+    and ``report`` then refuses to report into that next trial.
+    """
 
     rank = 0
 
@@ -61,9 +78,32 @@ class TuneTrialSession(_Session):
         super().__init__(ray.tune)
         use_cuda = gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        self._stop_event = _function_trainable_stop_event()
+
+    def should_stop(self) -> bool:
+        return self._stop_event is not None and self._stop_event.is_set()
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        if self.should_stop():
+            # What Ray's session does when a stopped thread reaches report: end the thread quietly (the runner thread
+            # takes SystemExit(0) as a normal end), without reporting a result nobody waits for.
+            raise SystemExit(0)
+        super().report(metrics, checkpoint_dir)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
 
     def prepare_data_loader(self, loader):
         return loader
+
+
+def _function_trainable_stop_event():
+    """The stop request of the Tune function-trainable session running this thread (a ``threading.Event``), or None
+    outside one. Ray has no public call for it: ``ray.train._internal.session`` is the session object Tune's
+    ``FunctionTrainable`` drives (``finish`` sets ``stop_event``, ``reset`` replaces it with a new one per trial)."""
+    try:
+        from ray.train._internal.session import get_session
+    except ImportError:  # pragma: no cover - a Ray without the V1 session: never stop early
+        return None
+    session = get_session()
+    return getattr(session, "stop_event", None)
