@@ -132,3 +132,14 @@ def test_the_objective_reaches_the_loop():
     config = TrialConfig.from_dict({"metric": "val_rmse_valence", "mode": "min"})
     assert worst_value(config.metric, config.mode) == math.inf
     assert worst_value("val_ccc_mean", "max") == -1.0
+
+
+def test_settings_command_lists_every_user_key(capsys):
+    from cluster.cli import main
+
+    assert main(["settings"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["setting", "group", "default", "allowed"]
+    listed = [line.split()[0] for line in out[1:]]
+    assert listed == list(USER_KEYS)
+    assert any(line.split()[:3] == ["lr", "optim", "0.001"] and line.endswith("a number > 0 and <= 1") for line in out)

@@ -89,11 +89,17 @@ def test_a_pinned_parameter_overrides_the_initial_point(work):
     assert "configurations and" in proc.stdout and "dry run: 8 trials" in proc.stdout
 
 
+def _with_field(row: str, i: int, value: str) -> str:
+    fields = row.split(",")
+    fields[i] = value
+    return ",".join(fields)
+
+
 @pytest.mark.parametrize("edit, fragments", [
     (lambda rows: rows + [rows[1]], ("duplicate",)),
     (lambda rows: [rows[0], rows[1].replace(".mp4", "-gone.mp4"), *rows[2:]], ("-gone.mp4",)),
-    (lambda rows: [rows[0], rows[1], rows[2].replace(rows[2].split(",")[2], rows[1].split(",")[2], 1), *rows[3:]],
-     ("subject",)),
+    (lambda rows: [rows[0], rows[1], _with_field(rows[2], 2, rows[1].split(",")[2]), *rows[3:]],
+     ("subject", "splits must be subject-disjoint")),
 ])
 def test_a_bad_manifest_is_one_line(work, tmp_path, edit, fragments):
     folder, _ = work
