@@ -148,16 +148,17 @@ def preflight(space: SearchSpace, runtime: dict[str, Any], samples: int = DEFAUL
             {k: v for k, v in p.items() if k not in never} for p in space.initial_points))
         for key in never:
             warnings[key] = warnings[key].replace("; dropped", "; not searched")
-    views = check_data(space, configs)
-    return PreflightReport(space, list(warnings.values()), len(configs), views)
+    views, data_warnings = check_data(space, configs)
+    return PreflightReport(space, [*warnings.values(), *data_warnings], len(configs), views)
 
 
 def _origin_text(space: SearchSpace, origin: str) -> str:
     return f"{space.path.name} ({origin})"
 
 
-def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> int:
-    """Check each distinct data view (index, windows, sampler, crop) against its dataset; returns how many.
+def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tuple[int, list[str]]:
+    """Check each distinct data view (index, windows, sampler, crop) against its dataset; returns how many, and a
+    warning for each validation video shorter than a window (it is predicted as neutral 0 throughout).
 
     Raises:
         ConfigError: a crop, window or frame rate the data cannot give, naming the setting and the data's figures.
@@ -170,6 +171,7 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> in
 
     splits: dict[str, tuple[list, list]] = {}
     seen: set = set()
+    short: dict[str, tuple[int, int]] = {}  # validation video -> (its frames, the longest window) at the trial's fps
     for origin, config in configs:
         index = config.index_path
         if index not in splits:
@@ -196,6 +198,10 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> in
             rate = f"at fps={spec.fps:g}" if spec.fps else "at the cache's frame rate"
             raise ConfigError(f"{where}: window_length={spec.length}, {_needed_text(spec)}: {err}; the longest "
                               f"training video has {longest} valid frames {rate} ({index})") from None
+        for video in val:
+            frames = len(VideoView(video, spec.fps))
+            if frames < spec.length:
+                short[video.video_id] = (frames, max(spec.length, short.get(video.video_id, (0, 0))[1]))
         dims = DIMS[: train[0].labels.shape[1]]
         scale = tuple(train[0].meta.get("label_scale", (-1.0, 1.0)))
         metrics = reported_metrics(dims, None if scale == (-1.0, 1.0) else scale)
@@ -205,7 +211,9 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> in
             close = difflib.get_close_matches(config.metric, sorted(metrics), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; reported: {', '.join(sorted(metrics))}"
             raise ConfigError(f"{space.path}: objective.metric {config.metric!r} is not a metric trials report{hint}")
-    return len(seen)
+    warnings = [f"validation video {vid} has {frames} frames, fewer than window_length={length}: with such windows "
+                "it is predicted as neutral 0 throughout" for vid, (frames, length) in sorted(short.items())]
+    return len(seen), warnings
 
 
 def _needed_text(spec) -> str:

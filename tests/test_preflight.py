@@ -1,0 +1,63 @@
+"""The pre-flight check on its own: what it resolves, what it drops, what it warns about."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from search_spaces.schema import load_space
+from test_sweep_e2e import SPACE, emotune
+
+
+def _rows(manifest: Path) -> list[dict]:
+    return list(csv.DictReader(manifest.open()))
+
+
+@pytest.fixture(scope="module")
+def mixed_lengths(tmp_path_factory) -> Path:
+    """A dataset whose validation video (40 frames) is shorter than its training video (96 frames): two synthetic
+    datasets, train and test from one, the validation subject from the other, in one manifest."""
+    work = tmp_path_factory.mktemp("mixed")
+    emotune("data", "synth", "--out", "long", "--subjects", "3", "--videos-per-subject", "1", "--frames", "96",
+            "--size", "64", cwd=work)
+    emotune("data", "synth", "--out", "short", "--subjects", "3", "--videos-per-subject", "1", "--frames", "40",
+            "--size", "64", "--seed", "1", cwd=work)
+    rows = [dict(r, **{k: f"long/{r[k]}" for k in ("path", "labels", "faces")})
+            for r in _rows(work / "long" / "manifest.csv") if r["split"] != "val"]
+    rows += [dict(r, video_id="short_" + r["video_id"], subject="short_" + r["subject"],
+                  **{k: f"short/{r[k]}" for k in ("path", "labels", "faces")})
+             for r in _rows(work / "short" / "manifest.csv") if r["split"] == "val"]
+    with (work / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    prep = emotune("data", "prepare", "--manifest", "manifest.csv", "--cache", "cache", "--size", "32", cwd=work)
+    (work / "e2e.yaml").write_text(SPACE)
+    return (work / prep.stdout.split("dataset index: ")[1].strip()).resolve()
+
+
+def test_a_validation_video_shorter_than_a_window_is_named(mixed_lengths):
+    from cluster.preflight import preflight
+
+    space = load_space(mixed_lengths.parent.parent / "e2e.yaml", {"window_length": 48})
+    report = preflight(space, {"data_index": str(mixed_lengths), "epochs": 1})
+    short = [w for w in report.warnings if "validation video" in w]
+    assert len(short) == 1 and short[0].startswith("validation video short_s")
+    assert "has 40 frames, fewer than window_length=48" in short[0]
+    # the fixed settings, one configuration per value of each searched parameter (2 strides; lr and w_mse: low and
+    # high), and the random draws
+    assert report.configs == 1 + 2 + 2 + 2 + 32
+
+
+def test_a_searched_parameter_that_never_applies_is_not_searched(mixed_lengths):
+    from cluster.preflight import preflight
+
+    space = load_space(mixed_lengths.parent.parent / "e2e.yaml", {"sampler": "uniform", "num_frames": 16})
+    report = preflight(space, {"data_index": str(mixed_lengths), "epochs": 1})
+    assert "ssts_stride" in space.params and "ssts_stride" not in report.space.params
+    assert ("e2e.yaml: ssts_stride does not apply (only with sampler in (ssts); sampler is uniform); not searched"
+            in report.warnings)
+    # a fixed setting of the study that does not apply is dropped, with its own warning
+    assert ("e2e.yaml: ssts_stochastic does not apply (only with sampler in (ssts, consecutive); sampler is uniform); "
+            "dropped" in report.warnings)
