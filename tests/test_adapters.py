@@ -15,7 +15,6 @@ from trainables.prepare.adapters import (
     LabelFileError,
     LabelTrack,
     get_adapter,
-    labels_on_frames,
     list_adapters,
     read_labels,
     register_adapter,
@@ -479,40 +478,3 @@ HEAD = "@relation gs\n@attribute Instance_name string\n@attribute frameTime nume
 def test_recola_errors(tmp_path, text, fragments):
     p = _w(tmp_path / "train_9.arff", text)
     _raises(p, lambda: read_labels("recola_arff", p, fps=25, dims=("valence",)), "recola_arff", *fragments)
-
-
-# ---------------------------------------------------------------------------
-# decoded frames -> label steps (label steps -> frames: tests/test_labels.py)
-# ---------------------------------------------------------------------------
-
-def _track(values, times, rate):
-    return LabelTrack(np.array(values, np.float32).reshape(len(times), -1), np.array(times, np.float64),
-                      ("valence",), (-1.0, 1.0), rate)
-
-
-def test_labels_on_frames_per_second_labels():
-    track = _track([0.1, 0.2, NAN], [0.5, 1.5, 2.5], 1.0)
-    out = labels_on_frames(track, 2, 9)  # frames at 0, 0.5, ..., 4.0 s
-    # 1.0 s ties between 0.5 and 1.5 -> the later step (that frame is in second [1, 2)); likewise 2.0 s -> 2.5, whose
-    # value is NaN; 4.0 s is 1.5 s (more than one period) from the last step -> NaN.
-    expected = [0.1, 0.1, 0.2, 0.2, NAN, NAN, NAN, NAN, NAN]
-    np.testing.assert_array_equal(out[:, 0], np.array(expected, np.float32))
-    assert out.shape == (9, 1) and out.dtype == np.float32
-
-
-def test_labels_on_frames_same_rate_is_identity_and_beyond_is_nan():
-    vals = np.linspace(-1, 1, 10)
-    track = _track(vals, np.arange(10) / 25.0, 25.0)
-    out = labels_on_frames(track, 25, 12)
-    np.testing.assert_array_equal(out[:10, 0], vals.astype(np.float32))
-    # frame 10 (0.40 s) is exactly one period after the last label (0.36 s) -> still that label; frame 11 -> NaN
-    assert out[10, 0] == np.float32(1.0) and np.isnan(out[11, 0])
-
-
-def test_labels_on_frames_coarser_frames_and_sparse_labels():
-    track = _track([0.0, 0.5, 1.0], [0.1, 0.2, 0.3], 10.0)  # SEWA-like, 100 ms hop
-    out = labels_on_frames(track, 20, 10)  # frames every 50 ms
-    np.testing.assert_array_equal(out[:, 0], np.array([0.0, 0.0, 0.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0, NAN],
-                                                      np.float32))
-    with pytest.raises(ValueError, match="num_frames"):
-        labels_on_frames(track, 20, 0)

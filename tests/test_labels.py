@@ -7,7 +7,7 @@ import pytest
 
 from trainables.data.cache import CachedVideo
 from trainables.data.clips import VideoView
-from trainables.data.labels import from_unit, label_frame_index, to_unit
+from trainables.data.labels import from_unit, label_frame_index, nearest_label_step, to_unit
 from trainables.objectives.metrics import to_native
 
 
@@ -72,3 +72,33 @@ def test_rescale_round_trip_and_native_metrics_agree(scale):
     np.testing.assert_allclose(from_unit(unit, scale), native, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(to_native(unit, *scale), from_unit(unit, scale))  # the metric's map is this one
     assert to_unit(np.array([0.25]), (-1.0, 1.0)).tolist() == [0.25]  # identity on [-1, 1]
+
+
+# ---------------------------------------------------------------------------
+# frame -> label step (per-frame targets)
+# ---------------------------------------------------------------------------
+
+def test_a_frame_half_way_between_two_label_steps_takes_the_later():
+    # per-second labels timed at the centres 0.5, 1.5, 2.5 s; frames every 0.5 s from 0 to 4 s
+    steps = np.array([0.5, 1.5, 2.5])
+    pick = nearest_label_step(np.arange(9) * 0.5, steps, max_distance=1.0)
+    # 1.0 s ties between 0.5 and 1.5 -> 1.5 (that frame is in second [1, 2)); 2.0 s -> 2.5; 3.5 s is exactly one
+    # period after the last step -> still it; 4.0 s is further -> none
+    np.testing.assert_array_equal(pick, [0, 0, 1, 1, 2, 2, 2, 2, -1])
+    # on frame positions too (a trial's grid), whatever the parity of the positions
+    np.testing.assert_array_equal(nearest_label_step(np.arange(7), np.array([0, 2, 4, 6]), 2.0), [0, 1, 1, 2, 2, 3, 3])
+
+
+def test_same_rate_is_the_identity_and_denser_labels_take_the_last_on_a_frame():
+    np.testing.assert_array_equal(nearest_label_step(np.arange(10), np.arange(10), 1.0), np.arange(10))
+    # two steps land on frame 1 (labels denser than frames): the frame takes the later one
+    np.testing.assert_array_equal(nearest_label_step(np.array([0, 1, 2]), np.array([0, 1, 1, 2]), 1.0), [0, 2, 3])
+    assert nearest_label_step(np.arange(3), np.array([]), 1.0).tolist() == [-1, -1, -1]
+    with pytest.raises(ValueError, match="sorted"):
+        nearest_label_step(np.arange(3), np.array([2.0, 1.0]), 1.0)
+
+
+def test_sparse_labels_on_denser_frames():
+    # SEWA-like labels every 100 ms at 0.1, 0.2, 0.3 s; frames every 50 ms
+    pick = nearest_label_step(np.arange(10) * 0.05, np.array([0.1, 0.2, 0.3]), max_distance=0.1)
+    np.testing.assert_array_equal(pick, [0, 0, 0, 1, 1, 2, 2, 2, 2, -1])

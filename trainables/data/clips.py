@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from trainables.data.cache import CachedVideo, kept_frame_indices
-from trainables.data.labels import label_frame_index
+from trainables.data.labels import label_frame_index, nearest_label_step
 from trainables.data.sampling import consecutive_indices, ssts_indices, ssts_views, uniform_indices
 from trainables.data.windows import FUSION_MODES, coverage_mean, dense_window_starts, fuse_labels, window_starts
 
@@ -107,19 +107,15 @@ class VideoView:
         return self.labels[(self.label_pos >= s) & (self.label_pos < s + length)]
 
     def frame_labels(self) -> np.ndarray:
-        """(G, D) the label of every grid frame: the nearest label step by grid position (ties -> the earlier);
-        positions more than one label period from any step are NaN."""
+        """(G, D) the label of every grid frame: its nearest label step by grid position (``nearest_label_step``:
+        ties -> the later step); frames more than one label period from any step are NaN."""
         if self._frame_labels is None:
-            g = np.arange(len(self.grid))
             order = np.argsort(self.label_pos, kind="stable")
-            pos, lab = self.label_pos[order], self.labels[order]
-            j = np.clip(np.searchsorted(pos, g), 1, max(len(pos) - 1, 1))
-            left = np.clip(j - 1, 0, len(pos) - 1)
-            right = np.clip(j, 0, len(pos) - 1)
-            pick = np.where(np.abs(pos[left] - g) <= np.abs(pos[right] - g), left, right)
-            out = lab[pick].astype(np.float32)
+            pos = self.label_pos[order]
             period = max(1.0, float(np.median(np.diff(pos))) if len(pos) > 1 else 1.0)
-            out[np.abs(pos[pick] - g) > period] = np.nan
+            pick = nearest_label_step(np.arange(len(self.grid)), pos, period)
+            out = np.full((len(self.grid), self.labels.shape[1]), np.nan, dtype=np.float32)
+            out[pick >= 0] = self.labels[order][pick[pick >= 0]]
             self._frame_labels = out
         return self._frame_labels
 

@@ -6,6 +6,9 @@ among the frames.
 * **Label step -> frame.** A label step at time ``t`` belongs to the frame nearest in time (:func:`label_frame_index`);
   the cache stores this for its own frames (``label_frames.npy``) and a trial recomputes it for the grid it views the
   cache at.
+* **Frame -> label step** (per-frame targets): a frame takes its nearest label step (:func:`nearest_label_step`).
+
+Both directions break a tie the same way: towards the **later** frame or step.
 
 Prepare-time code (adapters, the cache writer, the synthetic data) and trial-time code (clips, metrics) both import
 from here.
@@ -16,7 +19,7 @@ import math
 
 import numpy as np
 
-__all__ = ["UNIT_SCALE", "check_fps_frames", "from_unit", "label_frame_index", "to_unit"]
+__all__ = ["UNIT_SCALE", "check_fps_frames", "from_unit", "label_frame_index", "nearest_label_step", "to_unit"]
 
 #: The scale labels are trained and stored on.
 UNIT_SCALE: tuple[float, float] = (-1.0, 1.0)
@@ -100,3 +103,37 @@ def label_frame_index(times: np.ndarray, fps: float, num_frames: int) -> np.ndar
         raise ValueError("label_frame_index: times must be finite")
     idx = np.floor(times * fps + 0.5 + 1e-9).astype(np.int64)
     return np.clip(idx, 0, num_frames - 1)
+
+
+def nearest_label_step(points: np.ndarray, steps: np.ndarray, max_distance: float) -> np.ndarray:
+    """Index of the label step nearest each point (a frame), or -1 where the nearest is more than ``max_distance``
+    away, so a video longer than its labels is not padded with invented targets.
+
+    ``points`` and ``steps`` lie on one axis (seconds, or frame positions). Rule: a point exactly half-way between two
+    steps takes the **later** step, as :func:`label_frame_index` sends a half-way label to the later frame (intervals
+    closed on the left: a frame at exactly 1.0 s between per-second labels timed at 0.5 s and 1.5 s belongs to second
+    [1, 2)). A point on which several steps land (labels denser than the frames) takes the last of them.
+
+    Args:
+        points: (N,) positions to label.
+        steps: (L,) positions of the label steps, sorted ascending.
+        max_distance: the farthest a step may be (inclusive; typically one label period).
+
+    Returns:
+        (N,) int64 indices into ``steps``; -1 = no step near enough (or no steps).
+    """
+    points, steps = np.asarray(points, dtype=np.float64), np.asarray(steps, dtype=np.float64)
+    out = np.full(points.shape, -1, dtype=np.int64)
+    if not len(steps):
+        return out
+    if len(steps) > 1 and (np.diff(steps) < 0).any():
+        raise ValueError("nearest_label_step: steps must be sorted ascending")
+    after = np.searchsorted(steps, points, side="right")
+    left = np.clip(after - 1, 0, len(steps) - 1)  # the last step at or before the point
+    right = np.clip(after, 0, len(steps) - 1)  # the first step after it
+    eps = 1e-9  # a half-way point computed in floating point is still a tie
+    d_left, d_right = np.abs(points - steps[left]), np.abs(steps[right] - points)
+    nearest = np.where(d_right <= d_left + eps, right, left)
+    near = np.abs(steps[nearest] - points) <= max_distance + eps
+    out[near] = nearest[near]
+    return out

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from trainables.data.labels import UNIT_SCALE, check_fps_frames, from_unit, to_unit
+from trainables.data.labels import UNIT_SCALE, from_unit, to_unit
 from trainables.prepare.sidecar import LabelFileError
 from trainables.registry import Registry
 
@@ -34,7 +34,6 @@ __all__ = [
     "LabelTrack",
     "adapter_extensions",
     "get_adapter",
-    "labels_on_frames",
     "list_adapters",
     "read_labels",
     "register_adapter",
@@ -759,42 +758,3 @@ def read_recola_arff(path: Path, *, fps: float, dims: tuple[str, ...]) -> LabelT
         columns.append(unit)
     assert first is not None
     return LabelTrack(np.stack(columns, axis=1), first[1], dims, UNIT_SCALE, rate)
-
-
-# ---------------------------------------------------------------------------
-# Decoded frames -> label steps (per-frame targets); label steps -> frames is trainables.data.labels
-# ---------------------------------------------------------------------------
-
-def labels_on_frames(track: LabelTrack, fps: float, num_frames: int) -> np.ndarray:
-    """Per-frame labels for sequence targets: each frame takes the value of its nearest label step (in time).
-
-    Frame k is at ``k / fps``. A frame whose nearest label step is more than one label period (``1 / track.rate``) away
-    gets NaN, so a video longer than its labels is not padded with invented targets. Ties between two steps go to the
-    later one: for interval labels (one per second, timed at the centre) a frame at exactly 1.0 s belongs to [1, 2).
-
-    Args:
-        track: the labels.
-        fps: decoded frame rate, > 0.
-        num_frames: number of decoded frames, >= 1.
-
-    Returns:
-        (num_frames, D) float32 on [-1, 1]; NaN = not annotated or too far from any label step.
-
-    Raises:
-        ValueError: fps <= 0 or num_frames < 1.
-    """
-    check_fps_frames(fps, num_frames, "labels_on_frames")
-    t = np.arange(num_frames, dtype=np.float64) / fps
-    lt = track.times
-    out = np.full((num_frames, track.values.shape[1]), np.nan, dtype=np.float32)
-    if not len(lt):
-        return out
-    right = np.clip(np.searchsorted(lt, t, side="left"), 0, len(lt) - 1)
-    left = np.clip(right - 1, 0, len(lt) - 1)
-    d_left, d_right = np.abs(t - lt[left]), np.abs(lt[right] - t)
-    eps = 1e-9
-    nearest = np.where(d_right <= d_left + eps, right, left)
-    dist = np.minimum(d_left, d_right)
-    ok = dist <= 1.0 / track.rate + eps
-    out[ok] = track.values[nearest[ok]]
-    return out
