@@ -29,13 +29,14 @@ def rows_from_results(results, metric: str, mode: str, params: Iterable[str], ma
         config = result.config or {}
         trial_id = (result.metrics or {}).get("trial_id", "?")
         if df is None or metric not in df or df[metric].dropna().empty:
-            rows.append(Row(trial_id, {p: config.get(p) for p in params}, 0, 0, math.nan, {}, "error"))
+            status = "errored" if result.error else "no report"  # e.g. stopped by a time budget before its first report
+            rows.append(Row(trial_id, {p: config.get(p) for p in params}, 0, 0, math.nan, {}, status))
             continue
         df = df.dropna(subset=[metric])
         best = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
         epochs = int(df[epoch_key].max())
         diverged = "diverged" in df and (df["diverged"] == 1).any()
-        status = ("error" if result.error else "diverged" if diverged
+        status = ("errored" if result.error else "diverged" if diverged
                   else "stopped early" if epochs < max_epochs else "complete")
         rows.append(Row(trial_id, {p: config.get(p) for p in params}, epochs, int(best[epoch_key]), float(best[metric]),
                         {d: float(best[d]) for d in DIM_METRICS if d in best}, status))

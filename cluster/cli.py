@@ -225,13 +225,13 @@ def _print_outcome(outcome, max_epochs: int) -> dict[str, int]:
 
 
 #: Trial outcomes as the leaderboard and the summary count them.
-STATUSES = ("complete", "stopped early", "diverged", "error")
+STATUSES = ("complete", "stopped early", "diverged", "errored")
 
 
 def sweep_exit_status(counts: dict[str, int]) -> int:
     """1 when any trial errored or none finished (complete or stopped early), else 0."""
     finished = counts["complete"] + counts["stopped early"]
-    return 1 if counts["error"] or not finished else 0
+    return 1 if counts["errored"] or not finished else 0
 
 
 def cmd_sweep(a) -> int:

@@ -48,8 +48,8 @@ def test_the_demo_command_and_the_mlflow_ui_on_its_store(tmp_path):
     assert demo == [".venv/bin/emotune", "demo"]
     out = emotune("demo", cwd=tmp_path, timeout=900).stdout
     board = out.split("Leaderboard of sweep demo-")[1]
-    assert len([line for line in board.splitlines() if line[:1].isdigit()]) == 8
-    assert re.search(r"Trials: +\d+ complete, \d+ stopped early, 0 diverged, 0 error", out)
+    assert len([line for line in board.splitlines()[1:] if line[:1].isdigit()]) == 8
+    assert re.search(r"Trials: +\d+ complete, \d+ stopped early, 0 diverged, 0 errored", out)
     assert "Best trial:    " in out and "Demo finished in" in out
 
     ui = commands(code_blocks("Looking at the results in MLflow")[0])[0]

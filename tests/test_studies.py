@@ -66,7 +66,7 @@ def test_shipped_study_runs(study, caches):
     assert "pre-flight:" in out
     board = out.split(f"Leaderboard of sweep study-{study}")[1]
     assert len([line for line in board.splitlines() if line[:1].isdigit()]) == 2
-    assert "Trials:        2 complete, 0 stopped early, 0 diverged, 0 error" in out
+    assert "Trials:        2 complete, 0 stopped early, 0 diverged, 0 errored" in out
     assert "Best trial:    none" not in out
 
 

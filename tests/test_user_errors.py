@@ -121,4 +121,4 @@ def test_a_sweep_whose_trials_all_error_exits_non_zero_and_names_no_best(work, t
                    "--set", f"pretrained={garbage}", cwd=folder)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Best trial:    none" in proc.stdout
-    assert "Trials:        0 complete, 0 stopped early, 0 diverged, 2 error" in proc.stdout
+    assert "Trials:        0 complete, 0 stopped early, 0 diverged, 2 errored" in proc.stdout
