@@ -35,9 +35,10 @@ STUDIES = readme_study_commands()
 
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
-    """3 subjects (one per split) of 200-frame videos, prepared three ways through the CLI."""
+    """The README's synthetic dataset: 3 subjects (one per split) of 400-frame videos (16 s, so every window length and
+    gap tolerance of the studies finds training windows), prepared three ways through the CLI."""
     work = tmp_path_factory.mktemp("studies")
-    emotune("data", "synth", "--out", "data", "--subjects", "3", "--videos-per-subject", "1", "--frames", "200",
+    emotune("data", "synth", "--out", "data", "--subjects", "3", "--videos-per-subject", "1", "--frames", "400",
             "--size", "64", cwd=work)
     variants = {"rgb": ("--size", "32"), "fine": ("--size", "32", "--align", "fine"),
                 "gray96": ("--size", "96", "--grayscale")}
