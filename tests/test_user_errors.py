@@ -122,3 +122,16 @@ def test_a_sweep_whose_trials_all_error_exits_non_zero_and_names_no_best(work, t
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Best trial:    none" in proc.stdout
     assert "Trials:        0 complete, 0 stopped early, 0 diverged, 2 errored" in proc.stdout
+
+
+def test_missing_face_weights_are_named_once_for_every_video(work, tmp_path):
+    """Every video fails alike without face_alignment's weights: one line names the videos, the files and where to
+    put them."""
+    folder, _ = work
+    (tmp_path / "empty").mkdir()
+    line = refused(run_cli("data", "prepare", "--manifest", "data/manifest.csv", "--cache", str(tmp_path / "cache"),
+                           "--detector", "face_alignment", "--weights-dir", str(tmp_path / "empty"), cwd=folder,
+                           timeout=300),
+                   "no video could be prepared: s00_v0, s01_v0, s02_v0: MissingWeightsError", "s3fd-619a316812.pth",
+                   "emotune data fetch-weights")
+    assert line.count("MissingWeightsError") == 1

@@ -181,7 +181,13 @@ def prepare(manifest: str | Path, cache_root: str | Path, reg: Registration | No
         frames_total += cv.num_frames
         score_sum += float(cv.scores[cv.valid].sum())
     if not folders:
-        raise DataError("no video could be prepared:\n" + "\n".join(f"  {v}: {w}" for v, w in summary.skipped.items()))
+        # One line per distinct reason: a missing weight file or a wrong setting fails every video alike.
+        by_reason: dict[str, list[str]] = {}
+        for vid, why in summary.skipped.items():
+            by_reason.setdefault(why, []).append(vid)
+        raise DataError("no video could be prepared:\n" + "\n".join(
+            f"  {', '.join(vids) if len(vids) <= 3 else f'{len(vids)} videos ({vids[0]}, ...)'}: {why}"
+            for why, vids in by_reason.items()))
     summary.face_fraction = valid_total / max(frames_total, 1)
     summary.mean_score = score_sum / max(valid_total, 1)
 
