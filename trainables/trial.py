@@ -66,7 +66,22 @@ def trial_resources(config: dict):
 
 
 def run_trial(config: dict) -> None:
-    """Fit one configuration; ``config["runtime"]`` holds the executor, resources and storage."""
+    """Fit one configuration; ``config["runtime"]`` holds the executor, resources and storage.
+
+    A user error anywhere in the trial (raised directly, chained under another exception, or raised by a Ray Train
+    worker) leaves the trial as itself, so the driver sees it as the trial's error and does not retry the trial
+    (``cluster.retries``). This is done here because exception chains do not survive Ray's pickling to the driver.
+    """
+    try:
+        _fit_trial(config)
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None or user_error is err:
+            raise
+        raise user_error from err
+
+
+def _fit_trial(config: dict) -> None:
     runtime = config["runtime"]
     gpus = float(runtime.get("gpus_per_worker", 0))
     loop_config = {**{k: v for k, v in config.items() if k != "runtime"},
@@ -104,15 +119,9 @@ def run_trial(config: dict) -> None:
             failure_config=FailureConfig(max_failures=int(runtime.get("max_failures", 2))),
         ),
     )
-    try:
-        trainer.fit()
-    except Exception as err:
-        user_error = worker_user_error(err)
-        if user_error is None:
-            raise
-        # A worker's user error ends the trial as that error, which the sweep does not retry (cluster.retries); Ray
-        # Train itself has already tried the run max_failures more times, having no per-exception switch either.
-        raise user_error from err
+    # A worker's user error reaches run_trial inside Train's WorkerGroupError; Ray Train has retried the run
+    # max_failures times by then (Train V2 has no per-exception switch either).
+    trainer.fit()
 
 
 def checkpoint_policy(runtime: dict, config_cls):
@@ -183,9 +192,10 @@ class ReusableTrial:
         return super().step()
 
 
-def worker_user_error(err: BaseException):
-    """The :class:`~trainables.errors.UserError` a Ray Train worker raised, from the error ``TorchTrainer.fit`` raises
-    (a ``WorkerGroupError`` whose ``worker_failures`` wrap each worker's exception), else None."""
+def find_user_error(err: BaseException):
+    """The :class:`~trainables.errors.UserError` behind ``err``, else None: ``err`` itself, an explicit cause
+    (``raise ... from``), the exception a ``RayTaskError`` carries, or one a Ray Train worker raised (``TorchTrainer.fit``
+    raises a ``WorkerGroupError`` whose ``worker_failures`` wrap each worker's exception)."""
     from trainables.errors import UserError
 
     todo, seen = [err], set()
