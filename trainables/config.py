@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import math
 import numbers
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,7 @@ class TrialConfig:
     freeze: str | None = setting(None, "model", "paper 001 freeze policy",
                                  choices=("none", "first_layer", "stem_trunk"), arg="freeze")
     pretrained: bool | str | None = setting(None, "model", "true for the library's own weights, or a checkpoint path",
-                                            arg="pretrained")
+                                            arg="pretrained", pattern="true, false or the path of a checkpoint file")
     pretext_checkpoint: str | None = setting(None, "model", "paper 001 pretext checkpoint file",
                                              arg="pretext_checkpoint")
     target_multiplier: float = setting(1.0, "model", "labels scaled up for training, predictions scaled back (003)",
@@ -174,8 +175,7 @@ class TrialConfig:
             ConfigError: an unknown key (with the closest valid name), a value of the wrong type or outside its range,
                 a key that does not apply (and is not lenient), an unknown backbone.
         """
-        known = KEYS
-        unknown = [k for k in values if k not in known]
+        unknown = [k for k in values if k not in SPECS]
         if unknown:
             raise ConfigError(_unknown_key(unknown[0]))
         kwargs = {k: check_value(k, v) for k, v in values.items()}
@@ -320,7 +320,7 @@ def allowed_text(key: str) -> str:
 
 def _base_type(hint: Any) -> Any:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and args:
         return args[0] if len(args) == 1 else tuple(args)
     return hint
 
@@ -346,10 +346,12 @@ def check_value(key: str, value: Any) -> Any:
     def bad() -> ConfigError:
         return ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed_text(key)}")
 
-    if base is Any or isinstance(base, tuple) and str in base and bool in base:
-        out = value  # augmentations (checked by their own parser) and `pretrained` (a flag or a path)
-        if isinstance(base, tuple) and not isinstance(value, (bool, str)):
+    if base is Any:  # augmentations: checked by their own parser (TrialConfig._check_combinations)
+        out = value
+    elif isinstance(base, tuple):  # `pretrained`: a flag or a path
+        if not isinstance(value, base):
             raise bad()
+        out = value
     elif base is bool:
         if not isinstance(value, bool):
             raise bad()
