@@ -7,6 +7,7 @@ exits 1 when a trial errored or no trial finished.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -161,7 +162,6 @@ def cmd_synth(a) -> int:
 
 
 def cmd_prepare(a) -> int:
-    import os
     from trainables.prepare.registration import Registration
     from trainables.prepare.run import prepare
 
@@ -310,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         # One line, no traceback: the message names what is wrong and what is allowed.
         print(f"emotune: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the output went into a pipe that closed early (`emotune settings | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

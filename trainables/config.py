@@ -297,6 +297,10 @@ def check_user_key(key: str) -> None:
 def allowed_text(key: str) -> str:
     """What ``key`` accepts, in words."""
     spec, hint = SPECS[key].metadata, _HINTS[key]
+    if key == "backbone":
+        from trainables.models import list_backbones
+
+        return "one of " + ", ".join(list_backbones())
     if spec["choices"]:
         return "one of " + ", ".join(str(c) for c in spec["choices"])
     if spec["pattern"]:
