@@ -350,26 +350,7 @@ def check_value(key: str, value: Any) -> Any:
     def bad() -> ConfigError:
         return ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed_text(key)}")
 
-    if base is Any:  # augmentations: checked by their own parser (TrialConfig._check_combinations)
-        out = value
-    elif isinstance(base, tuple):  # `pretrained`: a flag or a path
-        if not isinstance(value, base):
-            raise bad()
-        out = value
-    elif base is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        out = value
-    elif base is int:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad() from None
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value).is_integer():
-            raise bad()
-        out = int(value)
-    elif base is float:
+    def number() -> float:
         num = value
         if isinstance(num, str):
             try:
@@ -378,17 +359,21 @@ def check_value(key: str, value: Any) -> Any:
                 raise bad() from None
         if isinstance(num, bool) or not isinstance(num, numbers.Real) or not math.isfinite(float(num)):
             raise bad()
-        out = float(num)
-    elif base is str:
-        if not isinstance(value, str):
-            raise bad()
+        return float(num)
+
+    if base is Any:  # augmentations: checked by their own parser (TrialConfig._check_combinations)
         out = value
-    elif base is dict:
-        if not isinstance(value, Mapping):
+    elif base is int:
+        num = number()
+        if not num.is_integer():
             raise bad()
-        out = dict(value)
-    else:  # pragma: no cover - every declared type is handled above
-        raise TypeError(f"no check for {key}: {hint}")
+        out = int(num)
+    elif base is float:
+        out = number()
+    else:  # bool, str, dict, or a tuple of types (`pretrained`: a flag or a path)
+        if not isinstance(value, Mapping if base is dict else base):
+            raise bad()
+        out = dict(value) if base is dict else value
     if spec["choices"] is not None and out not in spec["choices"]:
         raise bad()
     if isinstance(out, (int, float)) and not isinstance(out, bool):
