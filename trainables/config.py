@@ -109,7 +109,7 @@ class TrialConfig:
                                         low=0)
 
     # ---- optimisation
-    lr: float = setting(1e-3, "optim", "AdamW learning rate", low=0.0, high=1.0, low_open=True)
+    lr: float = setting(1e-3, "optim", "AdamW learning rate", low=0.0, low_open=True)
     weight_decay: float = setting(1e-4, "optim", "AdamW weight decay", low=0.0)
     batch_size: int = setting(8, "optim", "clips per batch (per worker)", low=1)
     warmup_epochs: float = setting(0.0, "optim", "linear warmup, then cosine decay", low=0.0)
