@@ -144,8 +144,8 @@ def _sweep_args(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("--optuna-storage", default=None,
                     help="Optuna RDB storage URL (default: sqlite file ./optuna.db; optuna-dashboard opens it)")
     sw.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept per trial (the best by objective)")
-    sw.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial or worker from its last "
-                                                                "checkpoint")
+    sw.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial or worker from its last "
+                                                                "checkpoint (a user error is not retried)")
     sw.add_argument("-v", "--verbose", action="count", default=0,
                     help="-v: Tune's status tables; -vv: also every worker's log")
     sw.add_argument("--set", dest="overrides", action="append", type=_set_value, default=[],
