@@ -113,6 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("settings", help="list every trial setting: group, default and what is allowed")
 
+    pm = sub.add_parser("promote", help="evaluate a sweep's best trial on the test subjects and, if it beats the "
+                                         "model holding the alias 'production', register it as an MLflow pyfunc "
+                                         "model with that alias")
+    pm.add_argument("sweep", metavar="SWEEP", help="sweep name or its MLflow parent run id")
+    pm.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then "
+                                                       "sqlite file ./mlflow.db)")
+    pm.add_argument("--model-name", default="emotune", help="registered model name (default: emotune)")
+    pm.add_argument("--margin", type=float, default=0.0,
+                    help="promote only if the test objective beats production's by more than this (default 0)")
+    pm.add_argument("--out", default=".", help="folder for production.yaml (default: the current folder)")
+
+    pd = sub.add_parser("predict", help="valence/arousal over time for new videos: DIR/<stem>.csv and DIR/<stem>.png")
+    pd.add_argument("videos", nargs="+", metavar="VIDEO")
+    pd.add_argument("--model", required=True, help="runs:/<run_id> (a trial's best checkpoint), "
+                                                   "models:/emotune@production, or a local state.pt")
+    pd.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI for runs:/ and models:/ (default: "
+                                                       "$MLFLOW_TRACKING_URI, then sqlite file ./mlflow.db)")
+    pd.add_argument("--detector", default="opencv", choices=["opencv", "face_alignment", "precomputed"],
+                    help="face detector (default opencv: nothing to download); precomputed reads --faces")
+    pd.add_argument("--faces", action="append", default=None, metavar="SIDECAR",
+                    help="face sidecar CSV per video, in order (with --detector precomputed)")
+    pd.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+
     d = sub.add_parser("demo", help="synthesise data, prepare it, run the smoke sweep and print a leaderboard")
     d.add_argument("--root", default="emotune-demo", help="folder for the demo's data, cache, MLflow store and results")
     d.add_argument("--trials", type=int, default=8)
@@ -150,6 +173,33 @@ def _sweep_args(sw: argparse.ArgumentParser) -> None:
                     help="-v: Tune's status tables; -vv: also every worker's log")
     sw.add_argument("--set", dest="overrides", action="append", type=_set_value, default=[],
                     metavar="KEY=VALUE", help="fix a trial setting or pin a searched parameter")
+
+
+def _tracking_uri(uri: str | None) -> str:
+    from cluster.tracking import default_tracking_uri
+
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def cmd_promote(a) -> int:
+    from analysis.promote import promote
+
+    outcome = promote(a.sweep, _tracking_uri(a.mlflow_uri), model_name=a.model_name, margin=a.margin, out_dir=a.out)
+    print(outcome.message)
+    if not outcome.promoted:
+        return 1
+    print(f"production.yaml: {outcome.yaml_path}")
+    return 0
+
+
+def cmd_predict(a) -> int:
+    from analysis.promote import resolve_model
+    from trainables.predict import predict_files
+
+    bundle = resolve_model(a.model, _tracking_uri(a.mlflow_uri))
+    for csv, png, table in predict_files(bundle, a.videos, a.out, detector=a.detector, faces=a.faces):
+        print(f"{csv}  {png}  ({len(table)} label steps, face on {100 * table['face'].mean():.1f}%)")
+    return 0
 
 
 def cmd_synth(a) -> int:
@@ -305,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "data":
             return handlers[args.data_command](args)
+        if args.command in ("promote", "predict"):
+            return {"promote": cmd_promote, "predict": cmd_predict}[args.command](args)
         return {"sweep": cmd_sweep, "demo": cmd_demo, "settings": cmd_settings}[args.command](args)
     except (UserError, SpaceError) as err:
         # One line, no traceback: the message names what is wrong and what is allowed.

@@ -1,0 +1,315 @@
+"""Promotion of a sweep's best trial to production, and the model sources prediction reads.
+
+``emotune promote SWEEP``: the best trial by the validation objective (the sweep's parent run tags
+``emotune.best_trial`` / ``emotune.best_run_id``) is evaluated once on the test split's subjects (the split no sweep
+ever sees), with a subject-level bootstrap 95% interval of the objective. The model holding the registry alias
+``production`` (if any) is scored on the same test videos. The candidate is promoted only when its test objective beats
+the production one by more than ``margin`` (or no model holds the alias): it is logged as an MLflow pyfunc model
+(:mod:`analysis.pyfunc_model`) bundling weights and every prediction setting, registered, given the alias, tagged with
+its lineage, and its configuration is written to ``production.yaml``. Otherwise nothing changes and the refusal names
+both figures.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainables.errors import UserError
+
+ALIAS = "production"
+BOOTSTRAP_DRAWS = 1000
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# where models come from
+def resolve_model(source: str, tracking_uri: str | None = None):
+    """A :class:`trainables.predict.ModelBundle` from ``runs:/<run_id>`` (a trial's best checkpoint),
+    ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (a promoted model) or a local ``state.pt`` /
+    bundle file.
+
+    Raises:
+        UserError: the run, model or file does not exist or holds no emotune checkpoint.
+    """
+    from trainables.predict import load_bundle
+
+    if source.startswith("runs:/"):
+        from mlflow.tracking import MlflowClient
+
+        run_id = source[len("runs:/"):].strip("/").split("/")[0]
+        try:
+            path = MlflowClient(tracking_uri).download_artifacts(run_id, "checkpoint/state.pt",
+                                                                 tempfile.mkdtemp(prefix="emotune-model-"))
+        except Exception as exc:
+            raise UserError(f"model {source}: no checkpoint/state.pt in that MLflow run "
+                            f"({' '.join(str(exc).split())[:200]})") from None
+        return load_bundle(path)
+    if source.startswith("models:/"):
+        return load_bundle(download_registered(source, tracking_uri))
+    return load_bundle(source)
+
+
+def download_registered(uri: str, tracking_uri: str | None = None) -> Path:
+    """The bundle file of a registered model (``models:/name@alias``), downloaded."""
+    import mlflow.artifacts
+
+    try:
+        folder = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri,
+                                                     dst_path=tempfile.mkdtemp(prefix="emotune-model-"))
+    except Exception as exc:
+        raise UserError(f"model {uri} cannot be found in the MLflow registry ({' '.join(str(exc).split())[:200]})") \
+            from None
+    found = sorted(Path(folder).rglob("bundle.pt"))
+    if not found:
+        raise UserError(f"model {uri} is not an emotune model (no bundle.pt in its artifacts)")
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# scoring on the test split
+def objective_name(config: dict) -> tuple[str, str]:
+    """(metric key of ``regression_report``, mode) from the trial's objective (``val_ccc_mean`` -> ``ccc_mean``)."""
+    metric = str(config.get("metric") or "val_ccc_mean")
+    return metric[4:] if metric.startswith("val_") else metric, str(config.get("mode") or "max")
+
+
+def predict_cached(bundle, videos: list) -> dict[str, np.ndarray]:
+    """Post-processed predictions (L, D) on the label timeline of each cached video, as the trial scored validation."""
+    from trainables.data.augment import build_eval_transform
+    from trainables.loop import evaluate
+    from trainables.objectives.postprocess import PostProcess
+
+    cfg = bundle.trial_config()
+    model = bundle.build_model()
+    frame_hw = tuple(videos[0].frames.shape[1:3])
+    _, preds = evaluate(model, videos, cfg.clip_spec(), __import__("torch").device("cpu"), seed=cfg.seed,
+                        transform=build_eval_transform(cfg.augmentations(), frame_size=frame_hw),
+                        multiplier=cfg.target_multiplier)
+    if bundle.postprocess:
+        post = PostProcess.from_dict(bundle.postprocess)
+        preds = {vid: post.apply(p) for vid, p in preds.items()}
+    return preds
+
+
+@dataclass
+class TestScore:
+    """A model's objective on the test split, with a subject-level bootstrap 95% interval."""
+
+    value: float
+    low: float
+    high: float
+    metrics: dict = field(default_factory=dict)
+    subjects: int = 0
+
+    def text(self) -> str:
+        return f"{self.value:.4f} (95% CI {self.low:.4f}..{self.high:.4f}, {self.subjects} test subject(s))"
+
+
+def score(videos: list, subjects: dict[str, str], preds: dict[str, np.ndarray], key: str, seed: int = 0,
+          draws: int = BOOTSTRAP_DRAWS) -> TestScore:
+    """``key`` of the regression report over every label step of ``videos`` and its bootstrap interval over subjects
+    (subjects drawn with replacement, all their videos' steps concatenated)."""
+    from trainables.objectives.metrics import regression_report
+
+    dims = ("valence", "arousal")[: videos[0].labels.shape[1]]
+
+    def report(chosen: list) -> dict:
+        return regression_report(np.concatenate([v.labels for v in chosen]),
+                                 np.concatenate([preds[v.video_id] for v in chosen]), dims=dims)
+
+    metrics = report(videos)
+    by_subject: dict[str, list] = {}
+    for v in videos:
+        by_subject.setdefault(subjects.get(v.video_id, v.video_id), []).append(v)
+    groups = list(by_subject.values())
+    rng = np.random.default_rng(seed)
+    values = [report([v for g in rng.integers(0, len(groups), len(groups)) for v in groups[g]])[key]
+              for _ in range(draws)]
+    low, high = np.percentile(values, [2.5, 97.5])
+    return TestScore(float(metrics[key]), float(low), float(high), metrics, len(groups))
+
+
+def test_split(index_path: str) -> tuple[list, dict[str, str]]:
+    """(cached test videos, video id -> subject) of a dataset index."""
+    from trainables.data.cache import load_split
+
+    videos = load_split(index_path, "test")
+    index = json.loads(Path(index_path).read_text())
+    return videos, {v["video_id"]: v["subject"] for v in index["videos"]}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the sweep and the registry
+def find_sweep(client, sweep: str):
+    """The parent run of sweep ``sweep`` (its name or its run id).
+
+    Raises:
+        UserError: no such sweep, or it has no best trial.
+    """
+    run = None
+    try:
+        run = client.get_run(sweep)
+    except Exception:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        found = client.search_runs(experiments, filter_string=f"tags.`emotune.sweep` = '{sweep}'",
+                                   order_by=["attributes.start_time DESC"]) if experiments else []
+        found = [r for r in found if "emotune.promotion" not in r.data.tags]
+        run = found[0] if found else None
+    if run is None or "emotune.sweep" not in run.data.tags or "emotune.promotion" in run.data.tags:
+        raise UserError(f"no sweep named {sweep!r} in the MLflow store (give the name `emotune sweep` printed, or its "
+                        f"parent run id)")
+    if not run.data.tags.get("emotune.best_run_id"):
+        raise UserError(f"sweep {sweep!r} has no best trial (no trial finished without an error)")
+    return run
+
+
+def production_version(client, name: str):
+    """The model version holding the ``production`` alias, or None."""
+    try:
+        return client.get_model_version_by_alias(name, ALIAS)
+    except Exception:
+        return None
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+@dataclass
+class Outcome:
+    promoted: bool
+    candidate: TestScore
+    production: TestScore | None
+    message: str
+    version: str | None = None
+    yaml_path: Path | None = None
+
+
+def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emotune", margin: float = 0.0,
+            out_dir: str | Path = ".") -> Outcome:
+    """Evaluate the sweep's best trial on the test subjects and promote it if it beats production by ``margin``.
+
+    Raises:
+        UserError: no such sweep or checkpoint; the production model was trained on another face registration
+            (it cannot be scored on the same cached test videos).
+    """
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from trainables.predict import load_bundle
+
+    client = MlflowClient(tracking_uri)
+    parent = find_sweep(client, sweep)
+    run_id, trial = parent.data.tags["emotune.best_run_id"], parent.data.tags.get("emotune.best_trial", "")
+    candidate = resolve_model(f"runs:/{run_id}", tracking_uri)
+    index_path = candidate.config.get("data_index") or \
+        (candidate.config.get("data_indexes") or {}).get(candidate.config.get("registration"))
+    videos, subjects = test_split(index_path)
+    key, mode = objective_name(candidate.config)
+    cand = score(videos, subjects, predict_cached(candidate, videos), key)
+
+    current = production_version(client, model_name)
+    prod = None
+    if current is not None:
+        held = load_bundle(download_registered(f"models:/{model_name}/{current.version}", tracking_uri))
+        if {k: v for k, v in held.registration.items() if k != "detector"} != \
+                {k: v for k, v in candidate.registration.items() if k != "detector"}:
+            raise UserError(f"the production model ({model_name} version {current.version}) was trained on another "
+                            f"face registration ({held.registration}) than trial {trial} "
+                            f"({candidate.registration}); both must be scored on the same cached test videos")
+        prod = score(videos, subjects, predict_cached(held, videos), key)
+        gain = (cand.value - prod.value) if mode == "max" else (prod.value - cand.value)
+        if not gain > margin:
+            return Outcome(False, cand, prod, (
+                f"not promoted: trial {trial} scores test {key} {cand.text()}, the production model "
+                f"({model_name} version {current.version}) scores {prod.text()} on the same test subjects; "
+                f"it must be better by more than --margin {margin:g}; the alias {ALIAS!r} stays on version "
+                f"{current.version}"))
+
+    lineage = {"emotune.sweep": parent.data.tags["emotune.sweep"], "emotune.sweep_run_id": parent.info.run_id,
+               "emotune.trial": trial, "emotune.trial_run_id": run_id,
+               "emotune.data_index": str(index_path),
+               "emotune.data_index_sha1": parent.data.params.get("data_index_sha1", ""),
+               "emotune.sweep_git_commit": parent.data.tags.get("emotune.git_commit", ""),
+               "emotune.git_commit": git_commit(), f"emotune.test_{key}": f"{cand.value:.6f}",
+               f"emotune.test_{key}_ci95": f"{cand.low:.6f},{cand.high:.6f}"}
+    production = {"model": model_name, "alias": ALIAS, "sweep": lineage["emotune.sweep"], "trial": trial,
+                  "trial_run_id": run_id, "data_index": str(index_path),
+                  "data_index_sha1": lineage["emotune.data_index_sha1"], "git_commit": lineage["emotune.git_commit"],
+                  "test": {"objective": key, "value": cand.value, "ci95": [cand.low, cand.high],
+                           "subjects": cand.subjects},
+                  "previous": None if current is None else {"version": current.version, "value": prod.value},
+                  **candidate.settings()}
+    version = register(client, tracking_uri, candidate, model_name, lineage, production,
+                       experiment_id=parent.info.experiment_id)
+    production["version"] = version
+    yaml_path = Path(out_dir) / "production.yaml"
+    yaml_path.parent.mkdir(parents=True, exist_ok=True)
+    yaml_path.write_text(yaml.safe_dump(production, sort_keys=False))
+    before = "no model held it" if prod is None else \
+        f"version {current.version} scored {prod.text()} on the same test subjects"
+    return Outcome(True, cand, prod, (f"promoted: trial {trial} of sweep {lineage['emotune.sweep']} scores test {key} "
+                                      f"{cand.text()}; {model_name} version {version} now holds the alias {ALIAS!r} "
+                                      f"({before})"), version, yaml_path)
+
+
+def register(client, tracking_uri: str | None, bundle, model_name: str, tags: dict, production: dict,
+             experiment_id: str, alias: str = ALIAS) -> str:
+    """Log ``bundle`` as a pyfunc model in a new run, register it as ``model_name`` and give it ``alias``; returns
+    the version."""
+    import mlflow
+    import yaml
+
+    from analysis.pyfunc_model import EmotuneVideoModel, signature
+
+    with tempfile.TemporaryDirectory(prefix="emotune-promote-") as tmp:
+        bundle_path = bundle.save(Path(tmp) / "bundle.pt")
+        (Path(tmp) / "production.yaml").write_text(yaml.safe_dump(production, sort_keys=False))
+        run = client.create_run(experiment_id, run_name=f"promote-{tags.get('emotune.trial', '')}",
+                                tags={**tags, "emotune.promotion": "true"})
+        previous_uri = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(tracking_uri or previous_uri)
+        try:
+            with mlflow.start_run(run_id=run.info.run_id):
+                mlflow.log_dict(production, "production.json")
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=EmotuneVideoModel(),
+                    artifacts={"bundle": str(bundle_path), "production": str(Path(tmp) / "production.yaml")},
+                    signature=signature(), pip_requirements=["emotune"])
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
+    mv = mlflow.register_model(info.model_uri, model_name, tags=tags) if tracking_uri is None else \
+        _register_with(tracking_uri, info.model_uri, model_name, tags)
+    client.set_registered_model_alias(model_name, alias, mv.version)
+    return str(mv.version)
+
+
+def _register_with(tracking_uri: str, model_uri: str, name: str, tags: dict):
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return mlflow.register_model(model_uri, name, tags=tags)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def force_production(bundle, tracking_uri: str, model_name: str = "emotune", experiment: str = "emotune",
+                     tags: dict[str, Any] | None = None) -> str:
+    """Register ``bundle`` and give it the alias without any gate (a first baseline, tests)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    return register(client, tracking_uri, bundle, model_name, dict(tags or {}), {"forced": True}, exp_id)
