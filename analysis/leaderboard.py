@@ -51,10 +51,12 @@ def format_leaderboard(rows: list[Row], metric: str, steps_label: str = "epochs"
         return "(no trials)"
     params = list(rows[0].params)
     head = ["rank", "trial", *params, steps_label, "status", "ccc_valence", "ccc_arousal", metric]
+    param_fmt = {p: column_format([r.params[p] for r in rows]) for p in params}
     body = []
     for i, r in enumerate(rows, 1):
-        body.append([str(i), r.trial_id, *(_fmt(r.params[p]) for p in params), str(r.epochs_run), r.status,
-                     _fmt(r.dims.get("val_ccc_valence")), _fmt(r.dims.get("val_ccc_arousal")), _fmt(r.objective)])
+        body.append([str(i), r.trial_id, *(param_fmt[p](r.params[p]) for p in params), str(r.epochs_run), r.status,
+                     fmt_metric(r.dims.get("val_ccc_valence")), fmt_metric(r.dims.get("val_ccc_arousal")),
+                     fmt_metric(r.objective)])
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
     out = [line, "-" * len(line)]
@@ -62,11 +64,32 @@ def format_leaderboard(rows: list[Row], metric: str, steps_label: str = "epochs"
     return "\n".join(out)
 
 
-def _fmt(v: Any) -> str:
+def fmt_metric(v: Any) -> str:
+    """A metric cell: always 4 decimals fixed (``0.7240``, ``-0.0029``), so a column reads at one glance."""
     if v is None:
         return "-"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return f"{v:.4g}" if abs(v) < 1e-2 and v != 0 else f"{v:.3f}"
-    return str(v)
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return f"{float(v):.4f}"
+
+
+def column_format(values: Iterable[Any]):
+    """One formatter for a whole column of parameter values, chosen from all of them.
+
+    A column of floats is written in one format: scientific with 3 significant decimals (``8.091e-04``) when any
+    non-zero value is below 1e-2 or at least 1e4 in size (learning rates), else fixed with 4 decimals (``0.7500``).
+    Integers, strings and booleans are written as they are; a missing value is ``-``, NaN is ``nan``.
+    """
+    floats = [v for v in values if isinstance(v, float) and math.isfinite(v)]
+    scientific = any(v != 0 and not 1e-2 <= abs(v) < 1e4 for v in floats)
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            if math.isnan(v):
+                return "nan"
+            return f"{v:.3e}" if scientific else f"{v:.4f}"
+        return str(v)
+
+    return fmt

@@ -113,6 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("settings", help="list every trial setting: group, default and what is allowed")
 
+    rp = sub.add_parser("report", help="write an HTML report of a sweep (leaderboard, importance, figures, the "
+                                       "study's tables) and log it to the sweep's MLflow parent run")
+    rp.add_argument("sweep", metavar="SWEEP", help="sweep name or its MLflow parent run id")
+    rp.add_argument("--out", default=None, help="folder for report.html and figures/ (default: beside the sweep's "
+                                                "Ray results, <results>-report)")
+    _store_args(rp)
+    rp.add_argument("--optuna-storage", default=None,
+                    help="Optuna RDB storage holding the sweep's study (default: sqlite file ./optuna.db)")
+
+    cp = sub.add_parser("compare", help="compare sweeps side by side: best configuration and metrics, the settings "
+                                        "that differ, best-so-far objective against trials")
+    cp.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep names or MLflow parent run ids (any experiment)")
+    cp.add_argument("--out", default=None, help="folder for compare.png, compare.md and compare.html")
+    _store_args(cp)
+
     pm = sub.add_parser("promote", help="evaluate a sweep's best trial on the test subjects and, if it beats the "
                                          "model holding the alias 'production', register it as an MLflow pyfunc "
                                          "model with that alias")
@@ -173,6 +188,46 @@ def _sweep_args(sw: argparse.ArgumentParser) -> None:
                     help="-v: Tune's status tables; -vv: also every worker's log")
     sw.add_argument("--set", dest="overrides", action="append", type=_set_value, default=[],
                     metavar="KEY=VALUE", help="fix a trial setting or pin a searched parameter")
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite file ./mlflow.db)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment to look in (default: every experiment)")
+
+
+def _mlflow_client(uri: str | None):
+    from mlflow.tracking import MlflowClient
+
+    from cluster.tracking import default_tracking_uri
+
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise UserError(f"no MLflow store at {uri}; give --mlflow-uri (the sweep's --mlflow-uri)")
+    return MlflowClient(uri)
+
+
+def cmd_report(a) -> int:
+    from analysis.report import write_report
+    from cluster.sweep import default_optuna_storage
+    from cluster.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    client = _mlflow_client(a.mlflow_uri)
+    report, sweep = write_report(client, a.sweep, a.out, a.optuna_storage or default_optuna_storage(),
+                                 experiment=a.experiment)
+    # The report is logged into the sweep's experiment: one created before emotune tagged experiments gets the tag
+    # now, so MLflow's UI opens it on its runs.
+    client.set_experiment_tag(client.get_run(sweep.parent_run_id).info.experiment_id, EXPERIMENT_KIND_TAG,
+                              EXPERIMENT_KIND)
+    print(f"report: {report}")
+    print(f"logged to MLflow parent run {sweep.parent_run_id} under report/")
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from analysis.compare import compare
+
+    print(compare(_mlflow_client(a.mlflow_uri), a.sweeps, a.out, experiment=a.experiment))
+    return 0
 
 
 def _tracking_uri(uri: str | None) -> str:
@@ -355,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "data":
             return handlers[args.data_command](args)
+        if args.command in ("report", "compare"):
+            return {"report": cmd_report, "compare": cmd_compare}[args.command](args)
         if args.command in ("promote", "predict"):
             return {"promote": cmd_promote, "predict": cmd_predict}[args.command](args)
         return {"sweep": cmd_sweep, "demo": cmd_demo, "settings": cmd_settings}[args.command](args)

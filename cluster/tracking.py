@@ -36,11 +36,20 @@ def open_experiment(tracking_uri: str, name: str, artifact_root: str | Path | No
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return client, exp.experiment_id
     location = None
     if artifact_root is not None and not tracking_uri.startswith(("http://", "https://", "databricks")):
         location = Path(artifact_root).resolve().as_uri()
-    return client, client.create_experiment(name, artifact_location=location)
+    return client, client.create_experiment(name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+# MLflow 3's UI opens an experiment without this tag on its GenAI traces overview, which is empty for a sweep; with it,
+# the experiment opens on its runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class MlflowTrialCallback(Callback):

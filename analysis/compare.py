@@ -1,0 +1,124 @@
+"""``emotune compare A B ...``: sweeps side by side (possibly from different MLflow experiments of one tracking store):
+each one's best trial with its metrics and configuration, the settings in which the best configurations differ, and a
+plot of each sweep's best objective so far against the number of trials."""
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+from analysis import figures
+from analysis.leaderboard import column_format, fmt_metric
+from analysis.sweeps import Sweep, load_sweep
+from trainables.errors import UserError
+
+METRICS = ("val_ccc_valence", "val_ccc_arousal", "val_rmse_valence", "val_rmse_arousal")
+# Keys of a trial's config that are plumbing, not a setting a reader compares.
+IGNORED = ("trial_id",)
+
+
+def _short(v: Any, width: int = 48) -> Any:
+    if isinstance(v, (dict, list)):
+        v = str(v)
+    if isinstance(v, str) and len(v) > width:
+        return "..." + v[-(width - 3):]
+    return v
+
+
+def comparison(sweeps: list[Sweep]) -> list[tuple[str, list[tuple[str, list[Any], bool]]]]:
+    """Sections of the side-by-side table: (title, [(row label, one value per sweep, is_metric)])."""
+    bests = [s.best() for s in sweeps]
+    overview = [
+        ("experiment", [s.experiment for s in sweeps], False),
+        ("study", [s.space for s in sweeps], False),
+        ("parent run", [s.parent_run_id for s in sweeps], False),
+        ("objective", [f"{s.metric} ({s.mode})" for s in sweeps], False),
+        ("trials", [len(s.trials) for s in sweeps], False),
+        ("finished", [sum(t.status in ("complete", "stopped early") for t in s.trials) for s in sweeps], False),
+        ("best trial", [b.trial_id if b else "none" for b in bests], False),
+    ]
+    metrics = [("best objective", [s.objective(b) if b else math.nan for s, b in zip(sweeps, bests)], True)]
+    for m in METRICS:
+        metrics.append((m, [b.at_best(m, s.metric, s.mode) if b else math.nan for s, b in zip(sweeps, bests)], True))
+    metrics.append(("best epoch", [(b.best_epoch(s.metric, s.mode) if b else None) for s, b in zip(sweeps, bests)],
+                    False))
+    metrics.append(("train time (s)", [b.train_time_s if b else None for b in bests], False))
+
+    searched = list(dict.fromkeys(k for s in sweeps for k in (*s.searched, *s.overrides)))
+    config = [(k, [_short(b.params.get(k)) if b else None for b in bests], False) for k in searched]
+    keys = sorted({k for b in bests if b for k in b.params} - set(searched) - set(IGNORED))
+    differ = [(k, [_short(b.params.get(k)) if b else None for b in bests], False) for k in keys
+              if len({repr(b.params.get(k)) if b else None for b in bests}) > 1]
+    return [("Sweeps", overview), ("Best trial's metrics", metrics),
+            ("Best configuration (searched or pinned parameters)", config),
+            ("Other settings that differ between the best configurations", differ)]
+
+
+def _cells(values: list[Any], metric: bool) -> list[str]:
+    fmt = fmt_metric if metric else column_format(values)
+    return [fmt(v) for v in values]
+
+
+def to_text(sweeps: list[Sweep], sections) -> str:
+    head = ["", *(s.name for s in sweeps)]
+    rows: list[list[str]] = []
+    for title, entries in sections:
+        rows.append([f"[{title}]", *([""] * len(sweeps))])
+        if not entries:
+            rows.append(["  (none)", *([""] * len(sweeps))])
+        rows += [[f"  {label}", *_cells(values, metric)] for label, values, metric in entries]
+    widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(sweeps: list[Sweep], sections, plot: str | None) -> str:
+    out = ["# Sweep comparison", ""]
+    for title, entries in sections:
+        out += [f"## {title}", "", "| | " + " | ".join(s.name for s in sweeps) + " |",
+                "|---|" + "---|" * len(sweeps)]
+        out += ["| " + label + " | " + " | ".join(_cells(values, metric)) + " |" for label, values, metric in entries]
+        out.append("")
+    if plot:
+        out += ["## Best objective so far", "", f"![best objective so far against trials]({plot})", ""]
+    return "\n".join(out)
+
+
+def to_html(sweeps: list[Sweep], sections, plot: str | None) -> str:
+    from analysis.report import CSS
+
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Sweep comparison</title>",
+             f"<style>{CSS}</style></head><body><h1>Sweep comparison</h1>"]
+    head = "<tr><th></th>" + "".join(f"<th>{html.escape(s.name)}</th>" for s in sweeps) + "</tr>"
+    for title, entries in sections:
+        body = "".join("<tr><th>" + html.escape(label) + "</th>" + "".join(
+            f"<td>{html.escape(c)}</td>" for c in _cells(values, metric)) + "</tr>" for label, values, metric in entries)
+        parts.append(f"<h2>{html.escape(title)}</h2><table>{head}{body}</table>")
+    if plot:
+        parts.append(f"<h2>Best objective so far</h2><img src='{html.escape(plot)}' alt='best objective so far'>")
+    return "".join(parts) + "</body></html>"
+
+
+def compare(client, refs: list[str], out: str | Path | None = None, experiment: str | None = None) -> str:
+    """The comparison of the sweeps ``refs`` (names or parent run ids) as printed text; with ``out``, also
+    ``compare.png``, ``compare.md`` and ``compare.html`` there (their paths end the text)."""
+    if len(refs) < 2:
+        raise UserError(f"compare needs two or more sweeps, got {len(refs)}")
+    sweeps = [load_sweep(client, ref, experiment) for ref in refs]
+    ids = [s.parent_run_id for s in sweeps]
+    if len(set(ids)) < len(ids):
+        raise UserError(f"the same sweep is named twice: {', '.join(refs)}")
+    sections = comparison(sweeps)
+    text = to_text(sweeps, sections)
+    if len({s.metric for s in sweeps}) > 1:
+        text += "\nnote: the sweeps optimise different objectives; their best values are not comparable"
+    if out is not None:
+        out = Path(out).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        plot = figures.best_so_far(sweeps, out / "compare.png")
+        (out / "compare.md").write_text(to_markdown(sweeps, sections, plot.name), encoding="utf-8")
+        (out / "compare.html").write_text(to_html(sweeps, sections, plot.name), encoding="utf-8")
+        text += f"\nplot: {plot}\nsummary: {out / 'compare.md'}, {out / 'compare.html'}"
+    return text

@@ -1,0 +1,154 @@
+"""PNG figures of sweeps (matplotlib, no display): importance, parallel coordinates, learning curves with ASHA's
+stops, objective against training time, and best-so-far curves of several sweeps."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from analysis.sweeps import Sweep
+
+STATUS_COLORS = {"complete": "tab:blue", "stopped early": "tab:orange", "diverged": "tab:red", "errored": "tab:gray",
+                 "running": "tab:green"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+    return path
+
+
+def importance(values: dict[str, float], metric: str, path: Path) -> Path:
+    plt = _plt()
+    names = list(values)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * max(3, len(names)) + 1))
+    ax.barh(names, [values[n] for n in names], color="tab:blue")
+    ax.set_xlabel(f"fANOVA importance for {metric}")
+    ax.set_xlim(0, 1)
+    return _save(fig, path)
+
+
+def parallel_coordinates(sweep: Sweep, path: Path) -> Path:
+    """One line per finished trial through its searched parameters (each axis scaled to [0, 1]; categorical values
+    evenly spaced in the order they appear, log-scaled ranges on a log axis) and its objective, coloured by it."""
+    plt = _plt()
+    from matplotlib import cm, colors
+
+    trials = [t for t in sweep.trials if not math.isnan(sweep.objective(t))]
+    axes = [*sweep.searched, sweep.metric]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(axes)), 4.5))
+    columns, ticks = [], []
+    for a in axes:
+        values = [sweep.objective(t) if a == sweep.metric else t.params.get(a) for t in trials]
+        scaled, labels = _scale(values)
+        columns.append(scaled)
+        ticks.append(labels)
+    objective = [sweep.objective(t) for t in trials]
+    norm = colors.Normalize(min(objective, default=0), max(objective, default=1) + 1e-12)
+    cmap = cm.get_cmap("viridis") if hasattr(cm, "get_cmap") else plt.colormaps["viridis"]
+    for i, v in enumerate(objective):
+        ax.plot(range(len(axes)), [c[i] for c in columns], color=cmap(norm(v)), alpha=0.8, marker="o", ms=3)
+    for x, labels in enumerate(ticks):
+        ax.axvline(x, color="k", lw=0.5)
+        for y, text in labels:
+            ax.text(x + 0.03, y, text, fontsize=7, va="center")
+    ax.set_xticks(range(len(axes)), axes, rotation=20)
+    ax.set_yticks([])
+    ax.set_ylim(-0.05, 1.05)
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=sweep.metric)
+    ax.set_title(f"{sweep.name}: searched parameters of {len(trials)} trials")
+    return _save(fig, path)
+
+
+def _scale(values: list[Any]) -> tuple[list[float], list[tuple[float, str]]]:
+    numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if values and len(numeric) == len(values):
+        lo, hi = min(numeric), max(numeric)
+        log = lo > 0 and hi / lo > 20
+        f = (lambda v: math.log(v)) if log else (lambda v: float(v))
+        span = (f(hi) - f(lo)) or 1.0
+        scaled = [(f(v) - f(lo)) / span if hi != lo else 0.5 for v in values]
+        return scaled, [(0.0 if hi != lo else 0.5, f"{lo:.3g}"), *([(1.0, f"{hi:.3g}")] if hi != lo else [])]
+    order = list(dict.fromkeys(str(v) for v in values))
+    pos = {v: (i / (len(order) - 1) if len(order) > 1 else 0.5) for i, v in enumerate(order)}
+    return [pos[str(v)] for v in values], [(pos[v], v) for v in order]
+
+
+def learning_curves(sweep: Sweep, path: Path) -> Path:
+    """The objective per epoch of every trial; an ``x`` at the last epoch of each trial ASHA stopped early."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for t in sweep.trials:
+        curve = [(e, v) for e, v in t.objective_curve(sweep.metric) if math.isfinite(v)]
+        if not curve:
+            continue
+        color = STATUS_COLORS.get(t.status, "k")
+        ax.plot([e for e, _ in curve], [v for _, v in curve], color=color, alpha=0.7, marker=".")
+        if t.status == "stopped early":
+            ax.plot(curve[-1][0], curve[-1][1], marker="x", color="tab:red", ms=10, mew=2)
+    for status, color in STATUS_COLORS.items():
+        if any(t.status == status for t in sweep.trials):
+            ax.plot([], [], color=color, label=status)
+    ax.plot([], [], marker="x", color="tab:red", ls="", label="stopped by ASHA")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(sweep.metric)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{sweep.name}: learning curves")
+    return _save(fig, path)
+
+
+def objective_vs_time(sweep: Sweep, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for status, color in STATUS_COLORS.items():
+        pts = [(t.train_time_s, sweep.objective(t)) for t in sweep.trials
+               if t.status == status and not math.isnan(sweep.objective(t))]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=color, label=status)
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel(f"best {sweep.metric}")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{sweep.name}: objective against training time")
+    return _save(fig, path)
+
+
+def best_so_far(sweeps: list[Sweep], path: Path) -> Path:
+    """Each sweep's best objective so far against the number of trials started (trials in start order)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for sweep in sweeps:
+        xs, ys = best_so_far_curve(sweep)
+        ax.step(xs, ys, where="post", marker="o", label=f"{sweep.name} ({sweep.experiment})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trials")
+    ax.set_ylabel("best objective so far" + (f" ({sweeps[0].metric})" if len({s.metric for s in sweeps}) == 1 else ""))
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def best_so_far_curve(sweep: Sweep) -> tuple[list[int], list[float]]:
+    pick = max if sweep.mode == "max" else min
+    xs, ys, best = [], [], math.nan
+    for i, t in enumerate(sweep.trials, 1):
+        v = sweep.objective(t) if t.status != "errored" else math.nan
+        if not math.isnan(v):
+            best = v if math.isnan(best) else pick(best, v)
+        xs.append(i)
+        ys.append(best)
+    return xs, ys

@@ -1,0 +1,221 @@
+"""A finished (or running) sweep as its MLflow records hold it: the parent run, one trial per child run with its
+params, status and per-epoch history. ``emotune report`` and ``emotune compare`` read sweeps only through here."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.errors import UserError
+
+#: Per-epoch metrics read from each trial's history besides the objective.
+HISTORY_METRICS = ("val_ccc_valence", "val_ccc_arousal", "val_rmse_valence", "val_rmse_arousal", "epoch_time_s")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+# A report reads a few small artifacts; MLflow's progress bar for each would bury what the command prints.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@dataclass
+class Trial:
+    """One trial of a sweep (one MLflow child run)."""
+
+    trial_id: str
+    run_id: str
+    params: dict[str, Any]  # every setting the trial ran with (its resolved config without runtime plumbing)
+    status: str  # complete | stopped early | diverged | errored | running
+    start_time: int  # ms since the epoch, orders trials as the sweep started them
+    history: dict[str, dict[int, float]]  # metric -> {epoch: value}
+    train_time_s: float  # sum of the epoch times (the run's duration when no epoch time was reported)
+
+    def objective_curve(self, metric: str) -> list[tuple[int, float]]:
+        return sorted(self.history.get(metric, {}).items())
+
+    def best_epoch(self, metric: str, mode: str) -> int | None:
+        curve = [(e, v) for e, v in self.objective_curve(metric) if math.isfinite(v)]
+        if not curve or self.status == "diverged":
+            return None
+        return (max if mode == "max" else min)(curve, key=lambda ev: ev[1])[0]
+
+    def at_best(self, key: str, metric: str, mode: str) -> float:
+        """``key``'s value at this trial's best epoch by ``metric`` (NaN when the trial has none)."""
+        epoch = self.best_epoch(metric, mode)
+        return self.history.get(key, {}).get(epoch, math.nan) if epoch is not None else math.nan
+
+    @property
+    def epochs_run(self) -> int:
+        return max((max(h) for h in self.history.values() if h), default=0)
+
+
+@dataclass
+class Sweep:
+    """A sweep's parent run and its trials, with the study's objective and searched parameters."""
+
+    name: str
+    parent_run_id: str
+    experiment: str
+    space: str  # the study's name (``ssts_strides``, ``smoke`` ...)
+    metric: str
+    mode: str
+    searched: list[str]  # parameters the study searched (pinned ones excluded)
+    overrides: dict[str, Any]
+    trials: list[Trial] = field(default_factory=list)
+    results_dir: str | None = None  # the Ray Tune experiment folder, when the records name it
+
+    def objective(self, trial: Trial) -> float:
+        return trial.at_best(self.metric, self.metric, self.mode)
+
+    def ranked(self) -> list[Trial]:
+        """Trials best first; trials without a finite objective (errored, diverged, no report) last."""
+        sign = -1.0 if self.mode == "max" else 1.0
+
+        def key(t: Trial):
+            v = self.objective(t)
+            return (math.isnan(v) or t.status == "errored", sign * v if not math.isnan(v) else 0.0)
+
+        return sorted(self.trials, key=key)
+
+    def best(self) -> Trial | None:
+        ranked = [t for t in self.ranked() if t.status != "errored" and not math.isnan(self.objective(t))]
+        return ranked[0] if ranked else None
+
+
+def find_parent_runs(client, experiment: str | None = None) -> list:
+    """Every sweep parent run of the tracking store (or of ``experiment``), newest first."""
+    if experiment is not None:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = sorted(e.name for e in client.search_experiments())
+            raise UserError(f"no MLflow experiment named {experiment!r}; experiments: {', '.join(names) or 'none'}")
+        ids = [exp.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    return [r for r in _search_all(client, ids, "tags.`emotune.sweep` != ''") if "mlflow.parentRunId" not in r.data.tags]
+
+
+def resolve_sweep(client, ref: str, experiment: str | None = None):
+    """The parent run of the sweep named ``ref`` (or whose run id is ``ref``).
+
+    Raises:
+        UserError: no such sweep (the message lists the sweeps that exist), or the name is ambiguous across
+            experiments (give ``--experiment`` or the run id).
+    """
+    if _RUN_ID.match(ref):
+        try:
+            run = client.get_run(ref)
+        except Exception:  # MlflowException: no run with that id; fall through to names
+            run = None
+        if run is not None and "emotune.sweep" in run.data.tags and "mlflow.parentRunId" not in run.data.tags:
+            return run
+    parents = find_parent_runs(client, experiment)
+    matches = [r for r in parents if r.data.tags["emotune.sweep"] == ref]
+    if not matches:
+        where = f" in experiment {experiment!r}" if experiment else ""
+        names = sorted({r.data.tags["emotune.sweep"] for r in parents})
+        raise UserError(f"no sweep {ref!r}{where}; sweeps: {', '.join(names) if names else 'none'}")
+    experiments = {r.info.experiment_id for r in matches}
+    if len(experiments) > 1:
+        names = sorted(client.get_experiment(e).name for e in experiments)
+        raise UserError(f"sweep {ref!r} exists in experiments {', '.join(names)}; give --experiment or its parent "
+                        f"run id ({', '.join(r.info.run_id for r in matches)})")
+    return matches[0]  # newest first: a name reused in one experiment means its latest sweep
+
+
+def load_sweep(client, ref: str, experiment: str | None = None) -> Sweep:
+    """The sweep ``ref`` (name or parent run id) with every trial's params, status and per-epoch metric history."""
+    parent = resolve_sweep(client, ref, experiment)
+    tags = parent.data.tags
+    overrides = json.loads(tags.get("emotune.overrides") or "{}")
+    study = _study_file(client, parent)
+    objective = study.get("objective", {})
+    metric, mode = objective.get("metric", "val_ccc_mean"), objective.get("mode", "max")
+    searched = [k for k, spec in (study.get("params") or {}).items()
+                if k not in overrides and not (isinstance(spec, dict) and spec.get("type") == "constant")]
+    children = _search_all(client, [parent.info.experiment_id],
+                           f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    trials = [_trial(client, run, metric) for run in children]
+    trials.sort(key=lambda t: t.start_time)
+    sweep = Sweep(tags["emotune.sweep"], parent.info.run_id, client.get_experiment(parent.info.experiment_id).name,
+                  tags.get("emotune.space", study.get("name", "?")), metric, mode, searched, overrides, trials)
+    sweep.results_dir = _results_dir(client, children)
+    return sweep
+
+
+def _search_all(client, experiment_ids: list[str], filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time DESC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _study_file(client, parent) -> dict:
+    """The study file the sweep ran (logged on its parent run); {} when it cannot be read."""
+    import tempfile
+
+    name = parent.data.tags.get("emotune.space_file")
+    if not name:
+        return {}
+    try:
+        path = client.download_artifacts(parent.info.run_id, name, tempfile.mkdtemp(prefix="emotune-study-"))
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except Exception:  # an artifact store that is gone: the report still has the runs
+        return {}
+
+
+def _trial(client, run, metric: str) -> Trial:
+    tags = run.data.tags
+    history: dict[str, dict[int, float]] = {}
+    for key in (metric, *HISTORY_METRICS):
+        if key in run.data.metrics and key not in history:
+            history[key] = {int(m.step): float(m.value) for m in client.get_metric_history(run.info.run_id, key)}
+    if run.info.status == "FAILED":
+        status = "errored"
+    elif tags.get("emotune.diverged") == "true":
+        status = "diverged"
+    elif tags.get("emotune.stopped_early") == "true":
+        status = "stopped early"
+    elif run.info.status == "FINISHED":
+        status = "complete"
+    else:
+        status = "running"
+    times = history.get("epoch_time_s", {})
+    if times:
+        train_time = float(sum(times.values()))
+    else:
+        end = run.info.end_time or run.info.start_time
+        train_time = max(0.0, (end - run.info.start_time) / 1000.0)
+    params = {k: _parse(v) for k, v in run.data.params.items()}
+    return Trial(tags.get("emotune.trial_id", run.info.run_name or run.info.run_id[:8]), run.info.run_id, params,
+                 status, int(run.info.start_time or 0), history, train_time)
+
+
+def _parse(text: str) -> Any:
+    """A param as the trial had it (MLflow stores strings; the callback wrote JSON for non-strings)."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        return text
+
+
+def _results_dir(client, children) -> str | None:
+    """The sweep's Ray Tune folder, from the first trial's logged config (``runtime.storage_path``)."""
+    import tempfile
+
+    for run in children[:1]:
+        try:
+            path = client.download_artifacts(run.info.run_id, "config.json", tempfile.mkdtemp(prefix="emotune-cfg-"))
+            return json.loads(Path(path).read_text()).get("runtime", {}).get("storage_path")
+        except Exception:
+            return None
+    return None
