@@ -108,3 +108,36 @@ def test_mlflow_ui_shows_the_sweeps_runs_in_a_browser(sweeps, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_readme_coarse_against_fine_example(tmp_path):
+    """The README's "Reports and comparisons" commands as written, with ``L``, ``I`` and ``F`` as its studies section
+    defines them (3 subjects of 400-frame videos prepared at 32 px, coarse and fine)."""
+    from test_readme import code_blocks, commands
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    laptop = readme[readme.index('L="') + 3:].split('"', 1)[0]
+    emotune("data", "synth", "--out", "data", "--subjects", "3", "--videos-per-subject", "1", "--frames", "400",
+            "--size", "64", cwd=tmp_path)
+    index = {}
+    for var, extra in (("$I", ()), ("$F", ("--align", "fine"))):
+        prep = emotune("data", "prepare", "--manifest", "data/manifest.csv", "--cache", f"cache{var[1]}", "--size",
+                       "32", *extra, cwd=tmp_path)
+        index[var] = str((tmp_path / prep.stdout.split("dataset index: ")[1].strip()).resolve())
+    [block] = code_blocks("Reports and comparisons")
+    steps = commands(block.replace("$L", laptop))
+    assert [s[:2] for s in steps] == [["emotune", "sweep"], ["emotune", "sweep"], ["emotune", "compare"],
+                                      ["emotune", "report"]]
+    outputs = []
+    for words in steps:
+        args = [w.replace("$I", index["$I"]).replace("$F", index["$F"]) for w in words[1:]]
+        outputs.append(emotune(*args, cwd=tmp_path, timeout=900).stdout)
+    compared = outputs[2].splitlines()
+    assert compared[0].split() == ["ssts-coarse", "ssts-fine"]
+    width = compared[0].index("ssts-coarse")
+    row = {line[:width].strip(): line[width:].split() for line in compared[1:] if line.startswith("  ")}
+    assert row["registration"] == ["coarse", "fine"] and row["trials"] == ["2", "2"]
+    assert (tmp_path / "compare" / "compare.png").is_file()
+    page = (tmp_path / "ray_results" / "ssts-coarse-report" / "report.html").read_text()
+    assert "SSTS stride x registration (paper 000, Table II)" in page
