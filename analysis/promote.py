@@ -11,6 +11,7 @@ both figures.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import tempfile
@@ -28,6 +29,24 @@ BOOTSTRAP_DRAWS = 1000
 
 # ---------------------------------------------------------------------------------------------------------------------
 # where models come from
+@contextlib.contextmanager
+def mlflow_uris(uri: str | None):
+    """MLflow's fluent API (``log_model``, ``register_model``, ``models:/`` downloads) pointed at ``uri`` for tracking
+    and registry inside the block; the process's own settings (set or unset) are restored after it."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+    try:
+        if uri:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+
+
 def resolve_model(source: str, tracking_uri: str | None = None):
     """A :class:`trainables.predict.ModelBundle` from ``runs:/<run_id>`` (a trial's best checkpoint),
     ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (a promoted model) or a local ``state.pt`` /
@@ -59,8 +78,9 @@ def download_registered(uri: str, tracking_uri: str | None = None) -> Path:
     import mlflow.artifacts
 
     try:
-        folder = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri,
-                                                     dst_path=tempfile.mkdtemp(prefix="emotune-model-"))
+        with mlflow_uris(tracking_uri):
+            folder = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri,
+                                                         dst_path=tempfile.mkdtemp(prefix="emotune-model-"))
     except Exception as exc:
         raise UserError(f"model {uri} cannot be found in the MLflow registry ({' '.join(str(exc).split())[:200]})") \
             from None
@@ -207,7 +227,7 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
 
     from trainables.predict import load_bundle
 
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     parent = find_sweep(client, sweep)
     run_id, trial = parent.data.tags["emotune.best_run_id"], parent.data.tags.get("emotune.best_trial", "")
     candidate = resolve_model(f"runs:/{run_id}", tracking_uri)
@@ -276,32 +296,16 @@ def register(client, tracking_uri: str | None, bundle, model_name: str, tags: di
         (Path(tmp) / "production.yaml").write_text(yaml.safe_dump(production, sort_keys=False))
         run = client.create_run(experiment_id, run_name=f"promote-{tags.get('emotune.trial', '')}",
                                 tags={**tags, "emotune.promotion": "true"})
-        previous_uri = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(tracking_uri or previous_uri)
-        try:
-            with mlflow.start_run(run_id=run.info.run_id):
-                mlflow.log_dict(production, "production.json")
-                info = mlflow.pyfunc.log_model(
-                    name="model", python_model=EmotuneVideoModel(),
-                    artifacts={"bundle": str(bundle_path), "production": str(Path(tmp) / "production.yaml")},
-                    signature=signature(), pip_requirements=["emotune"])
-        finally:
-            mlflow.set_tracking_uri(previous_uri)
-    mv = mlflow.register_model(info.model_uri, model_name, tags=tags) if tracking_uri is None else \
-        _register_with(tracking_uri, info.model_uri, model_name, tags)
+        with mlflow_uris(tracking_uri), mlflow.start_run(run_id=run.info.run_id):
+            mlflow.log_dict(production, "production.json")
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=EmotuneVideoModel(),
+                artifacts={"bundle": str(bundle_path), "production": str(Path(tmp) / "production.yaml")},
+                signature=signature(), pip_requirements=["emotune"])
+    with mlflow_uris(tracking_uri):
+        mv = mlflow.register_model(info.model_uri, model_name, tags=tags)
     client.set_registered_model_alias(model_name, alias, mv.version)
     return str(mv.version)
-
-
-def _register_with(tracking_uri: str, model_uri: str, name: str, tags: dict):
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        return mlflow.register_model(model_uri, name, tags=tags)
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def force_production(bundle, tracking_uri: str, model_name: str = "emotune", experiment: str = "emotune",
@@ -309,7 +313,7 @@ def force_production(bundle, tracking_uri: str, model_name: str = "emotune", exp
     """Register ``bundle`` and give it the alias without any gate (a first baseline, tests)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     return register(client, tracking_uri, bundle, model_name, dict(tags or {}), {"forced": True}, exp_id)

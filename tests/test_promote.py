@@ -1,0 +1,162 @@
+"""`emotune promote` and `emotune predict` on a model trained by a small real sweep, recorded in a real `mlflow server`
+on 127.0.0.1: the promotion gate (test subjects, bootstrap interval, alias moved only by a better model), the
+prediction's CCC on a synthetic test video against its labels, and (``-m slow``) the pyfunc loaded in a fresh process
+and the README's lines."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cluster.cli import main
+from test_cluster import BIN, free_port, wait_for_port
+from test_sweep_e2e import SPACE, emotune, synth_and_prepare
+
+#: What the best of 2 one-epoch trials reaches on the test subject (measured: test CCC 0.10 after its
+#: post-processing, the same through `emotune predict` on the raw video as on the cached test split).
+CCC_THRESHOLD = 0.05
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A real mlflow server, a 3-subject synthetic dataset and a sweep of 2 one-epoch trials recorded in it."""
+    work = tmp_path_factory.mktemp("promote")
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{work / 'server.db'}",
+                               "--artifacts-destination", str(work / "server-artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        index, _ = synth_and_prepare(work)
+        (work / "e2e.yaml").write_text(SPACE)
+        wait_for_port(port, timeout=120)
+        uri = f"http://127.0.0.1:{port}"
+        emotune("sweep", "--space", "e2e.yaml", "--data", str(index), "--trials", "2", "--epochs", "1",
+                "--name", "sw", "--mlflow-uri", uri, cwd=work)
+        yield work, uri, index
+    finally:
+        os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=3)
+        except subprocess.TimeoutExpired:  # its workers take their time to exit; the store is a test's scratch
+            os.killpg(server.pid, 9)
+            server.wait(timeout=30)
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri, registry_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def baseline(swept):
+    """A model that predicts a constant (all weights zero: test CCC 0) holds the alias before the first promotion."""
+    import torch
+
+    from analysis.promote import force_production, resolve_model, find_sweep
+
+    work, uri, _ = swept
+    best = find_sweep(_client(uri), "sw").data.tags["emotune.best_run_id"]
+    bundle = resolve_model(f"runs:/{best}", uri)
+    bundle.weights = {k: torch.zeros_like(v) for k, v in bundle.weights.items()}
+    bundle.postprocess = {}
+    return force_production(bundle, uri, tags={"emotune.baseline": "constant"})
+
+
+def test_a_better_model_moves_the_alias_an_equal_one_is_refused(swept, baseline, capsys, tmp_path):
+    work, uri, _ = swept
+    client = _client(uri)
+    assert client.get_model_version_by_alias("emotune", "production").version == baseline
+
+    assert main(["promote", "sw", "--mlflow-uri", uri, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"promoted: trial \w+ of sweep sw scores test ccc_mean -?\d\.\d{4} \(95% CI", out), out
+    assert f"version {baseline} scored 0.0000" in out
+    held = client.get_model_version_by_alias("emotune", "production")
+    assert held.version != baseline
+    prod = yaml.safe_load((tmp_path / "production.yaml").read_text())
+    parent = next(r for r in client.search_runs([client.get_experiment_by_name("emotune").experiment_id])
+                  if r.data.tags.get("emotune.sweep") == "sw" and "emotune.promotion" not in r.data.tags)
+    assert prod["trial_run_id"] == parent.data.tags["emotune.best_run_id"] and prod["version"] == held.version
+    assert prod["registration"]["size"] == 32 and prod["config"]["backbone"] == "cnn_rnn_tiny"
+    assert prod["test"]["value"] > prod["previous"]["value"] == 0.0
+    assert held.tags["emotune.sweep"] == "sw" and held.tags["emotune.data_index_sha1"] == \
+        parent.data.params["data_index_sha1"] and len(held.tags["emotune.git_commit"]) == 40
+
+    # the same model again: not better by more than the margin -> refused with both figures, alias left alone
+    assert main(["promote", "sw", "--mlflow-uri", uri, "--out", str(tmp_path / "again")]) == 1
+    out = capsys.readouterr().out
+    figures = re.findall(r"ccc_mean (-?\d\.\d{4})|scores (-?\d\.\d{4})", out)
+    assert out.startswith("not promoted:") and len(figures) == 2, out
+    assert f"the alias 'production' stays on version {held.version}" in out
+    assert client.get_model_version_by_alias("emotune", "production").version == held.version
+    assert not (tmp_path / "again" / "production.yaml").exists()
+
+
+def test_predict_a_synthetic_test_video_with_the_best_trial(swept, capsys, tmp_path):
+    """The best trial's checkpoint (runs:/) predicts the raw test video; its CCC against the synthetic labels is the
+    one promotion measures on the cached test split, and above the stated threshold."""
+    from analysis.promote import find_sweep, predict_cached, resolve_model, score, test_split
+    from trainables.objectives.metrics import regression_report
+
+    work, uri, index = swept
+    best = find_sweep(_client(uri), "sw").data.tags["emotune.best_run_id"]
+    manifest = pd.read_csv(work / "data" / "manifest.csv")
+    test = manifest[manifest.split == "test"].iloc[0]
+    assert main(["predict", str(work / "data" / test.path), "--model", f"runs:/{best}", "--mlflow-uri", uri,
+                 "--detector", "precomputed", "--faces", str(work / "data" / test.faces), "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / f"{Path(test.path).stem}.csv")
+    labels = pd.read_csv(work / "data" / test.labels)
+    assert len(table) == len(labels)  # one row per label step (labels per frame)
+    ccc = regression_report(labels[["valence", "arousal"]].to_numpy(), table[["valence", "arousal"]].to_numpy())
+    videos, subjects = test_split(str(index))
+    cached = score(videos, subjects, predict_cached(resolve_model(f"runs:/{best}", uri), videos), "ccc_mean", draws=10)
+    print(f"test video {test.video_id}: CCC valence {ccc['ccc_valence']:.3f}, arousal {ccc['ccc_arousal']:.3f}, "
+          f"mean {ccc['ccc_mean']:.3f} (threshold {CCC_THRESHOLD}); cached test split {cached.value:.3f}")
+    assert ccc["ccc_mean"] == pytest.approx(cached.value, abs=1e-3)
+    assert ccc["ccc_mean"] >= CCC_THRESHOLD
+
+
+@pytest.mark.slow
+def test_pyfunc_in_a_fresh_process_and_the_readme_lines(swept, baseline, tmp_path):
+    """The README's promotion and prediction lines as written, then the production pyfunc loaded in a fresh Python
+    process with nothing imported by hand: the same rows as the CSV, plus the video column."""
+    from test_predict import astronaut_clip
+
+    work, uri, _ = swept
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Promotion and prediction\n", 1)[1].split("\n## ", 1)[0]
+    bash, python = re.findall(r"```bash\n(.*?)```", section, re.S), re.findall(r"```python\n(.*?)```", section, re.S)
+    video = astronaut_clip(tmp_path / "interview.mp4")
+    env = {"SWEEP": "sw", "MLFLOW": uri, "VIDEO": str(video)}
+    for line in bash[0].replace("\\\n", " ").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        args = [os.path.expandvars(a) if "$" in a else a for a in line.split()]
+        for k, v in env.items():
+            args = [a.replace(f"${k}", v) for a in args]
+        assert args[0] == "emotune"
+        proc = subprocess.run([str(BIN / "emotune"), *args[1:]], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode in (0, 1), proc.stderr[-3000:]  # promote refuses (1) when production is as good
+    csv = pd.read_csv(tmp_path / "predictions" / "interview.csv")
+    script = python[0].replace('"interview.mp4"', json.dumps(str(video)))
+    script += "\nrows.to_csv('pyfunc.csv', index=False)\n"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pd.read_csv(tmp_path / "pyfunc.csv")
+    assert list(rows.columns) == ["video", "time", "valence", "arousal", "face"]
+    assert (rows["video"] == str(video)).all() and len(rows) == len(csv)
+    assert np.allclose(rows[["time", "valence", "arousal"]].to_numpy(), csv[["time", "valence", "arousal"]].to_numpy(),
+                       atol=1e-5)
+    assert (rows["face"] == csv["face"]).all() and csv["face"].mean() >= 0.95
