@@ -32,6 +32,9 @@ def importance(sweep: Sweep, optuna_storage: str) -> Importance:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if optuna_storage.startswith("sqlite:///") and not Path(optuna_storage[len("sqlite:///"):]).is_file():
+        # Optuna would create an empty database there; say where the study was looked for instead.
+        return Importance({}, f"no Optuna storage at {optuna_storage} (give the sweep's --optuna-storage)")
     try:
         study = optuna.load_study(study_name=sweep.name, storage=optuna_storage)
     except KeyError:

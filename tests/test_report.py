@@ -279,3 +279,12 @@ def test_every_figure_loads_in_a_browser(report, tmp_path):
     assert found, dom[-2000:]
     widths = dict(item.split("=") for item in found.group(1).split(";"))
     assert len(widths) == 4 and all(int(w) > 0 for w in widths.values()), widths
+
+
+def test_importance_without_the_study_says_where_it_looked(tmp_path):
+    from analysis.report import importance
+
+    sweep = _sweep("other", ["lr"], [({"lr": 1e-3}, 0.5, "complete")])
+    missing = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert importance(sweep, missing).note == f"no Optuna storage at {missing} (give the sweep's --optuna-storage)"
+    assert not (tmp_path / "optuna.db").exists()
