@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -37,7 +38,11 @@ def mlflow_uris(uri: str | None):
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
+    # set_tracking_uri / set_registry_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI for subprocesses:
+    # those are restored too, or every later subprocess of this process would talk to ``uri``.
+    env_keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+    saved_env = {k: os.environ.get(k) for k in env_keys}
     try:
         if uri:
             mlflow.set_tracking_uri(uri)
@@ -45,6 +50,11 @@ def mlflow_uris(uri: str | None):
         yield
     finally:
         tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def resolve_model(source: str, tracking_uri: str | None = None):
