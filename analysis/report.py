@@ -15,7 +15,8 @@ from analysis.sweeps import Sweep, load_sweep
 from analysis.tables import Table, study_tables
 
 CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:0.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:2px 8px;text-align:right;font-variant-numeric:tabular-nums}th{background:#eee}
+td,th{border:1px solid #ccc;padding:2px 8px;text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+th{background:#eee}
 img{max-width:100%;border:1px solid #ddd}.note{color:#555;font-size:90%}"""
 
 

@@ -1,6 +1,7 @@
-"""``emotune compare`` through the real CLI on two tiny real sweeps in two MLflow experiments (shared with
+"""``emotune compare`` through the CLI's ``main`` on two tiny real sweeps in two MLflow experiments (shared with
 ``tests/test_report.py``); the experiments' ``mlflow.experimentKind`` tag; with ``-m slow``, MLflow's UI (a real
-``mlflow server``) showing the sweep's runs in headless Chromium, and the README's coarse-vs-fine example."""
+``mlflow server``) showing the sweep's runs in headless Chromium, and the README's coarse-vs-fine example through the
+installed ``emotune`` command."""
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ def sweeps(tmp_path_factory) -> Path:
     return tiny_sweeps(tmp_path_factory.getbasetemp())
 
 
-def test_compare_prints_both_sweeps_side_by_side_and_writes_the_plot(sweeps, tmp_path):
-    out = emotune("compare", "rep", "rep-b", "--out", str(tmp_path / "cmp"), cwd=sweeps).stdout
+def test_compare_prints_both_sweeps_side_by_side_and_writes_the_plot(sweeps, tmp_path, capsys):
+    status, out, _ = cli("compare", "rep", "rep-b", "--out", str(tmp_path / "cmp"), cwd=sweeps, capsys=capsys)
+    assert status == 0
     lines = out.splitlines()
     assert lines[0].split() == ["rep", "rep-b"]
     label_width = lines[0].index("rep")
