@@ -92,13 +92,20 @@ def test_ray_job_submit_runs_a_sweep(prepared, ray_head, tmp_path):
     assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1
 
 
-def test_sweep_records_to_a_real_mlflow_server(prepared, tmp_path):
-    work, index = prepared
+def start_mlflow_server(folder: Path) -> tuple[subprocess.Popen, int]:
+    """A real ``mlflow server`` on 127.0.0.1 (a free port) with its store and artifacts in ``folder``, in a session of
+    its own; the caller waits for the port and stops it."""
     port = free_port()
     server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+                               "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+                               "--artifacts-destination", str(folder / "server-artifacts"), "--workers", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return server, port
+
+
+def test_sweep_records_to_a_real_mlflow_server(prepared, tmp_path):
+    work, index = prepared
+    server, port = start_mlflow_server(tmp_path)
     try:
         wait_for_port(port, timeout=120)
         uri = f"http://127.0.0.1:{port}"

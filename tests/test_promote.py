@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from cluster.cli import main
-from test_cluster import BIN, free_port, wait_for_port
+from test_cluster import BIN, start_mlflow_server, wait_for_port
 from test_sweep_e2e import SPACE, emotune, synth_and_prepare
 
 #: What the best of 2 one-epoch trials reaches on the test subject (measured: test CCC 0.10 after its
@@ -29,11 +29,7 @@ CCC_THRESHOLD = 0.05
 def swept(tmp_path_factory):
     """A real mlflow server, a 3-subject synthetic dataset and a sweep of 2 one-epoch trials recorded in it."""
     work = tmp_path_factory.mktemp("promote")
-    port = free_port()
-    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{work / 'server.db'}",
-                               "--artifacts-destination", str(work / "server-artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server, port = start_mlflow_server(work)
     try:
         index, _ = synth_and_prepare(work)
         (work / "e2e.yaml").write_text(SPACE)

@@ -15,7 +15,6 @@ temporary memory-mapped crop file (the same code path as ``emotune data prepare`
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import tempfile
