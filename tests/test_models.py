@@ -14,6 +14,7 @@ from trainables.models import registry
 TINY: dict[str, dict] = {
     "cnn_rnn": {"cnn": "test_convnext", "hidden": 16},
     "cnn_rnn_tiny": {},
+    "video_vit": {"embed_dim": 48, "depth": 2, "num_heads": 3, "patch_size": 8, "img_size": 32},
 }
 # Backbones with a time axis, which must return "frames".
 TEMPORAL = {"cnn_rnn", "cnn_rnn_tiny"}
