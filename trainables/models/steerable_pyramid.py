@@ -1,0 +1,179 @@
+"""Complex steerable pyramid (Portilla & Simoncelli 2000) in the Fourier domain, in torch, and the phase-difference
+images of MIMAMO Net's temporal stream (paper 004).
+
+Pyramid. A grayscale image's centred 2D spectrum is split by a radial raised-cosine pair into a high-pass residual
+(not kept) and a low-pass part. Each of the ``height`` band-pass levels then multiplies the low-pass spectrum by a
+radial high-pass mask (one octave lower per level) and by ``orientations`` one-sided angular masks
+(``cos(theta - pi*k/orientations)**(orientations-1)`` on the half plane around direction k, zero on the other half).
+The one-sided mask makes the inverse FFT complex (an analytic-signal band): its modulus is the local amplitude, its
+argument the local phase. After each level the low-pass spectrum is cropped to half size (one octave down), so level
+``l`` has size ``ceil(H / 2**l) x ceil(W / 2**l)``. Radii are in units where the Nyquist frequency is 1; with
+``twidth=1`` level ``l`` passes radii ``~[2**-(l+2), 2**-l]`` and peaks near ``2**-(l+1)``, i.e. a wavelength of about
+``4 * 2**l`` pixels (level 0: ~4 px, level 1: ~8 px, level 2: ~16 px). The masks' squares sum to one (a tight frame),
+as in the reference MATLAB ``buildSCFpyr``; bands of lower levels come out larger in value because every level's
+inverse FFT normalises by its own, smaller size (the phase, which is all MIMAMO uses, is unaffected).
+
+Phase difference (the micro-motion input of MIMAMO Net). By the Fourier shift theorem a translation by ``d`` pixels
+moves a band's local phase by ``2*pi*f.d``: the wrapped difference of consecutive frames' phases measures local motion
+per band. :func:`phase_difference` returns it per level at the level's own resolution, as the MIMAMO authors' code
+feeds it (the first level enters the temporal CNN at the input, the second after one stride-2 block), so nothing is
+resampled. The authors' released model uses 2 band-pass levels (their ``height=4`` counts the two residuals) and 2
+orientations on 48x48 phase crops (their ``Phase_Difference_Extractor`` defaults to 4 orientations); paper 004 does
+not state the numbers. Deviations, for per-frame outputs on any clip: one difference per frame (frame t minus frame
+t-1) instead of their 12 differences per GRU step, no temporal unwrapping (a single wrapped difference needs none) and
+no amplitude-weighted spatial blur; the spatial mean is removed in the model (:mod:`trainables.models.mimamo`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["ComplexSteerablePyramid", "phase_difference", "to_grayscale", "wrap_phase"]
+
+# ITU-R BT.601 luma weights.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def to_grayscale(frames: torch.Tensor) -> torch.Tensor:
+    """(..., C, H, W) with C = 3 (RGB) or 1 -> (..., 1, H, W) luma.
+
+    Raises:
+        ValueError: C is neither 1 nor 3.
+    """
+    c = frames.shape[-3]
+    if c == 1:
+        return frames
+    if c != 3:
+        raise ValueError(f"expected 1 (grayscale) or 3 (RGB) channels, got {c}")
+    w = torch.tensor(_LUMA, dtype=frames.dtype, device=frames.device).view(3, 1, 1)
+    return (frames * w).sum(dim=-3, keepdim=True)
+
+
+def wrap_phase(phase: torch.Tensor) -> torch.Tensor:
+    """Map angles onto (-pi, pi]."""
+    wrapped = torch.remainder(phase + math.pi, 2 * math.pi) - math.pi  # [-pi, pi)
+    return torch.where(wrapped <= -math.pi, wrapped + 2 * math.pi, wrapped)
+
+
+def _raised_cosine(log_rad: torch.Tensor, start: float, twidth: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) radial masks with low**2 + high**2 = 1: low = 1 below ``start`` (log2 radius), high = 1 above
+    ``start + twidth``, a quarter cosine / sine in between."""
+    t = ((log_rad - start) / twidth).clamp(0.0, 1.0)
+    return torch.cos(0.5 * math.pi * t), torch.sin(0.5 * math.pi * t)
+
+
+def _centre_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Crop the centred spectrum (last two dims) to (h, w) around DC (index n // 2 of a fftshift-ed axis)."""
+    big_h, big_w = x.shape[-2:]
+    top, left = big_h // 2 - h // 2, big_w // 2 - w // 2
+    return x[..., top:top + h, left:left + w]
+
+
+class ComplexSteerablePyramid(torch.nn.Module):
+    """Complex steerable pyramid of grayscale images, computed with FFTs (CPU or GPU, batched).
+
+    Args:
+        height: number of band-pass levels (the high-pass and low-pass residuals are not returned). Each level is
+            one octave below the previous one and half its size; ``height`` must leave levels of at least 2x2 pixels.
+        orientations: number of orientation bands per level (directions ``pi * k / orientations``, k = 0..n-1).
+        twidth: width of the radial transitions in octaves (1 as in Portilla & Simoncelli).
+
+    The masks depend only on the image size and are rebuilt on every call (a few element-wise ops on an H x W grid);
+    no parameters, no gradients needed (the transform is linear, so autograd would work through it all the same).
+    """
+
+    def __init__(self, height: int = 2, orientations: int = 4, twidth: float = 1.0):
+        super().__init__()
+        if height < 1:
+            raise ValueError(f"height must be >= 1, got {height}")
+        if orientations < 1:
+            raise ValueError(f"orientations must be >= 1, got {orientations}")
+        if twidth <= 0:
+            raise ValueError(f"twidth must be > 0, got {twidth}")
+        self.height, self.orientations, self.twidth = height, orientations, float(twidth)
+        order = orientations - 1
+        # Angular gain such that the squared masks of all orientations (both half planes) sum to one.
+        self._angle_gain = 2.0 * math.sqrt((2.0 ** (2 * order)) * math.factorial(order) ** 2
+                                           / (orientations * math.factorial(2 * order)))
+
+    def level_shapes(self, h: int, w: int) -> list[tuple[int, int]]:
+        """(h_l, w_l) of every level for an h x w image."""
+        shapes = [(h, w)]
+        for _ in range(self.height - 1):
+            h, w = (h + 1) // 2, (w + 1) // 2
+            shapes.append((h, w))
+        return shapes
+
+    @staticmethod
+    def _polar(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """log2 radius (Nyquist = 1) and angle of every bin of a centred h x w spectrum."""
+        y = (torch.arange(h, device=device, dtype=dtype) - h // 2) / (h / 2)
+        x = (torch.arange(w, device=device, dtype=dtype) - w // 2) / (w / 2)
+        yy, xx = torch.meshgrid(y, x, indexing="ij")
+        rad = torch.sqrt(xx ** 2 + yy ** 2)
+        # DC gets a radius far below every transition: low-pass 1, band-pass 0 there.
+        rad = rad.clamp_min(1.0 / (4 * max(h, w)))
+        return torch.log2(rad), torch.atan2(yy, xx)
+
+    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """frames: (N, 1, H, W) real grayscale -> one complex tensor (N, orientations, h_l, w_l) per level.
+
+        Raises:
+            ValueError: wrong shape, or an image too small for ``height`` levels.
+        """
+        if frames.dim() != 4 or frames.shape[1] != 1:
+            raise ValueError(f"expected (N, 1, H, W) grayscale frames, got {tuple(frames.shape)}")
+        h, w = frames.shape[-2:]
+        shapes = self.level_shapes(h, w)
+        if min(shapes[-1]) < 2:
+            raise ValueError(f"a {h}x{w} image is too small for {self.height} pyramid levels")
+        real_dtype = torch.float64 if frames.dtype == torch.float64 else torch.float32
+        x = frames[:, 0].to(real_dtype)
+        spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
+        log_rad, angle = self._polar(h, w, x.device, real_dtype)
+        lo0, _ = _raised_cosine(log_rad, -self.twidth, self.twidth)
+        low = spectrum * lo0
+        centres = torch.arange(self.orientations, device=x.device, dtype=real_dtype) * (math.pi / self.orientations)
+        phase_factor = (-1j) ** (self.orientations - 1)
+        out = []
+        for level in range(self.height):
+            # The band-pass of this level: the low-pass part above the transition one octave further down.
+            start = -(level + 1) - self.twidth
+            lomask, himask = _raised_cosine(log_rad, start, self.twidth)
+            delta = wrap_phase(angle.unsqueeze(0) - centres.view(-1, 1, 1))  # (O, h, w)
+            angmask = self._angle_gain * torch.cos(delta).clamp_min(0.0) ** (self.orientations - 1)
+            angmask = torch.where(delta.abs() < math.pi / 2, angmask, torch.zeros_like(angmask))
+            band = low.unsqueeze(1) * (himask * angmask).unsqueeze(0) * phase_factor
+            out.append(torch.fft.ifft2(torch.fft.ifftshift(band, dim=(-2, -1))))
+            if level + 1 < self.height:
+                nh, nw = shapes[level + 1]
+                low = _centre_crop(low * lomask, nh, nw)
+                log_rad, angle = _centre_crop(log_rad, nh, nw), _centre_crop(angle, nh, nw)
+        return out
+
+
+def phase_difference(pyramid: ComplexSteerablePyramid, frames: torch.Tensor) -> list[torch.Tensor]:
+    """Wrapped phase change between consecutive frames, per pyramid band.
+
+    Args:
+        pyramid: the decomposition to use.
+        frames: (B, T, C, H, W) with C = 1 (grayscale) or 3 (RGB, converted to luma here).
+
+    Returns:
+        One real tensor (B, T, orientations, h_l, w_l) per level: entry t is ``angle(c_t * conj(c_{t-1}))`` in
+        (-pi, pi], the phase of frame t minus that of frame t-1 wrapped once (no unwrapping). Entry 0 is all zeros
+        (no previous frame: "no motion"), so the time axis stays aligned with the frames and every frame gets an
+        output. Bins where either coefficient is exactly zero give 0.
+    """
+    if frames.dim() != 5:
+        raise ValueError(f"expected (B, T, C, H, W) frames, got {tuple(frames.shape)}")
+    b, t = frames.shape[:2]
+    gray = to_grayscale(frames).flatten(0, 1)
+    out = []
+    for coeffs in pyramid(gray):
+        coeffs = coeffs.view(b, t, *coeffs.shape[1:])
+        diff = torch.angle(coeffs[:, 1:] * coeffs[:, :-1].conj())
+        diff = torch.where(diff <= -math.pi, diff + 2 * math.pi, diff)
+        out.append(torch.cat([torch.zeros_like(diff[:, :1]), diff], dim=1).to(frames.dtype))
+    return out
