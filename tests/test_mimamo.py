@@ -146,14 +146,20 @@ def test_tiny_shapes_and_fast_train_step() -> None:
     model = _tiny().train()
     x = _clip()
     timings = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        out = model(x)
-        sum(v.pow(2).mean() for v in out.values()).backward()
-        timings.append(time.perf_counter() - t0)
+    # CPU time of one thread: the compute a train step costs, not how busy the machine's other cores are.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(3):
+            t0 = time.process_time()
+            out = model(x)
+            sum(v.pow(2).mean() for v in out.values()).backward()
+            timings.append(time.process_time() - t0)
+    finally:
+        torch.set_num_threads(threads)
     assert out["frames"].shape == (B, T, 2)
     assert out["window"].shape == (B, 2)
-    assert min(timings) < 1.0, timings
+    assert min(timings) < 0.5, timings
 
 
 def test_gradient_reaches_both_streams_and_the_gru() -> None:
