@@ -47,7 +47,6 @@ Variants (paper: base 78M parameters; small "about half", 30M):
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,8 +61,6 @@ from trainables.models.checkpoints import LoadReport, load_mapped, read_state_di
 from trainables.models.registry import register_backbone
 
 __all__ = ["TPSBT", "StageOutput", "fuse_stages", "load_svfap_checkpoint", "uniform_clip_starts"]
-
-log = logging.getLogger(__name__)
 
 # Hidden width of the spatial attention pool's scoring MLP (the authors' value, fixed in their code).
 POOL_HIDDEN = 128
