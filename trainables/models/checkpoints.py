@@ -51,7 +51,8 @@ def _folder_weights(folder: Path) -> list[Path]:
                               f"({type(exc).__name__}: {exc})") from exc
         # dict.fromkeys keeps the shards in first-mention order without repeats.
         return [folder / shard for shard in dict.fromkeys(weight_map.values())]
-    raise ConfigError(f"checkpoint folder {folder} has none of {', '.join(_FOLDER_FILES)}; accepted: {ACCEPTED_LAYOUTS}")
+    raise ConfigError(f"checkpoint folder {folder} has none of {', '.join(_FOLDER_FILES)}; "
+                      f"accepted: {ACCEPTED_LAYOUTS}")
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -147,5 +148,6 @@ def load_mapped(model: nn.Module, state: Mapping[str, torch.Tensor], path: str |
                         missing=list(result.missing_keys), unexpected=list(result.unexpected_keys),
                         ignored=list(ignored))
     # Nothing loaded or stray keys mean the mapping and the file disagree: worth a warning, not just an info line.
-    log.log(logging.WARNING if (not report.loaded or report.unexpected) else logging.INFO, "checkpoint %s", report.text())
+    level = logging.WARNING if (not report.loaded or report.unexpected) else logging.INFO
+    log.log(level, "checkpoint %s", report.text())
     return report

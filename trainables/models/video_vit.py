@@ -14,7 +14,6 @@ The position table is rebuilt for whatever token count the input gives (see :met
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -29,10 +28,8 @@ from trainables.models.registry import register_backbone
 
 __all__ = ["VideoViT", "layer_decay_groups", "load_videomae_checkpoint", "sinusoid_table"]
 
-log = logging.getLogger(__name__)
-
-# Official VideoMAE builds every LayerNorm with eps=1e-6 (transformers' port keeps 1e-12 in the blocks; the difference is
-# far below float32 noise for trained activations).
+# Official VideoMAE builds every LayerNorm with eps=1e-6 (transformers' port has 1e-12 in the blocks, 1e-5 in fc_norm;
+# the tests show the outputs agree to 1e-4 all the same).
 _NORM_EPS = 1e-6
 
 
@@ -221,7 +218,7 @@ class VideoViT(nn.Module):
         return self.depth + 2
 
     def layer_id(self, name: str) -> int:
-        """Layer-decay depth of parameter ``name``: 0 patch embedding, 1..depth the blocks, depth + 1 everything after."""
+        """Layer-decay depth of parameter ``name``: 0 patch embedding, 1..depth the blocks, depth + 1 the rest."""
         if name.startswith("patch_embed."):
             return 0
         found = re.match(r"blocks\.(\d+)\.", name)
@@ -271,6 +268,10 @@ _HF_BLOCK = {
     "attention.output.dense.": "attn.proj.",
     "intermediate.dense.": "mlp.fc1.",
     "output.dense.": "mlp.fc2.",
+    # Files keep VideoMAE's own bias names (what save_pretrained writes); transformers' modules call them query.bias and
+    # value.bias (what state_dict() gives in memory). Both are read.
+    "attention.attention.q_bias": "attn.q_bias",
+    "attention.attention.v_bias": "attn.v_bias",
     "attention.attention.query.bias": "attn.q_bias",
     "attention.attention.value.bias": "attn.v_bias",
 }
@@ -328,8 +329,8 @@ def load_videomae_checkpoint(model: VideoViT, path: str | os.PathLike[str]) -> L
 
     * ``transformers``: a ``save_pretrained`` folder or ``.safetensors`` / ``.bin`` file of ``VideoMAEModel``,
       ``VideoMAEForVideoClassification`` or ``VideoMAEForPreTraining`` (``videomae.embeddings.patch_embeddings...``,
-      ``...attention.attention.query/key/value``: fused into ``qkv``; ``query.bias`` / ``value.bias`` become
-      ``q_bias`` / ``v_bias``).
+      ``...attention.attention.query/key/value.weight``: fused into ``qkv``; ``attention.attention.q_bias`` /
+      ``v_bias``, or ``query.bias`` / ``value.bias`` as in memory, become ``q_bias`` / ``v_bias``).
     * official fine-tuned ``.pth`` (weights under ``model`` or ``module``): our own key names.
     * official pretraining ``.pth``: the same under ``encoder.``; ``decoder.*``, ``mask_token``,
       ``encoder_to_decoder.*`` and the decoder's ``pos_embed`` are ignored, as is the encoder's final ``norm``, which
@@ -350,7 +351,8 @@ def load_videomae_checkpoint(model: VideoViT, path: str | os.PathLike[str]) -> L
     if any("patch_embeddings.projection" in k or ".attention.attention." in k for k in state):
         state = _from_transformers(state)
     else:
-        # Official pretraining nests the encoder under "encoder."; the decoder's keys sit beside it and stay as they are.
+        # Official pretraining nests the encoder under "encoder."; the decoder's keys sit beside it and stay as they
+        # are.
         state = {k.removeprefix("encoder."): v for k, v in state.items()}
     keep: dict[str, torch.Tensor] = {}
     ignored: list[str] = []
