@@ -281,6 +281,7 @@ def test_layer_decay_groups_scale_by_depth_and_skip_decay_on_1d() -> None:
         assert group["weight_decay"] == (0.0 if no_decay else wd), name
     assert by_name["blocks.0.attn.q_bias"]["weight_decay"] == 0.0
 
+    assert groups[0]["lr"] == lr  # the head's group first: the base learning rate
     optimizer = torch.optim.AdamW(groups)
     model(_clip())["window"].sum().backward()
     optimizer.step()

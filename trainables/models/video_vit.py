@@ -239,9 +239,10 @@ def layer_decay_groups(model: VideoViT, lr: float, weight_decay: float,
         lr: the base (head) learning rate; weight_decay: for matrices and kernels; layer_decay: in (0, 1], 1 = off.
 
     Returns:
-        One group per (layer, decay or not) that has trainable parameters, each
+        One group per (layer, decay or not) that has trainable parameters, head first, each
         ``{"params", "lr", "weight_decay", "lr_scale", "layer_id", "param_names"}``; ``torch.optim.AdamW(groups)``
-        takes them as they are. A scheduler that sets learning rates itself should set ``lr = base * lr_scale``.
+        takes them as they are, and ``LambdaLR`` scales every group's own lr. A scheduler that sets learning rates
+        itself should set ``lr = base * lr_scale``. Call it on the bare model, not a DDP wrapper.
     """
     groups: dict[tuple[int, bool], dict] = {}
     top = model.depth + 1
@@ -256,7 +257,8 @@ def layer_decay_groups(model: VideoViT, lr: float, weight_decay: float,
                                     "weight_decay": weight_decay if decay else 0.0, "layer_id": layer}
         groups[layer, decay]["params"].append(param)
         groups[layer, decay]["param_names"].append(name)
-    return [groups[key] for key in sorted(groups)]
+    # Head first, so groups[0]["lr"] is the base learning rate (what a log of "the" lr shows).
+    return [groups[key] for key in sorted(groups, key=lambda k: (-k[0], k[1]))]
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------------
