@@ -33,7 +33,9 @@ was built for (``num_frames``, ``img_size``) it equals the authors' table, so th
 
 Parameter and module names follow the authors' checkpoints (``patch_embed.proj``, ``blocks.N``,
 ``temporal_downsamples.N``, ``spatial_downsamples.N``, ``fc_norm``, ``head``) so :func:`load_svfap_checkpoint` needs no
-renaming besides the pretraining ``encoder.`` prefix.
+renaming besides the pretraining ``encoder.`` prefix. Checked once against the authors' ``modeling_finetune.py`` (not
+part of the tests, which must not import their code): the base model's state-dict keys and shapes are identical, and a
+tiny configuration loaded with their weights gives the same pooled features to 3e-7.
 
 Variants (paper: base 78M parameters; small "about half", 30M):
 
