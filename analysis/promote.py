@@ -225,8 +225,12 @@ class Outcome:
 
 
 def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emotune", margin: float = 0.0,
-            out_dir: str | Path = ".") -> Outcome:
+            out_dir: str | Path = ".", retrain_top: int = 0, seeds: int = 1,
+            max_concurrent: int | None = None) -> Outcome:
     """Evaluate the sweep's best trial on the test subjects and promote it if it beats production by ``margin``.
+
+    With ``retrain_top`` K > 0 the candidate is chosen by :func:`cluster.retrain.retrain_top` instead: the sweep's K
+    best configurations trained ``seeds`` times each, the best mean over seeds, its best-validating run.
 
     Raises:
         UserError: no such sweep or checkpoint; the production model was trained on another face registration
@@ -240,6 +244,12 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     parent = find_sweep(client, sweep)
     run_id, trial = parent.data.tags["emotune.best_run_id"], parent.data.tags.get("emotune.best_trial", "")
+    retrained = None
+    if retrain_top:
+        from cluster.retrain import retrain_top as retrain
+
+        retrained = retrain(client, parent.info.run_id, tracking_uri, retrain_top, seeds, max_concurrent)
+        run_id, trial = retrained.run_id, retrained.chosen.trial_id
     candidate = resolve_model(f"runs:/{run_id}", tracking_uri)
     index_path = candidate.config.get("data_index") or \
         (candidate.config.get("data_indexes") or {}).get(candidate.config.get("registration"))
@@ -259,7 +269,7 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
         prod = score(videos, subjects, predict_cached(held, videos), key)
         gain = (cand.value - prod.value) if mode == "max" else (prod.value - cand.value)
         if not gain > margin:
-            return Outcome(False, cand, prod, (
+            return Outcome(False, cand, prod, _retrain_text(retrained) + (
                 f"not promoted: trial {trial} scores test {key} {cand.text()}, the production model "
                 f"({model_name} version {current.version}) scores {prod.text()} on the same test subjects; "
                 f"it must be better by more than --margin {margin:g}; the alias {ALIAS!r} stays on version "
@@ -272,12 +282,20 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
                "emotune.sweep_git_commit": parent.data.tags.get("emotune.git_commit", ""),
                "emotune.git_commit": git_commit(), f"emotune.test_{key}": f"{cand.value:.6f}",
                f"emotune.test_{key}_ci95": f"{cand.low:.6f},{cand.high:.6f}"}
+    if retrained is not None:
+        lineage.update({"emotune.retrain_run_id": retrained.parent_run_id, "emotune.retrain_seed": str(retrained.seed),
+                        f"emotune.retrain_{retrained.metric}_mean": f"{retrained.chosen.mean:.6f}",
+                        f"emotune.retrain_{retrained.metric}_std": f"{retrained.chosen.std:.6f}"})
     production = {"model": model_name, "alias": ALIAS, "sweep": lineage["emotune.sweep"], "trial": trial,
                   "trial_run_id": run_id, "data_index": str(index_path),
                   "data_index_sha1": lineage["emotune.data_index_sha1"], "git_commit": lineage["emotune.git_commit"],
                   "test": {"objective": key, "value": cand.value, "ci95": [cand.low, cand.high],
                            "subjects": cand.subjects},
                   "previous": None if current is None else {"version": current.version, "value": prod.value},
+                  "retrain": None if retrained is None else {
+                      "run_id": retrained.parent_run_id, "seed": retrained.seed, "candidate_run_id": retrained.run_id,
+                      "configurations": {c.trial_id: {"mean": c.mean, "std": c.std, "values": c.values}
+                                         for c in retrained.configs}},
                   **candidate.settings()}
     version = register(client, tracking_uri, candidate, model_name, lineage, production,
                        experiment_id=parent.info.experiment_id)
@@ -287,9 +305,13 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
     yaml_path.write_text(yaml.safe_dump(production, sort_keys=False))
     before = "no model held it" if prod is None else \
         f"version {current.version} scored {prod.text()} on the same test subjects"
-    return Outcome(True, cand, prod, (f"promoted: trial {trial} of sweep {lineage['emotune.sweep']} scores test {key} "
+    return Outcome(True, cand, prod, _retrain_text(retrained) + (f"promoted: trial {trial} of sweep {lineage['emotune.sweep']} scores test {key} "
                                       f"{cand.text()}; {model_name} version {version} now holds the alias {ALIAS!r} "
                                       f"({before})"), version, yaml_path)
+
+
+def _retrain_text(retrained) -> str:
+    return "" if retrained is None else "\n".join(retrained.lines()) + "\n"
 
 
 def register(client, tracking_uri: str | None, bundle, model_name: str, tags: dict, production: dict,
@@ -299,19 +321,24 @@ def register(client, tracking_uri: str | None, bundle, model_name: str, tags: di
     import mlflow
     import yaml
 
-    from analysis.pyfunc_model import EmotuneVideoModel, signature
+    import warnings
+
+    from analysis import pyfunc_model
 
     with tempfile.TemporaryDirectory(prefix="emotune-promote-") as tmp:
         bundle_path = bundle.save(Path(tmp) / "bundle.pt")
         (Path(tmp) / "production.yaml").write_text(yaml.safe_dump(production, sort_keys=False))
         run = client.create_run(experiment_id, run_name=f"promote-{tags.get('emotune.trial', '')}",
                                 tags={**tags, "emotune.promotion": "true"})
-        with mlflow_uris(tracking_uri), mlflow.start_run(run_id=run.info.run_id):
+        with mlflow_uris(tracking_uri), mlflow.start_run(run_id=run.info.run_id), warnings.catch_warnings():
+            # MLflow suggests an input example; the signature (a ``video`` column of paths, the ``detector`` param)
+            # already states the input, and an example would have to be a real video.
+            warnings.filterwarnings("ignore", message=".*input example.*", category=UserWarning)
             mlflow.log_dict(production, "production.json")
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=EmotuneVideoModel(),
+                name="model", python_model=pyfunc_model.__file__,
                 artifacts={"bundle": str(bundle_path), "production": str(Path(tmp) / "production.yaml")},
-                signature=signature(), pip_requirements=["emotune"])
+                signature=pyfunc_model.signature(), pip_requirements=["emotune"])
     with mlflow_uris(tracking_uri):
         mv = mlflow.register_model(info.model_uri, model_name, tags=tags)
     client.set_registered_model_alias(model_name, alias, mv.version)

@@ -7,7 +7,9 @@ registration, post-processing, label timeline); prediction is :class:`trainables
 """
 from __future__ import annotations
 
+import mlflow.models
 import mlflow.pyfunc
+import pandas as pd
 
 #: Params ``predict`` takes (their defaults), recorded in the model signature.
 PARAMS = {"detector": "opencv", "faces": ""}
@@ -29,11 +31,10 @@ class EmotuneVideoModel(mlflow.pyfunc.PythonModel):
             self._predictors[detector] = Predictor(self.bundle, detector=detector, progress=False)
         return self._predictors[detector]
 
-    def predict(self, context, model_input, params=None):
+    # The DataFrame hint tells MLflow that no schema is inferred from the hint (the logged signature states the input)
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """``model_input``: a DataFrame with a ``video`` column (paths), optionally ``faces`` (face sidecars, for the
         ``precomputed`` detector). ``params``: ``detector`` (``opencv`` by default)."""
-        import pandas as pd
-
         params = {**PARAMS, **(params or {})}
         predictor = self._predictor(str(params["detector"]) or "opencv")
         faces = list(model_input["faces"]) if "faces" in model_input.columns else [None] * len(model_input)
@@ -46,7 +47,11 @@ class EmotuneVideoModel(mlflow.pyfunc.PythonModel):
 
 
 def signature():
-    import pandas as pd
     from mlflow.models import infer_signature
 
     return infer_signature(pd.DataFrame({"video": ["clip.mp4"]}), None, params=dict(PARAMS))
+
+
+# Models from code: MLflow logs this file with the model and runs it when the model is loaded, so the registered model
+# holds no pickled Python object (loading a model then runs only the code of the emotune package).
+mlflow.models.set_model(EmotuneVideoModel())

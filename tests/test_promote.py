@@ -172,3 +172,47 @@ def test_promotion_leaves_the_process_mlflow_settings_alone(swept, baseline):
     assert {k: os.environ.get(k) for k in before} == before and mlflow.get_tracking_uri() == tracking
     # the tests above promoted in this process
     assert uri not in (os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI"))
+
+
+def test_retrain_top_k_with_seeds_reports_mean_and_spread_and_promotes_the_chosen_run(swept, tmp_path):
+    """``--retrain-top 2 --seeds 2``: the sweep's 2 configurations trained twice each in a real Tune run recorded under
+    a retrain parent run; the seed the sweep used reproduces the sweep's value (CPU training is deterministic), the
+    printed mean and spread are those of the recorded runs, and the promoted version's lineage names the retraining."""
+    from analysis.promote import find_sweep
+
+    work, uri, _ = swept
+    client = _client(uri)
+    sweep_runs = client.search_runs([find_sweep(client, "sw").info.experiment_id],
+                                    f"tags.`mlflow.parentRunId` = '{find_sweep(client, 'sw').info.run_id}'")
+    sweep_values = {r.data.tags["emotune.trial_id"]: r.data.metrics["best_val_ccc_mean"] for r in sweep_runs}
+    # The installed command (it starts Ray, which this test process must not keep running)
+    out = emotune("promote", "sw", "--mlflow-uri", uri, "--model-name", "emotune-retrained", "--out", str(tmp_path),
+                  "--retrain-top", "2", "--seeds", "2", cwd=tmp_path).stdout
+    rows = re.findall(r"trial (\w+): sweep (-?\d\.\d{4}); retrained (-?\d\.\d{4}) \+- (\d\.\d{4}) \(n=2\)", out)
+    assert len(rows) == 2, out
+    retrain = client.search_runs([find_sweep(client, "sw").info.experiment_id], "tags.`emotune.retrain_of` = 'sw'")
+    assert len(retrain) == 1
+    children = client.search_runs([retrain[0].info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{retrain[0].info.run_id}'")
+    assert len(children) == 4
+    by_trial: dict[str, dict[int, float]] = {}
+    for child in children:
+        config = json.loads(Path(client.download_artifacts(child.info.run_id, "config.json", str(tmp_path))).read_text())
+        by_trial.setdefault(config["runtime"]["origin"], {})[config["seed"]] = child.data.metrics["best_val_ccc_mean"]
+        assert config["epochs"] == 1
+    for trial, sweep_value, mean, std in rows:
+        values = by_trial[trial]
+        assert sorted(values) == [0, 1]
+        assert values[0] == pytest.approx(sweep_values[trial], abs=1e-4)  # the sweep's own seed, trained again
+        assert float(sweep_value) == pytest.approx(sweep_values[trial], abs=1e-4)
+        assert float(mean) == pytest.approx(np.mean(list(values.values())), abs=1e-4)
+        assert float(std) == pytest.approx(np.std(list(values.values()), ddof=1), abs=1e-4)
+    chosen = max(rows, key=lambda r: float(r[2]))[0]
+    assert re.search(rf"trial {chosen}: .*<- chosen", out)
+    produced = yaml.safe_load((tmp_path / "production.yaml").read_text())
+    assert produced["trial"] == chosen and produced["retrain"]["run_id"] == retrain[0].info.run_id
+    version = client.get_model_version_by_alias("emotune-retrained", "production")
+    assert version.tags["emotune.retrain_run_id"] == retrain[0].info.run_id
+    assert version.tags["emotune.trial_run_id"] == produced["retrain"]["candidate_run_id"]
+    assert max(by_trial[chosen].values()) == pytest.approx(
+        client.get_run(produced["retrain"]["candidate_run_id"]).data.metrics["best_val_ccc_mean"], abs=1e-9)

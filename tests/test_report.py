@@ -261,24 +261,27 @@ def dump_dom(url: str, tmp_path: Path, budget_ms: int = 5000) -> str:
     return proc.stdout
 
 
-@pytest.mark.slow
-def test_every_figure_loads_in_a_browser(report, tmp_path):
-    """A copy of the page with a script that writes, once the page has loaded, each image's natural width into the
-    DOM: Chromium's dumped DOM then shows whether every figure decoded."""
-    _, path, _ = report
-    probe = path.with_name("probe.html")
+def figure_widths(page: Path, tmp_path: Path) -> dict[str, int]:
+    """Each image of ``page`` -> its natural width once Chromium has loaded the page (0: it did not decode). A copy of
+    the page gets a script that writes the widths into the DOM, which Chromium then dumps."""
+    probe = page.with_name("probe.html")
     script = ("<script>window.addEventListener('load',()=>{const p=document.createElement('pre');p.id='probe';"
               "p.textContent=[...document.images].map(i=>i.getAttribute('src')+'='+i.naturalWidth).join(';');"
               "document.body.appendChild(p);});</script>")
-    probe.write_text(path.read_text().replace("</body>", script + "</body>"))
+    probe.write_text(page.read_text().replace("</body>", script + "</body>"))
     try:
         dom = dump_dom(probe.as_uri(), tmp_path)
     finally:
         probe.unlink()
     found = re.search(r"<pre id=\"probe\">([^<]*)</pre>", dom)
     assert found, dom[-2000:]
-    widths = dict(item.split("=") for item in found.group(1).split(";"))
-    assert len(widths) == 4 and all(int(w) > 0 for w in widths.values()), widths
+    return {src: int(w) for src, w in (item.split("=") for item in found.group(1).split(";"))}
+
+
+@pytest.mark.slow
+def test_every_figure_loads_in_a_browser(report, tmp_path):
+    widths = figure_widths(report[1], tmp_path)
+    assert len(widths) == 4 and all(w > 0 for w in widths.values()), widths
 
 
 def test_importance_without_the_study_says_where_it_looked(tmp_path):

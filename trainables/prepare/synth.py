@@ -83,6 +83,7 @@ __all__ = [
     "FACE_COLUMNS",
     "FOURCC",
     "synthesize",
+    "synthesize_heldout",
     "render_states",
     "lag_labels",
     "per_second_labels",
@@ -401,6 +402,53 @@ def _check_existing(out_dir: pathlib.Path, params: dict) -> pathlib.Path | None:
     return manifest
 
 
+def _write_video(folder: pathlib.Path, vid: str, app: dict, seed: int, si: int, vi: int, frames: int, fps: int,
+                 size: int, lag_frames: int, blank_rate: float, variant: str) -> tuple[str, str, str]:
+    """Render video ``vid`` of subject ``si`` into ``folder`` (``videos/``, ``labels/``, ``faces/``); returns the three
+    paths relative to ``folder``."""
+    states = render_states(seed, si, vi, frames, fps)
+    rng = np.random.default_rng([seed, _S_VIDEO, si, vi])
+    video_rel = f"videos/{vid}.mp4"
+    writer = cv2.VideoWriter(str(folder / video_rel), cv2.VideoWriter_fourcc(*FOURCC), float(fps), (size, size), True)
+    if not writer.isOpened():
+        raise RuntimeError(f"cv2.VideoWriter could not open {video_rel} with fourcc {FOURCC}")
+    face_rows = []
+    try:
+        for t, (img, face) in enumerate(_render_video(app, states, size, fps, blank_rate, rng)):
+            writer.write(img)
+            face_rows.append(_face_row(t, face))
+    finally:
+        writer.release()
+    labels = lag_labels(states, lag_frames)
+    if variant == "per_second":
+        labels = per_second_labels(labels, fps)
+        header = ["second", "valence", "arousal"]
+    else:
+        header = ["frame", "valence", "arousal"]
+    labels_rel, faces_rel = f"labels/{vid}.csv", f"faces/{vid}.csv"
+    _write_csv(folder / labels_rel, header, ([str(i), f"{r[0]:.6f}", f"{r[1]:.6f}"] for i, r in enumerate(labels)))
+    _write_csv(folder / faces_rel, FACE_COLUMNS, face_rows)
+    return video_rel, labels_rel, faces_rel
+
+
+def synthesize_heldout(out_dir, dataset: str | pathlib.Path, video: int = 0) -> dict[str, pathlib.Path]:
+    """One more video, of a new subject, rendered with the generator parameters of the dataset whose folder (or
+    manifest) is ``dataset``: a face no trial, validation or test split has seen, for trying a promoted model.
+
+    The subject is number ``subjects`` of the dataset (``s08`` for the default 8 subjects), so its appearance and
+    states come from streams the dataset never drew. Returns the paths of ``video``, ``labels`` and ``faces``.
+    """
+    dataset = pathlib.Path(dataset)
+    meta = json.loads(((dataset.parent if dataset.is_file() else dataset) / "metadata.json").read_text())
+    si, out_dir = int(meta["subjects"]), pathlib.Path(out_dir)
+    for sub in ("videos", "labels", "faces"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    app = _subject_appearance(meta["seed"], si, meta["size"], meta["variant"] == "subject_shift")
+    paths = _write_video(out_dir, f"s{si:02d}_v{video}", app, meta["seed"], si, video, meta["frames"], meta["fps"],
+                         meta["size"], meta["lag_frames"], meta["blank_rate"], meta["variant"])
+    return {key: out_dir / rel for key, rel in zip(("video", "labels", "faces"), paths)}
+
+
 def synthesize(out_dir, *, subjects: int = 8, videos_per_subject: int = 2, frames: int = 250, fps: int = 25,
                size: int = 96, lag_frames: int = 4, blank_rate: float = 0.04, variant: str = "per_frame",
                seed: int = 0, progress: bool = True) -> pathlib.Path:
@@ -454,32 +502,8 @@ def synthesize(out_dir, *, subjects: int = 8, videos_per_subject: int = 2, frame
             if si not in apps:
                 shifted = variant == "subject_shift" and split_of[sid] != "train"
                 apps[si] = _subject_appearance(seed, si, size, shifted)
-            states = render_states(seed, si, vi, frames, fps)
-            rng = np.random.default_rng([seed, _S_VIDEO, si, vi])
-
-            video_rel = f"videos/{vid}.mp4"
-            writer = cv2.VideoWriter(str(tmp / video_rel), cv2.VideoWriter_fourcc(*FOURCC), float(fps),
-                                     (size, size), True)
-            if not writer.isOpened():
-                raise RuntimeError(f"cv2.VideoWriter could not open {video_rel} with fourcc {FOURCC}")
-            face_rows = []
-            try:
-                for t, (img, face) in enumerate(_render_video(apps[si], states, size, fps, blank_rate, rng)):
-                    writer.write(img)
-                    face_rows.append(_face_row(t, face))
-            finally:
-                writer.release()
-
-            labels = lag_labels(states, lag_frames)
-            if variant == "per_second":
-                labels = per_second_labels(labels, fps)
-                header = ["second", "valence", "arousal"]
-            else:
-                header = ["frame", "valence", "arousal"]
-            labels_rel, faces_rel = f"labels/{vid}.csv", f"faces/{vid}.csv"
-            _write_csv(tmp / labels_rel, header,
-                       ([str(i), f"{r[0]:.6f}", f"{r[1]:.6f}"] for i, r in enumerate(labels)))
-            _write_csv(tmp / faces_rel, FACE_COLUMNS, face_rows)
+            video_rel, labels_rel, faces_rel = _write_video(tmp, vid, apps[si], seed, si, vi, frames, fps, size,
+                                                            lag_frames, blank_rate, variant)
             manifest_rows.append([vid, video_rel, sid, split_of[sid], labels_rel, faces_rel])
 
         _write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, manifest_rows)
