@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -165,14 +166,16 @@ def label_times(duration_s: float, label_rate: float | None, fps: float) -> np.n
     return np.arange(count, dtype=np.float64) / rate
 
 
-class _CountingReader:
-    """A decord reader that advances a progress bar by the frames each chunk decodes."""
+class _MeteredReader:
+    """A decord reader that advances a progress bar by the frames each chunk decodes and adds up the decoding time."""
 
     def __init__(self, reader, bar):
-        self._reader, self._bar = reader, bar
+        self._reader, self._bar, self.seconds = reader, bar, 0.0
 
     def get_batch(self, idx):
+        started = time.perf_counter()
         out = self._reader.get_batch(idx)
+        self.seconds += time.perf_counter() - started
         self._bar.update(len(idx))
         return out
 
@@ -208,6 +211,8 @@ class Predictor:
         self.model = bundle.build_model().to(self.device)
         self.transform = build_eval_transform(self.cfg.augmentations(), frame_size=self.reg.hw)
         self._detector = None
+        #: Seconds the last video took in decoding, face detection and cropping, and the model (with windowing).
+        self.timings: dict[str, float] = {}
 
     @property
     def detector(self):
@@ -249,12 +254,14 @@ class Predictor:
             frames = np.lib.format.open_memmap(Path(tmp) / "frames.npy", mode="w+", dtype=np.uint8,
                                                shape=(len(keep), h, w, c))
             bar = tqdm(total=len(keep), desc=path.name, unit="frame", disable=not self.progress, leave=False)
+            metered = _MeteredReader(reader, bar)
+            started = time.perf_counter()
             try:
                 entry = SimpleNamespace(video_id=path.stem, path=path, faces=None if faces is None else Path(faces))
-                valid, scores = _detect_and_crop(entry, _CountingReader(reader, bar), n, keep, frames, self.reg,
-                                                 self.detector)
+                valid, scores = _detect_and_crop(entry, metered, n, keep, frames, self.reg, self.detector)
             finally:
                 bar.close()
+            faces_done = time.perf_counter()
             frames.flush()
             del frames
             d = self.bundle.out_dims
@@ -265,6 +272,8 @@ class Predictor:
             view = VideoView(video, self.spec.fps)
             grid = predict_timeline(self.model, video, self.spec, self.device, batch_size=self.batch_size,
                                     seed=self.cfg.seed, transform=self.transform, view=view)
+            self.timings = {"decode": metered.seconds, "faces": faces_done - started - metered.seconds,
+                            "model": time.perf_counter() - faces_done}
             preds = grid[view.label_pos] / self.cfg.target_multiplier
             face = view.valid[view.label_pos].astype(bool)
             del video, view
