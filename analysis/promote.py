@@ -119,7 +119,7 @@ def predict_cached(bundle, videos: list) -> dict[str, np.ndarray]:
     frame_hw = tuple(videos[0].frames.shape[1:3])
     _, preds = evaluate(model, videos, cfg.clip_spec(), __import__("torch").device("cpu"), seed=cfg.seed,
                         transform=build_eval_transform(cfg.augmentations(), frame_size=frame_hw),
-                        multiplier=cfg.target_multiplier)
+                        multiplier=cfg.target_multiplier, faceless=cfg.faceless)
     if bundle.postprocess:
         post = PostProcess.from_dict(bundle.postprocess)
         preds = {vid: post.apply(p) for vid, p in preds.items()}

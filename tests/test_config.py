@@ -83,7 +83,7 @@ def _valid_value(key: str):
     if spec["choices"]:
         return spec["choices"][-1]
     examples = {"cnn": "test_resnet", "inflation_dilation": "1-2-4-8", "pretrained": False, "time_kernel": 3,
-                "pretext_checkpoint": None}
+                "pretext_checkpoint": None, "checkpoint": None}
     if key in examples:
         return examples[key]
     hint = typing.get_type_hints(TrialConfig)[key]

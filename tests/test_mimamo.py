@@ -193,7 +193,7 @@ def test_window_is_last_frame_and_outputs_are_causal() -> None:
 
 
 def test_bidirectional_gru_is_not_causal() -> None:
-    model = _tiny(bidirectional=True, gru_layers=2).eval()
+    model = _tiny(bidirectional=True, layers=2).eval()
     assert model.rnn.bidirectional and model.rnn.num_layers == 2
     x = _clip()
     later = x.clone()
@@ -233,10 +233,10 @@ def test_no_per_frame_protocol_and_trial_arguments() -> None:
     model = _tiny()
     # encode_frames of single frames cannot see the previous frame: evaluation must run whole clips.
     assert not hasattr(model, "encode_frames") and not hasattr(model, "decode_frames")
-    expected = {"spatial_cnn", "pyramid_levels", "pyramid_orientations", "phase_size", "temporal_channels",
-                "feature_dim", "gru_hidden", "gru_layers", "bidirectional", "dropout", "pretrained"}
+    expected = {"cnn", "pyramid_levels", "pyramid_orientations", "phase_size", "temporal_channels",
+                "feature_dim", "hidden", "layers", "bidirectional", "dropout", "pretrained"}
     assert backbone_arguments("mimamo") == expected
-    assert backbone_arguments("mimamo_tiny") == expected - {"spatial_cnn"}
+    assert backbone_arguments("mimamo_tiny") == expected - {"cnn"}
     assert model.spatial.default_cfg["architecture"] == "test_resnet"
 
 

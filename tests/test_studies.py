@@ -16,7 +16,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def readme_study_commands() -> dict[str, list[str]]:
     """study -> the arguments of its laptop line in the README (the block that starts with ``L=``), with ``$L``
-    expanded; dataset indexes stay ``$I`` (32 px), ``$F`` (32 px, fine alignment), ``$G`` (96 px grayscale)."""
+    expanded; dataset indexes stay ``$I`` (32 px), ``$F`` (32 px, fine alignment), ``$G`` (96 px grayscale), the
+    checkpoint ``$V``."""
     text = README.read_text()
     block = text[text.index('L="'):]
     block = block[:block.index("```")].splitlines()
@@ -47,7 +48,25 @@ def caches(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
         prep = emotune("data", "prepare", "--manifest", "data/manifest.csv", "--cache", f"cache-{name}", *args,
                        cwd=work)
         out[name] = (work / prep.stdout.split("dataset index: ")[1].strip()).resolve()
+    out["videomae"] = videomae_pretraining_checkpoint(work / "videomae_tiny_pretrain.pth")
     return work, out
+
+
+def videomae_pretraining_checkpoint(path: Path) -> Path:
+    """An official-layout VideoMAE pretraining file of video_vit_tiny's size: the encoder under ``encoder.`` with a
+    decoder, mask token and encoder-to-decoder projection beside it, all under ``model``."""
+    import torch
+
+    from trainables.models import create_backbone
+
+    torch.manual_seed(0)
+    encoder = create_backbone("video_vit_tiny").state_dict()
+    state = {f"encoder.{k}": v for k, v in encoder.items() if not k.startswith(("head.", "fc_norm."))}
+    width = encoder["patch_embed.proj.weight"].shape[0]
+    state.update({"mask_token": torch.zeros(1, 1, width), "encoder_to_decoder.weight": torch.randn(width, width),
+                  "decoder.norm.weight": torch.ones(width), "decoder.head.weight": torch.randn(96, width)})
+    torch.save({"model": state}, path)
+    return path
 
 
 def test_every_shipped_study_has_a_laptop_run():
@@ -57,7 +76,7 @@ def test_every_shipped_study_has_a_laptop_run():
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_shipped_study_runs(study, caches):
     work, index = caches
-    names = {"$I": "rgb", "$F": "fine", "$G": "gray96"}
+    names = {"$I": "rgb", "$F": "fine", "$G": "gray96", "$V": "videomae"}
     args = []
     for arg in STUDIES[study]:
         for var, name in names.items():

@@ -12,8 +12,8 @@ import torch.nn as nn
 
 from trainables.errors import ConfigError
 from trainables.models import backbone_arguments, create_backbone, list_backbones
-from trainables.models.tpsbt import (EVAL_CLIPS, TPSBT, SpatialPool, _sinusoid_table, fuse_stages,
-                                     load_svfap_checkpoint, uniform_clip_starts)
+from trainables.data.sampling import uniform_clip_starts
+from trainables.models.tpsbt import EVAL_CLIPS, TPSBT, SpatialPool, _sinusoid_table, fuse_stages, load_svfap_checkpoint
 
 B = 2
 
@@ -319,3 +319,19 @@ def test_checkpoint_without_encoder_weights_is_a_config_error(tmp_path: Path) ->
     torch.save({"conv1.weight": torch.randn(4, 3, 3, 3), "head.weight": torch.randn(2, 4)}, path)
     with pytest.raises(ConfigError, match="resnet.pth holds no TPSBT"):
         create_backbone("tpsbt_tiny", checkpoint=str(path))
+
+
+def test_layer_decay_depths_follow_the_stages() -> None:
+    """Blocks in order, each stage's downsampling with its first block, the head on top; the groups scale by depth."""
+    from trainables.models.video_vit import layer_decay_groups
+
+    model = create_backbone("tpsbt_tiny")  # depths (1, 2, 2)
+    assert model.depth == 5
+    assert model.layer_id("patch_embed.proj.weight") == 0
+    assert model.layer_id("blocks.0.attn.qkv.weight") == 1 and model.layer_id("blocks.4.mlp.fc2.bias") == 5
+    assert model.layer_id("temporal_downsamples.0.weight") == 2 == model.layer_id("blocks.1.norm1.weight")
+    assert model.layer_id("spatial_downsamples.1.norm.weight") == 4 == model.layer_id("blocks.3.norm1.weight")
+    assert model.layer_id("head.weight") == 6 == model.layer_id("fc_norm.weight")
+    groups = layer_decay_groups(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    assert {g["layer_id"]: g["lr"] for g in groups} == {i: 0.5 ** (6 - i) for i in range(7)}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

@@ -34,6 +34,9 @@ from trainables.errors import ConfigError
 GROUPS = ("model", "data", "optim", "loss", "augment", "runtime")
 FUSION_CHOICES = ("mean", "extremum", "median", "center", "last")
 SAMPLER_CHOICES = ("ssts", "uniform", "consecutive")
+FACELESS_RULES = ("model", "affwild2")
+#: Backbones whose parameters have a layer-decay depth (``layer_id``); a test checks the registry against this list.
+LAYER_DECAY_BACKBONES = ("video_vit", "video_vit_tiny", "tpsbt", "tpsbt_base", "tpsbt_tiny")
 
 
 def setting(default: Any, group: str, help: str, *, low: float | None = None, high: float | None = None,
@@ -87,6 +90,21 @@ class TrialConfig:
                                              arg="pretext_checkpoint")
     target_multiplier: float = setting(1.0, "model", "labels scaled up for training, predictions scaled back (003)",
                                        low=0.0, low_open=True)
+    checkpoint: str | None = setting(None, "model", "self-supervised checkpoint of a video transformer (000, 002)",
+                                     arg="checkpoint", pattern="a .pth/.pt/.safetensors file or a transformers "
+                                                               "save_pretrained folder")
+    embed_dim: int | None = setting(None, "model", "transformer width (ViT-S 384, ViT-B 768)", low=1, arg="embed_dim")
+    depth: int | None = setting(None, "model", "transformer blocks", low=1, arg="depth")
+    num_heads: int | None = setting(None, "model", "attention heads (embed_dim must be divisible by it)", low=1,
+                                    arg="num_heads")
+    drop_path: float | None = setting(None, "model", "stochastic depth rate of the last block", low=0.0, high=1.0,
+                                      high_open=True, arg="drop_path")
+    bottleneck_tokens: int | None = setting(None, "model", "TPSBT bottleneck tokens per temporal slice (002)", low=1,
+                                            arg="bottleneck_tokens")
+    pyramid_levels: int | None = setting(None, "model", "MIMAMO steerable pyramid levels (004)", low=1,
+                                         arg="pyramid_levels")
+    pyramid_orientations: int | None = setting(None, "model", "MIMAMO pyramid orientations per level (004)", low=1,
+                                               arg="pyramid_orientations")
 
     # ---- data: which cache, how it is cut into windows and clips
     registration: str | None = setting(None, "data", "face registration: selects one of the sweep's dataset indexes")
@@ -107,9 +125,18 @@ class TrialConfig:
                                 low_open=True)
     gap_tolerance: int | None = setting(None, "data", "drop training windows with valid frames further apart",
                                         low=0)
+    frame_step: int = setting(1, "data", "temporal stride inside a consecutive clip (paper 002: 4)", low=1,
+                              when={"sampler": ("consecutive",)})
+    eval_clips: int = setting(1, "data", "consecutive clips spread over a window and averaged at evaluation "
+                              "(paper 002: 2)", low=1, when={"sampler": ("consecutive",)})
+    faceless: str = setting("model", "data", "label steps without a face: the model's prediction, or Aff-Wild2's rule "
+                            "(before the first face not scored, later the previous prediction; 004)",
+                            choices=FACELESS_RULES)
 
     # ---- optimisation
     lr: float = setting(1e-3, "optim", "AdamW learning rate", low=0.0, low_open=True)
+    layer_decay: float = setting(1.0, "optim", "layer-wise learning-rate decay of a video transformer (1 = off)",
+                                 low=0.0, low_open=True, high=1.0, when={"backbone": LAYER_DECAY_BACKBONES})
     weight_decay: float = setting(1e-4, "optim", "AdamW weight decay", low=0.0)
     batch_size: int = setting(8, "optim", "clips per batch (per worker)", low=1)
     warmup_epochs: float = setting(0.0, "optim", "linear warmup, then cosine decay", low=0.0)
@@ -205,6 +232,9 @@ class TrialConfig:
             path = getattr(self, key)
             if isinstance(path, str) and not Path(path).expanduser().is_file():
                 raise ConfigError(f"{key}={path!r}: no such checkpoint file (a path on every node that runs trials)")
+        if self.checkpoint is not None and not Path(self.checkpoint).expanduser().exists():
+            raise ConfigError(f"checkpoint={self.checkpoint!r}: no such file or folder (a .pth/.pt/.safetensors file or "
+                              f"a transformers save_pretrained folder, at a path on every node that runs trials)")
         from trainables.data.augment import parse_augment_config  # validates every aug_* value
 
         try:
@@ -253,7 +283,8 @@ class TrialConfig:
             return ClipSpec(length=self.window_length, overlap=self.window_overlap, fusion=self.label_fusion,
                             clip_len=self.clip_len, stride=self.ssts_stride, stochastic=self.ssts_stochastic,
                             sampler=self.sampler, num_frames=self.num_frames, fps=self.fps,
-                            gap_tolerance=self.gap_tolerance, target=self.label_target)
+                            gap_tolerance=self.gap_tolerance, target=self.label_target, frame_step=self.frame_step,
+                            eval_clips=self.eval_clips)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 

@@ -67,16 +67,46 @@ def worst_value(metric: str, mode: str) -> float:
     return 1.0 if bounded else math.inf
 
 
+def faceless_rule(videos: list, preds: dict[str, np.ndarray], rule: str = "model"):
+    """(predictions, scored targets) per video under the trial's rule for label steps without a face.
+
+    ``model``: both unchanged. ``affwild2`` (paper 004): a step without a face repeats the prediction of the latest
+    step with one; steps before a video's first face are not scored (Aff-Wild2 predicts -5 there), so their targets
+    become NaN, which every metric and the post-processing search drop. Their predictions stay the model's (finite),
+    as the post-processing is fitted over whole videos.
+    """
+    truth = {v.video_id: v.labels for v in videos}
+    if rule == "model":
+        return preds, truth
+    from trainables.objectives.affwild2 import fill_faceless
+
+    out = {}
+    for v in videos:
+        valid = np.asarray(v.valid, dtype=bool)
+        face = valid[np.clip(np.asarray(v.label_frames), 0, len(valid) - 1)]
+        before_first = ~np.maximum.accumulate(face)
+        filled = fill_faceless(preds[v.video_id], face).astype(preds[v.video_id].dtype)
+        filled[before_first] = preds[v.video_id][before_first]
+        out[v.video_id] = filled
+        target = np.array(v.labels, dtype=np.float32)
+        target[before_first] = np.nan
+        truth[v.video_id] = target
+    return out, truth
+
+
 def evaluate(model: torch.nn.Module, videos: list, spec: ClipSpec, device: torch.device, seed: int = 0,
-             transform=None, multiplier: float = 1.0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Metrics on the canonical label timeline: every label step of every video, predictions concatenated.
+             transform=None, multiplier: float = 1.0,
+             faceless: str = "model") -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Metrics on the canonical label timeline: every label step of every video, predictions concatenated, after the
+    trial's rule for steps without a face (:func:`faceless_rule`).
 
     Returns:
         (metrics with keys ``ccc_valence`` ... ``ccc_mean``, per-video predictions (L, D) on the label timeline).
     """
     preds = {v.video_id: predict_labels(model, v, spec, device, seed=seed, transform=transform) / multiplier
              for v in videos}
-    y_true = np.concatenate([v.labels for v in videos])
+    preds, truth = faceless_rule(videos, preds, faceless)
+    y_true = np.concatenate([truth[v.video_id] for v in videos])
     y_pred = np.concatenate([preds[v.video_id] for v in videos])
     if not np.isfinite(y_pred).all():
         raise Diverged("the model predicts NaN or inf on the validation videos")
@@ -148,6 +178,16 @@ class Trial:
         return self.ema.module if self.ema is not None else _unwrap(self.model)
 
 
+def optimizer_groups(model: torch.nn.Module, config: TrialConfig) -> list:
+    """AdamW's parameter groups: every trainable parameter at ``lr``, or, for a video transformer with
+    ``layer_decay`` < 1, one group per depth with the layer-wise decayed rate (BEiT / VideoMAE / SVFAP fine-tuning)."""
+    if config.layer_decay < 1.0 and callable(getattr(model, "layer_id", None)):
+        from trainables.models.video_vit import layer_decay_groups
+
+        return layer_decay_groups(model, config.lr, config.weight_decay, config.layer_decay)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def build_trial(config: TrialConfig, session) -> Trial:
     """Data, model, optimiser, schedule and loss of one configuration on this worker."""
     rank, seed = session.rank, config.seed
@@ -174,7 +214,8 @@ def build_trial(config: TrialConfig, session) -> Trial:
     loader = session.prepare_data_loader(loader)
     model = session.prepare_model(build_model(config, out_dims, in_chans, n_bins))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(optimizer_groups(_unwrap(model), config), lr=config.lr,
+                                  weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(loader))
     warmup = int(config.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
@@ -255,7 +296,8 @@ def score_and_report(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0
     if not result.diverged:
         try:
             metrics, preds = evaluate(t.eval_model, t.val_videos, t.spec, t.session.device, seed=config.seed,
-                                      transform=t.eval_transform, multiplier=config.target_multiplier)
+                                      transform=t.eval_transform, multiplier=config.target_multiplier,
+                                      faceless=config.faceless)
         except Diverged:
             pass
     if metrics is None:
@@ -271,7 +313,7 @@ def score_and_report(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0
               **{f"val_{k}_raw": v for k, v in metrics.items()}}
     post = PostProcess()
     if config.postprocess:
-        truth = {v.video_id: v.labels for v in t.val_videos}
+        truth = faceless_rule(t.val_videos, preds, config.faceless)[1]
         # Paper 003 takes the prediction statistics (scale normalisation, mean filtering) from the training set;
         # judgment call: they come from the predictions made on the training clips just seen, which costs nothing
         # extra. Taking them from the validation predictions would fit the scale on the data it is scored on.

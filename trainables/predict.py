@@ -281,6 +281,11 @@ class Predictor:
         lo, hi = self.bundle.label_scale
         if (lo, hi) != (-1.0, 1.0):
             preds = lo + (preds + 1.0) / 2.0 * (hi - lo)
+        if self.cfg.faceless == "affwild2":
+            from trainables.objectives.affwild2 import fill_faceless
+
+            # Aff-Wild2's rule, as the model was scored: -5 before the first face, else the previous prediction.
+            preds = fill_faceless(preds, face)
         dims = list(self.bundle.dims)[:d] if len(self.bundle.dims) >= d else [str(i) for i in range(d)]
         table = pd.DataFrame({"time": np.round(times, 6)})
         for j, name in enumerate(dims):

@@ -17,7 +17,8 @@ import torch
 
 from trainables.data.cache import CachedVideo, kept_frame_indices
 from trainables.data.labels import label_frame_index, nearest_label_step
-from trainables.data.sampling import consecutive_indices, ssts_indices, ssts_views, uniform_indices
+from trainables.data.sampling import (consecutive_indices, ssts_indices, ssts_views, uniform_clip_starts,
+                                      uniform_indices)
 from trainables.data.windows import FUSION_MODES, coverage_mean, dense_window_starts, fuse_labels, window_starts
 
 SAMPLERS = ("ssts", "uniform", "consecutive")
@@ -37,6 +38,10 @@ class ClipSpec:
         gap_tolerance: drop a training window whose consecutive valid frames are more than this many grid frames
             apart (paper 003); None keeps every window.
         target: ``window`` (one fused label per window) or ``sequence`` (the label of every sampled frame).
+        frame_step: the consecutive sampler takes every ``frame_step``-th frame of its run (paper 002: 16 frames at a
+            temporal stride of 4 span 61 valid frames).
+        eval_clips: the consecutive sampler's evaluation views: one centred clip, or this many clips spread uniformly
+            over the window (first at its start, last at its end), averaged (paper 002 averages 2).
     """
 
     length: int = 32
@@ -50,6 +55,8 @@ class ClipSpec:
     fps: float | None = None
     gap_tolerance: int | None = None
     target: str = "window"
+    frame_step: int = 1
+    eval_clips: int = 1
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -58,22 +65,32 @@ class ClipSpec:
             raise ValueError(f"label_target {self.target!r} is unknown; allowed: {', '.join(TARGETS)}")
         if self.fusion not in FUSION_MODES:
             raise ValueError(f"label_fusion {self.fusion!r} is unknown; allowed: {', '.join(FUSION_MODES)}")
+        if self.frame_step < 1 or self.eval_clips < 1:
+            raise ValueError(f"frame_step and eval_clips must be >= 1, got {self.frame_step} and {self.eval_clips}")
         if self.length < self.needed:
             what = "clip_len" if self.sampler == "ssts" else "num_frames"
-            raise ValueError(f"window_length={self.length} is shorter than {what}={self.needed}; "
-                             f"the {self.sampler} sampler draws {self.needed} frames from each window")
+            step = f" at frame_step={self.frame_step}" if self.sampler == "consecutive" and self.frame_step > 1 else ""
+            raise ValueError(f"window_length={self.length} is shorter than {what}={self.frames}{step}; "
+                             f"the {self.sampler} sampler spans {self.needed} frames of each window")
+
+    @property
+    def frames(self) -> int:
+        """Frames one clip holds (SSTS: before its stride)."""
+        return self.clip_len if self.sampler == "ssts" else int(self.num_frames or self.clip_len)
 
     @property
     def needed(self) -> int:
-        """Valid frames a window must hold for the sampler."""
-        return self.clip_len if self.sampler == "ssts" else int(self.num_frames or self.clip_len)
+        """Valid frames a window must hold for the sampler (a strided consecutive run spans more than it keeps)."""
+        if self.sampler == "consecutive":
+            return (self.frames - 1) * self.frame_step + 1
+        return self.frames
 
     def sample(self, num_valid: int, rng: np.random.Generator) -> np.ndarray:
         if self.sampler == "ssts":
             return ssts_indices(num_valid, self.stride, rng, self.clip_len, self.stochastic)
         if self.sampler == "uniform":
             return uniform_indices(num_valid, self.needed)
-        return consecutive_indices(num_valid, self.needed, rng, self.stochastic)
+        return consecutive_indices(num_valid, self.needed, rng, self.stochastic)[::self.frame_step]
 
     def views(self, num_valid: int, rng: np.random.Generator) -> list[np.ndarray]:
         """Evaluation views of one window: the ``stride`` SSTS views of one draw (the ensemble of paper 000), or the
@@ -82,8 +99,11 @@ class ClipSpec:
             return ssts_views(num_valid, self.stride, rng, self.clip_len, self.stochastic)
         if self.sampler == "uniform":
             return [uniform_indices(num_valid, self.needed)]
+        if self.eval_clips > 1:
+            return [np.arange(s, s + self.needed, self.frame_step, dtype=np.int64)
+                    for s in uniform_clip_starts(num_valid, self.needed, self.eval_clips)]
         start = (num_valid - self.needed) // 2  # the centred run: deterministic and symmetric
-        return [np.arange(start, start + self.needed, dtype=np.int64)]
+        return [np.arange(start, start + self.needed, self.frame_step, dtype=np.int64)]
 
 
 class VideoView:

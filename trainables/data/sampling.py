@@ -34,6 +34,7 @@ __all__ = [
     "get_sampler",
     "ssts_indices",
     "ssts_views",
+    "uniform_clip_starts",
     "uniform_indices",
 ]
 
@@ -223,6 +224,29 @@ def consecutive_indices(
         raise ValueError(f"video has num_frames={num_frames} frames, fewer than count={count}")
     start = int(_require_rng(rng).integers(0, num_frames - count + 1)) if stochastic else 0
     return np.arange(start, start + count, dtype=np.int64)
+
+
+def uniform_clip_starts(n_frames: int, clip_len: int, clips: int = 2) -> list[int]:
+    """First frames of ``clips`` clips spread uniformly over a video (paper 002 averages 2 such clips at inference).
+
+    The first clip starts at frame 0 and the last ends at the video's last frame; the others are evenly spaced between
+    (floor of the exact position). A single clip is centred. A video no longer than a clip gives every clip start 0
+    (the sampler pads the clip, as in training).
+
+    Args:
+        n_frames: frames in the video.
+        clip_len: frames one clip spans in the video (frames per clip times the temporal stride, e.g. 16 x 4 = 64).
+        clips: how many clips.
+
+    Raises:
+        ValueError: ``n_frames < 0``, ``clip_len < 1`` or ``clips < 1``.
+    """
+    if n_frames < 0 or clip_len < 1 or clips < 1:
+        raise ValueError(f"need n_frames >= 0, clip_len >= 1 and clips >= 1, got {n_frames}, {clip_len}, {clips}")
+    span = max(n_frames - clip_len, 0)
+    if clips == 1:
+        return [span // 2]
+    return [i * span // (clips - 1) for i in range(clips)]
 
 
 #: Config name -> sampler function (see the module docstring for dispatch).

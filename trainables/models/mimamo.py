@@ -11,7 +11,7 @@
   stride-2 block), as the authors' PhaseNet does with their two levels; ``pyramid_levels + 1`` blocks of two 3x3
   convs (the second with stride 2) with ``temporal_channels * 2**i`` channels, global average pooling, a linear layer
   + ReLU to ``feature_dim``.
-* The two ``feature_dim`` vectors are concatenated per frame -> GRU (``gru_hidden``, ``gru_layers``, dropout between
+* The two ``feature_dim`` vectors are concatenated per frame -> GRU (``hidden``, ``layers``, dropout between
   layers, optionally bidirectional as in the authors' 2-layer bi-GRU) -> per-frame FC head -> "frames" (B, T, D);
   "window" is the last frame's output (as in the CNN-RNN: a forward GRU has then seen the whole clip).
 
@@ -87,14 +87,14 @@ class Mimamo(nn.Module):
     """MIMAMO Net: spatial CNN + phase-difference CNN per frame -> GRU -> per-frame FC head (module docstring).
 
     Args:
-        spatial_cnn: timm model name of the spatial stream (``resnet50`` in the paper), built without classifier.
+        cnn: timm model name of the spatial stream (``resnet50`` in the paper), built without classifier.
         pyramid_levels: band-pass levels of the steerable pyramid (paper code: 2).
         pyramid_orientations: orientations per level (paper code: 2; 4 is the usual pyramid default).
         phase_size: side the grayscale frames are resized to before the pyramid (paper code: 48); None keeps the
             frame size. Must leave the coarsest level at least 2x2.
         temporal_channels: first-block width of the temporal CNN (paper code: 64).
         feature_dim: per-stream feature size before concatenation (paper code: 256).
-        gru_hidden: GRU hidden size per direction; gru_layers: stacked GRU layers; bidirectional: a bi-GRU (paper
+        hidden: GRU hidden size per direction; layers: stacked GRU layers; bidirectional: a bi-GRU (paper
             code: 2 layers of 128, bidirectional) — then per-frame outputs are no longer causal.
         dropout: on the stream features, between GRU layers (when stacked) and before the head.
         pretrained: False / None; True for timm's own spatial weights (only where available offline); or the path of
@@ -104,22 +104,22 @@ class Mimamo(nn.Module):
         n_bins: when > 0, also "logits" (B, D, n_bins) and "frame_logits" (B, T, D, n_bins), as in the CNN-RNN.
     """
 
-    def __init__(self, spatial_cnn: str = "resnet50", pyramid_levels: int = 2, pyramid_orientations: int = 2,
+    def __init__(self, cnn: str = "resnet50", pyramid_levels: int = 2, pyramid_orientations: int = 2,
                  phase_size: int | None = None, temporal_channels: int = 64, feature_dim: int = 256,
-                 gru_hidden: int = 128, gru_layers: int = 2, bidirectional: bool = False, dropout: float = 0.3,
+                 hidden: int = 128, layers: int = 2, bidirectional: bool = False, dropout: float = 0.3,
                  pretrained: bool | str | None = False, out_dims: int = 2, in_chans: int = 3, n_bins: int = 0):
         super().__init__()
         if in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
-        self.spatial = timm.create_model(spatial_cnn, pretrained=pretrained is True, num_classes=0, in_chans=in_chans)
+        self.spatial = timm.create_model(cnn, pretrained=pretrained is True, num_classes=0, in_chans=in_chans)
         self.spatial_fc = nn.Sequential(nn.Linear(self.spatial.num_features, feature_dim), nn.ReLU(inplace=True))
         self.pyramid = ComplexSteerablePyramid(pyramid_levels, pyramid_orientations)
         self.phase_size = phase_size
         self.temporal = PhaseNet(pyramid_levels, pyramid_orientations, temporal_channels, feature_dim)
         self.feature_dropout = nn.Dropout(dropout)
-        self.rnn = nn.GRU(2 * feature_dim, gru_hidden, num_layers=gru_layers, batch_first=True,
-                          dropout=dropout if gru_layers > 1 else 0.0, bidirectional=bidirectional)
-        rnn_out = gru_hidden * (2 if bidirectional else 1)
+        self.rnn = nn.GRU(2 * feature_dim, hidden, num_layers=layers, batch_first=True,
+                          dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional)
+        rnn_out = hidden * (2 if bidirectional else 1)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(rnn_out, rnn_out), nn.ReLU(),
                                   nn.Linear(rnn_out, out_dims))
         self.out_dims, self.n_bins = out_dims, n_bins
@@ -178,13 +178,13 @@ def mimamo(**kwargs) -> Mimamo:
     return _build(**kwargs)
 
 
-@register_backbone("mimamo_tiny", pins=("spatial_cnn",))
+@register_backbone("mimamo_tiny", pins=("cnn",))
 def mimamo_tiny(**kwargs) -> Mimamo:
     """A variant that trains on CPU in well under a second per small batch: timm's ``test_resnet``, a narrow temporal
     CNN and one 32-unit GRU layer."""
-    kwargs.setdefault("spatial_cnn", "test_resnet")
+    kwargs.setdefault("cnn", "test_resnet")
     kwargs.setdefault("temporal_channels", 8)
     kwargs.setdefault("feature_dim", 32)
-    kwargs.setdefault("gru_hidden", 32)
-    kwargs.setdefault("gru_layers", 1)
+    kwargs.setdefault("hidden", 32)
+    kwargs.setdefault("layers", 1)
     return _build(**kwargs)

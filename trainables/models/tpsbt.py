@@ -62,37 +62,15 @@ from trainables.errors import ConfigError
 from trainables.models.checkpoints import LoadReport, load_mapped, read_state_dict
 from trainables.models.registry import register_backbone
 
-__all__ = ["TPSBT", "StageOutput", "fuse_stages", "load_svfap_checkpoint", "uniform_clip_starts"]
+__all__ = ["TPSBT", "StageOutput", "fuse_stages", "load_svfap_checkpoint"]
 
 # Hidden width of the spatial attention pool's scoring MLP (the authors' value, fixed in their code).
 POOL_HIDDEN = 128
 # Every temporal pyramid step divides the slice count by this (kernel = stride of the temporal Conv1d).
 TIME_STRIDE = 2
-# The paper's inference: average the predictions of this many clips sampled uniformly along the video.
+# The paper's inference: average the predictions of this many clips sampled uniformly along the video
+# (``trainables.data.sampling.uniform_clip_starts``; a trial sets it with ``eval_clips``).
 EVAL_CLIPS = 2
-
-
-def uniform_clip_starts(n_frames: int, clip_len: int, clips: int = EVAL_CLIPS) -> list[int]:
-    """First frames of ``clips`` clips spread uniformly over a video (the paper averages 2 such clips at inference).
-
-    The first clip starts at frame 0 and the last ends at the video's last frame; the others are evenly spaced between
-    (floor of the exact position). A single clip is centred. A video no longer than a clip gives every clip start 0
-    (the sampler pads the clip, as in training).
-
-    Args:
-        n_frames: frames in the video.
-        clip_len: frames one clip spans in the video (frames per clip times the temporal stride, e.g. 16 x 4 = 64).
-        clips: how many clips.
-
-    Raises:
-        ValueError: ``n_frames < 0``, ``clip_len < 1`` or ``clips < 1``.
-    """
-    if n_frames < 0 or clip_len < 1 or clips < 1:
-        raise ValueError(f"need n_frames >= 0, clip_len >= 1 and clips >= 1, got {n_frames}, {clip_len}, {clips}")
-    span = max(n_frames - clip_len, 0)
-    if clips == 1:
-        return [span // 2]
-    return [i * span // (clips - 1) for i in range(clips)]
 
 
 @functools.lru_cache(maxsize=16)
@@ -345,6 +323,24 @@ class TPSBT(nn.Module):
         tokens = tokens.flatten(2).transpose(1, 2)
         table = _sinusoid_table(t * s, self.embed_dim).to(device=tokens.device, dtype=tokens.dtype)
         return tokens + table, (t, s)
+
+    @property
+    def depth(self) -> int:
+        """Blocks over all stages (the layer-decay depth)."""
+        return sum(self.depths)
+
+    def layer_id(self, name: str) -> int:
+        """Layer-decay depth of parameter ``name`` (``trainables.models.video_vit.layer_decay_groups``): 0 the patch
+        embedding, 1..depth the blocks in order, a stage's temporal and spatial downsampling that of the stage's first
+        block, depth + 1 the pooling norm and heads."""
+        parts = name.split(".")
+        if parts[0] == "patch_embed":
+            return 0
+        if parts[0] == "blocks":
+            return int(parts[1]) + 1
+        if parts[0] in ("temporal_downsamples", "spatial_downsamples"):
+            return sum(self.depths[:int(parts[1]) + 1]) + 1
+        return self.depth + 1
 
     def forward_stages(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> list[StageOutput]:
         """Run every stage and return each one's output (the pretraining path needs all of them).
