@@ -303,3 +303,34 @@ def test_a_transform_not_declared_per_frame_keeps_whole_clips(videos):
     spec = ClipSpec(length=32, overlap=0.75, clip_len=24, stride=2)
     predict_timeline(model, videos[0], spec, CPU, transform=lambda clip: clip.flip(0))  # depends on frame order
     assert model.encoder.frames > T
+
+
+# ---------------------------------------------------------------------------
+# Strided consecutive clips and the 2-clip evaluation (paper 002)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("num_frames, step, clips, valid, views", [
+    (4, 1, 1, 10, [[3, 4, 5, 6]]),                      # the centred run
+    (4, 2, 1, 10, [[1, 3, 5, 7]]),                      # spans 7 of 10 valid frames, centred
+    (4, 2, 2, 10, [[0, 2, 4, 6], [3, 5, 7, 9]]),        # first at the start, last ending at the last frame
+    (3, 4, 2, 9, [[0, 4, 8], [0, 4, 8]]),               # the span is the whole window: both clips coincide
+    (2, 3, 3, 10, [[0, 3], [3, 6], [6, 9]]),
+])
+def test_consecutive_views_with_frame_step_and_eval_clips(num_frames, step, clips, valid, views):
+    spec = ClipSpec(length=16, sampler="consecutive", num_frames=num_frames, frame_step=step, eval_clips=clips)
+    assert spec.needed == (num_frames - 1) * step + 1
+    assert [list(v) for v in spec.views(valid, np.random.default_rng(0))] == views
+
+
+def test_strided_consecutive_training_draws_keep_the_step_inside_the_window():
+    spec = ClipSpec(length=64, sampler="consecutive", num_frames=16, frame_step=4)
+    rng = np.random.default_rng(0)
+    for valid in (61, 64, 80):
+        for _ in range(20):
+            idx = spec.sample(valid, rng)
+            assert len(idx) == 16 and set(np.diff(idx)) == {4} and 0 <= idx[0] and idx[-1] < valid
+
+
+def test_a_window_shorter_than_the_strided_span_is_refused():
+    with pytest.raises(ConfigError, match=r"window_length=32 is shorter than num_frames=16 at frame_step=4; the "
+                                          r"consecutive sampler spans 61 frames"):
+        TrialConfig.from_dict({"sampler": "consecutive", "num_frames": 16, "frame_step": 4, "window_length": 32})

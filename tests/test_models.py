@@ -15,9 +15,12 @@ TINY: dict[str, dict] = {
     "cnn_rnn": {"cnn": "test_convnext", "hidden": 16},
     "cnn_rnn_tiny": {},
     "video_vit": {"embed_dim": 48, "depth": 2, "num_heads": 3, "patch_size": 8, "img_size": 32},
+    "tpsbt": {"embed_dim": 48, "depths": (1, 1, 1), "num_heads": 3, "patch_size": 8, "img_size": 32},
+    "tpsbt_base": {"patch_size": 8, "img_size": 32},
+    "mimamo": {"cnn": "test_resnet", "temporal_channels": 8, "feature_dim": 32, "hidden": 32},
 }
 # Backbones with a time axis, which must return "frames".
-TEMPORAL = {"cnn_rnn", "cnn_rnn_tiny"}
+TEMPORAL = {"cnn_rnn", "cnn_rnn_tiny", "mimamo", "mimamo_tiny"}
 B, T, C, H, W = 2, 4, 3, 32, 32
 
 
