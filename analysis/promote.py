@@ -126,6 +126,14 @@ def predict_cached(bundle, videos: list) -> dict[str, np.ndarray]:
     return preds
 
 
+def scored_labels(bundle, videos: list) -> dict[str, np.ndarray]:
+    """The test targets as the model's trials scored validation (Aff-Wild2's rule leaves the steps before a video's
+    first face unscored)."""
+    from trainables.loop import faceless_rule
+
+    return faceless_rule(videos, {v.video_id: v.labels for v in videos}, bundle.trial_config().faceless)[1]
+
+
 @dataclass
 class TestScore:
     """A model's objective on the test split, with a subject-level bootstrap 95% interval."""
@@ -141,15 +149,16 @@ class TestScore:
 
 
 def score(videos: list, subjects: dict[str, str], preds: dict[str, np.ndarray], key: str, seed: int = 0,
-          draws: int = BOOTSTRAP_DRAWS) -> TestScore:
+          draws: int = BOOTSTRAP_DRAWS, truth: dict[str, np.ndarray] | None = None) -> TestScore:
     """``key`` of the regression report over every label step of ``videos`` and its bootstrap interval over subjects
-    (subjects drawn with replacement, all their videos' steps concatenated)."""
+    (subjects drawn with replacement, all their videos' steps concatenated). ``truth``: the targets per video (default
+    each video's labels; NaN steps are not scored)."""
     from trainables.objectives.metrics import regression_report
 
     dims = ("valence", "arousal")[: videos[0].labels.shape[1]]
 
     def report(chosen: list) -> dict:
-        return regression_report(np.concatenate([v.labels for v in chosen]),
+        return regression_report(np.concatenate([(truth or {}).get(v.video_id, v.labels) for v in chosen]),
                                  np.concatenate([preds[v.video_id] for v in chosen]), dims=dims)
 
     metrics = report(videos)
@@ -255,7 +264,7 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
         (candidate.config.get("data_indexes") or {}).get(candidate.config.get("registration"))
     videos, subjects = test_split(index_path)
     key, mode = objective_name(candidate.config)
-    cand = score(videos, subjects, predict_cached(candidate, videos), key)
+    cand = score(videos, subjects, predict_cached(candidate, videos), key, truth=scored_labels(candidate, videos))
 
     current = production_version(client, model_name)
     prod = None
@@ -266,7 +275,7 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
             raise UserError(f"the production model ({model_name} version {current.version}) was trained on another "
                             f"face registration ({held.registration}) than trial {trial} "
                             f"({candidate.registration}); both must be scored on the same cached test videos")
-        prod = score(videos, subjects, predict_cached(held, videos), key)
+        prod = score(videos, subjects, predict_cached(held, videos), key, truth=scored_labels(held, videos))
         gain = (cand.value - prod.value) if mode == "max" else (prod.value - cand.value)
         if not gain > margin:
             return Outcome(False, cand, prod, _retrain_text(retrained) + (
