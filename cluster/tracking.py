@@ -65,6 +65,7 @@ class MlflowTrialCallback(Callback):
         # trial id -> (training_iteration, time_total_s) of its best result, whose checkpoint Tune has not saved yet
         # (inline trials); the pair tells that result from the same iteration run again after a retry
         self.awaiting_checkpoint: dict[str, tuple] = {}
+        self.nodes: dict[str, str] = {}  # trial id -> node IP of its latest report
         self._client = None
 
     @property
@@ -83,6 +84,7 @@ class MlflowTrialCallback(Callback):
 
     def __setstate__(self, state):
         state.setdefault("awaiting_checkpoint", {})  # a sweep pickled before inline trials existed
+        state.setdefault("nodes", {})
         self.__dict__.update(state)
 
     # Tune saves this state with every experiment checkpoint and restores it on --resume (the pickled callback itself
@@ -121,6 +123,12 @@ class MlflowTrialCallback(Callback):
         if run_id is None:
             return
         from mlflow.entities import Metric
+        node = result.get("node_ip")
+        if node and self.nodes.get(trial.trial_id) != node:
+            # Where the trial ran (its latest report): after a node loss the trial resumes elsewhere and the tag moves.
+            self.nodes[trial.trial_id] = node
+            self.client.set_tag(run_id, "emotune.node_ip", str(node))
+            self.client.set_tag(run_id, "emotune.hostname", str(result.get("hostname", "")))
         step = int(result.get(self.step_key, result.get("training_iteration", 0)))
         ts = int(result.get("timestamp", 0) * 1000)
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
