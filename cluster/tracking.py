@@ -65,7 +65,8 @@ class MlflowTrialCallback(Callback):
         # trial id -> (training_iteration, time_total_s) of its best result, whose checkpoint Tune has not saved yet
         # (inline trials); the pair tells that result from the same iteration run again after a retry
         self.awaiting_checkpoint: dict[str, tuple] = {}
-        self.nodes: dict[str, str] = {}  # trial id -> node IP of its latest report
+        self.nodes: dict[str, str] = {}  # trial id -> node of its latest report
+        self.node_history: dict[str, list[str]] = {}  # trial id -> every node it reported from, in order
         self._client = None
 
     @property
@@ -85,17 +86,21 @@ class MlflowTrialCallback(Callback):
     def __setstate__(self, state):
         state.setdefault("awaiting_checkpoint", {})  # a sweep pickled before inline trials existed
         state.setdefault("nodes", {})
+        state.setdefault("node_history", {})
         self.__dict__.update(state)
 
     # Tune saves this state with every experiment checkpoint and restores it on --resume (the pickled callback itself
     # is the one from the sweep's start), so each trial's best value and checkpoint survive a dead driver.
     def get_state(self) -> dict:
-        return {"runs": dict(self.runs), "best": dict(self.best), "awaiting_checkpoint": dict(self.awaiting_checkpoint)}
+        return {"runs": dict(self.runs), "best": dict(self.best), "awaiting_checkpoint": dict(self.awaiting_checkpoint),
+                "nodes": dict(self.nodes), "node_history": {k: list(v) for k, v in self.node_history.items()}}
 
     def set_state(self, state: dict) -> None:
         self.runs.update(state.get("runs", {}))
         self.best.update(state.get("best", {}))
         self.awaiting_checkpoint.update(state.get("awaiting_checkpoint", {}))
+        self.nodes.update(state.get("nodes", {}))
+        self.node_history.update(state.get("node_history", {}))
 
     def run_id(self, trial_id: str) -> str | None:
         if trial_id in self.runs:
@@ -123,12 +128,18 @@ class MlflowTrialCallback(Callback):
         if run_id is None:
             return
         from mlflow.entities import Metric
-        node = result.get("node_ip")
+        node = result.get("node_id") or result.get("node_ip")
         if node and self.nodes.get(trial.trial_id) != node:
-            # Where the trial ran (its latest report): after a node loss the trial resumes elsewhere and the tag moves.
+            # Where the trial ran (its latest report): after a node loss the trial resumes elsewhere and the tags move;
+            # every node it reported from is kept in emotune.nodes.
+            seen = self.nodes.get(trial.trial_id)
             self.nodes[trial.trial_id] = node
-            self.client.set_tag(run_id, "emotune.node_ip", str(node))
+            self.client.set_tag(run_id, "emotune.node_id", str(result.get("node_id", "")))
+            self.client.set_tag(run_id, "emotune.node_ip", str(result.get("node_ip", "")))
             self.client.set_tag(run_id, "emotune.hostname", str(result.get("hostname", "")))
+            history = self.node_history.setdefault(trial.trial_id, [] if seen is None else [seen])
+            history.append(str(node))
+            self.client.set_tag(run_id, "emotune.nodes", ",".join(history))
         step = int(result.get(self.step_key, result.get("training_iteration", 0)))
         ts = int(result.get("timestamp", 0) * 1000)
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
@@ -179,16 +190,58 @@ class MlflowTrialCallback(Callback):
         best_value, ckpt = self.best.get(trial.trial_id, (None, None))
         if best_value is not None:
             self.client.log_metric(run_id, f"best_{self.metric}", best_value)
-        if ckpt and Path(ckpt).is_dir():
-            # The trial's best checkpoint (Ray keeps the best k by the objective, so it is still on disk).
-            log_checkpoint(self.client, run_id, ckpt)
-            self.client.set_tag(run_id, "emotune.best_checkpoint", ckpt)
+        if ckpt:
+            # The trial's best checkpoint (Ray keeps the best k by the objective, so it is still in the storage), read
+            # through the sweep's storage filesystem: a local folder, or a bucket (s3://, gs://) the trials wrote to.
+            filesystem = _storage_filesystem(trial)
+            if log_checkpoint(self.client, run_id, ckpt, filesystem):
+                self.client.set_tag(run_id, "emotune.best_checkpoint", _checkpoint_uri(ckpt, filesystem))
         self.client.set_terminated(run_id, status)
 
 
-def log_checkpoint(client, run_id: str, checkpoint_dir: str | Path) -> None:
-    """Copy a trial checkpoint folder into the run's artifacts under ``checkpoint/``."""
-    client.log_artifacts(run_id, str(checkpoint_dir), artifact_path="checkpoint")
+def log_checkpoint(client, run_id: str, checkpoint_dir: str | Path, filesystem=None) -> bool:
+    """Copy a trial checkpoint folder into the run's artifacts under ``checkpoint/``; False when it is gone.
+
+    ``checkpoint_dir`` is a path on ``filesystem`` (a ``pyarrow.fs.FileSystem``; the local disk when None), as Ray
+    records checkpoints: a remote one (``bucket/prefix/...`` on S3) is downloaded to a temporary folder first.
+    """
+    if _is_local(filesystem):
+        if not Path(checkpoint_dir).is_dir():
+            return False
+        client.log_artifacts(run_id, str(checkpoint_dir), artifact_path="checkpoint")
+        return True
+    import tempfile
+
+    import pyarrow.fs
+
+    path = str(checkpoint_dir)
+    if "://" in path:  # a URI names its own filesystem
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(path)
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+        return False
+    from ray.tune import Checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="emotune-ckpt-") as tmp:
+        Checkpoint(path, filesystem=filesystem).to_directory(tmp)
+        client.log_artifacts(run_id, tmp, artifact_path="checkpoint")
+    return True
+
+
+def _storage_filesystem(trial):
+    """The ``pyarrow.fs.FileSystem`` a trial's checkpoints are written to (None: the local disk)."""
+    storage = getattr(trial, "storage", None)
+    return getattr(storage, "storage_filesystem", None)
+
+
+def _is_local(filesystem) -> bool:
+    return filesystem is None or getattr(filesystem, "type_name", "local") == "local"
+
+
+def _checkpoint_uri(path: str, filesystem) -> str:
+    """A checkpoint's location as a user finds it: the local path, or ``s3://bucket/...`` for a bucket."""
+    if _is_local(filesystem) or "://" in str(path):
+        return str(path)
+    return f"{filesystem.type_name}://{path}"
 
 
 def _short(value: Any) -> str:

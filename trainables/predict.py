@@ -144,15 +144,17 @@ def load_bundle(path: str | Path, index_path: str | Path | None = None) -> Model
 
     Raises:
         UserError: no such file, or not an emotune checkpoint.
+        DataError: not a torch file, or one that pickles objects other than tensors and plain values.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model {path}: no such file (a trial's checkpoint/state.pt, runs:/<run_id> or "
                         f"models:/<name>@<alias>)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise UserError(f"model {path} is not a checkpoint torch can read ({type(exc).__name__})") from None
+    from trainables.session import load_state_file
+
+    # weights_only: a model file (a trial's checkpoint, a registry download) holds tensors and plain values only;
+    # a file pickling anything else is refused with a DataError naming it, never unpickled.
+    state = load_state_file(path, map_location="cpu")
     if not isinstance(state, dict):
         raise UserError(f"model {path} is not an emotune checkpoint")
     return bundle_from_state(state, index_path)

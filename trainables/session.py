@@ -12,6 +12,47 @@ from pathlib import Path
 import torch
 
 
+def load_state_file(path: str | Path, map_location=None, shown: str | None = None):
+    """``torch.load(path, weights_only=True)``: tensors, dicts, lists, tuples, strings, numbers and None only, so a
+    file that pickles any other object is refused instead of run. ``shown`` names the file in errors (where it really
+    lives, e.g. the bucket, when ``path`` is a local copy).
+
+    Raises:
+        DataError: the file holds pickled objects other than those, or is not a torch file at all.
+    """
+    import pickle
+
+    from trainables.errors import DataError
+
+    shown = shown or str(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is a paragraph; its one telling line names the refused global or the bad opcode.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith(_TORCH_BOILERPLATE)]
+        found = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if found:
+            raise DataError(f"checkpoint {shown} holds pickled objects other than tensors and plain values "
+                            f"({found.rstrip('.')}); refused: loading it could run code from the file") from None
+        raise DataError(f"checkpoint {shown} is not a torch checkpoint that can be read with weights_only=True "
+                        f"({lines[0] if lines else type(exc).__name__})") from None
+    except (RuntimeError, EOFError, ValueError, UnicodeDecodeError, AttributeError, ImportError, IndexError,
+            OSError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(f"checkpoint {shown} is not a torch checkpoint that can be read "
+                        f"({type(exc).__name__}: {detail})") from None
+
+
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _location(checkpoint) -> str:
+    """Where a Ray checkpoint lives, as a URI for remote storage (``s3://bucket/...``), else its local path."""
+    fs = getattr(checkpoint, "filesystem", None)
+    kind = getattr(fs, "type_name", "local")
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
 class _Session:
     """What both executors share: ``api`` is ``ray.train`` or ``ray.tune``, which offer the same checkpoint calls."""
 
@@ -22,8 +63,9 @@ class _Session:
         checkpoint = self._api.get_checkpoint()
         if checkpoint is None:
             return None
+        # A checkpoint read back from shared storage (a bucket, NFS) is data, never code: tensors and plain values only.
         with checkpoint.as_directory() as folder:
-            return torch.load(Path(folder) / "state.pt", map_location=device, weights_only=False)
+            return load_state_file(Path(folder) / "state.pt", device, shown=f"{_location(checkpoint)}/state.pt")
 
     def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
         ckpt = self._api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
