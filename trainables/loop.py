@@ -178,6 +178,17 @@ class Trial:
         return self.ema.module if self.ema is not None else _unwrap(self.model)
 
 
+def _node_id() -> str:
+    """The Ray node this worker runs on ("" outside Ray): the sweep records where each trial ran (several nodes of
+    one machine share its IP address, so the IP alone does not tell them apart)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:
+        return ""
+
+
 def optimizer_groups(model: torch.nn.Module, config: TrialConfig) -> list:
     """AdamW's parameter groups: every trainable parameter at ``lr``, or, for a video transformer with
     ``layer_decay`` < 1, one group per depth with the layer-wise decayed rate (BEiT / VideoMAE / SVFAP fine-tuning)."""
@@ -291,7 +302,8 @@ def score_and_report(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0
     """Evaluate, post-process and report one unit with its checkpoint. Returns False when the trial diverged (it is
     reported once with the objective at its worst value, and ends)."""
     config = t.config
-    progress = {"epoch": (unit - 1) // per_epoch + 1, "step": unit, "data_fraction": unit / per_epoch}
+    progress = {"epoch": (unit - 1) // per_epoch + 1, "step": unit, "data_fraction": unit / per_epoch,
+                "node_id": _node_id()}
     metrics = preds = None
     if not result.diverged:
         try:
