@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="coarse: crop + resize; fine: 5-point similarity alignment, eyes horizontal")
     pr.add_argument("--fps", type=float, default=None, help="keep frames at this rate (default: the video's own)")
     pr.add_argument("--smooth", type=int, default=2, help="radius in frames of detected-box smoothing (0 = off)")
+    pr.add_argument("--detect-width", type=int, default=480,
+                    help="detect faces on frames reduced to this width (boxes mapped back, crops from the full "
+                         "frame); 0 = full resolution. 480 finds faces from 80 px wide on 720p (default 480)")
+    pr.add_argument("--detect-every", type=int, default=4,
+                    help="run the detector on every k-th frame; boxes between are interpolated while the face is "
+                         "followed, else those frames are detected too; 1 = every frame (default 4). "
+                         "--detect-every 1 --detect-width 0 is the slow full detection of earlier versions")
     pr.add_argument("--workers", type=int, default=1, help="videos prepared in parallel")
     pr.add_argument("--index", default=None, help="where to write the dataset index (default: in the cache)")
     pr.add_argument("--warn-face-share", type=float, default=0.5,
@@ -281,7 +288,8 @@ def cmd_prepare(a) -> int:
     if a.weights_dir:
         os.environ["EMOTUNE_FACE_WEIGHTS"] = str(Path(a.weights_dir).resolve())  # read by the detector (and workers)
     reg = Registration(size=a.size, margin=a.margin, min_score=a.min_score, grayscale=a.grayscale,
-                       detector=a.detector, align=a.align, fps=a.fps, smooth=a.smooth, face_detector=a.face_detector)
+                       detector=a.detector, align=a.align, fps=a.fps, smooth=a.smooth, face_detector=a.face_detector,
+                       detect_width=a.detect_width, detect_every=a.detect_every)
     index, summary = prepare(a.manifest, a.cache, reg, workers=a.workers, index_path=a.index,
                              min_face_share=a.min_face_share, warn_face_share=a.warn_face_share)
     print("\n".join(summary.lines()))

@@ -12,8 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
+import threading
 import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -190,59 +194,153 @@ def _from_crops_folder(entry: VideoEntry, n: int, keep: np.ndarray, frames: np.n
     return valid, valid.astype(np.float32)
 
 
+#: Frames per decoded chunk, and chunks decoded ahead of detection (memory: (DECODE_AHEAD + 2) chunks of frames, about
+#: 350 MB at 720p, plus the frames waiting for their boxes).
+CHUNK_FRAMES = 32
+DECODE_AHEAD = 2
+#: Chunks of crops queued for the writer thread.
+WRITE_AHEAD = 2
+
+_END = object()
+
+
+class _Prefetch:
+    """Runs an iterator (decord decoding, which releases the GIL) in a thread, ``depth`` items ahead of the consumer;
+    its exceptions are raised in the consumer. ``close`` stops it early."""
+
+    def __init__(self, iterator, depth: int = DECODE_AHEAD):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iterator,), name="emotune-decode", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, iterator) -> None:
+        try:
+            for item in iterator:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._put(exc)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                self._thread.join(timeout=0.05)
+
+
+class _Writer:
+    """Crops frames and writes them into the entry in one background thread, at most ``depth`` batches behind."""
+
+    def __init__(self, crop: _Cropper, frames: np.ndarray, depth: int = WRITE_AHEAD):
+        self.crop, self.frames, self.depth = crop, frames, depth
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emotune-crop")
+        self._futures: deque = deque()
+
+    def _write(self, items) -> None:
+        for t, frame, box, lm in items:
+            self.frames[t] = self.crop(frame, box, lm)
+
+    def submit(self, items: list) -> None:
+        if items:
+            self._futures.append(self._pool.submit(self._write, items))
+        while len(self._futures) > self.depth or (self._futures and self._futures[0].done()):
+            self._futures.popleft().result()
+
+    def close(self, wait: bool = True) -> None:
+        try:
+            while wait and self._futures:
+                self._futures.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _detect_and_crop(entry: VideoEntry, reader, n: int, keep: np.ndarray, frames: np.ndarray, reg: Registration,
                      detector: Any):
     """Stream the kept frames in chunks: faces from the sidecar or a detector, boxes smoothed over +-``reg.smooth``
-    frames (a chunk is cropped once the next chunk's boxes are known), crops written into ``frames``."""
-    from trainables.prepare.faces import create_detector, pick_main_face, smooth_boxes
+    frames (a frame is cropped once the boxes ``reg.smooth`` frames after it are known), crops written into
+    ``frames``.
+
+    Three threads share the work (decord and OpenCV release the GIL): one decodes chunks ahead, this one detects
+    (``SparseFaceTrack``: reduced frames, every ``reg.detect_every``-th frame), one crops and writes. Memory stays
+    bounded: a few chunks of decoded frames, and the frames since the last key frame.
+    """
+    from trainables.prepare.faces import SparseFaceTrack, create_detector, smooth_boxes
 
     t_out = len(keep)
     boxes = np.full((t_out, 4), np.nan, dtype=np.float32)
     scores = np.zeros(t_out, dtype=np.float32)
     lms = np.full((t_out, 5, 2), np.nan, dtype=np.float32)
+    track = None
     if reg.detector == "precomputed":
         if entry.faces is None:
             raise ManifestError(f"video {entry.video_id}: detector 'precomputed' needs a faces sidecar (manifest "
                                 "column 'faces'); or prepare with --detector opencv|face_alignment")
-        track = read_face_sidecar(entry.faces)
-        if len(track.scores) < n:
-            raise LabelFileError(f"video {entry.video_id}: face sidecar {entry.faces} has {len(track.scores)} rows "
+        sidecar = read_face_sidecar(entry.faces)
+        if len(sidecar.scores) < n:
+            raise LabelFileError(f"video {entry.video_id}: face sidecar {entry.faces} has {len(sidecar.scores)} rows "
                                  f"but the video has {n} frames")
-        boxes[:], scores[:], lms[:] = track.boxes[keep], track.scores[keep], track.landmarks[keep]
+        boxes[:], scores[:], lms[:] = sidecar.boxes[keep], sidecar.scores[keep], sidecar.landmarks[keep]
         if reg.align == "fine" and np.isnan(lms[scores >= reg.min_score]).any():
             raise LabelFileError(f"video {entry.video_id}: align 'fine' needs 5 landmarks on every face frame, and "
                                  f"face sidecar {entry.faces} lacks some")
-    elif detector is None:
-        detector = create_detector(reg.detector, **({"face_detector": reg.face_detector}
-                                                    if reg.detector == "face_alignment" else {}))
-    crop = _Cropper(reg)
+    else:
+        if detector is None:
+            detector = create_detector(reg.detector, **({"face_detector": reg.face_detector}
+                                                        if reg.detector == "face_alignment" else {}))
+        track = SparseFaceTrack(detector, t_out, detect_width=reg.detect_width, detect_every=reg.detect_every,
+                                min_score=reg.min_score)
+        boxes, scores, lms = track.boxes, track.scores, track.landmarks
     # Smoothing is for detector jitter; a precomputed sidecar's boxes are taken as given.
     r = max(0, int(reg.smooth)) if reg.detector != "precomputed" else 0
-    pending: list[tuple[int, np.ndarray]] = []
-    previous_box = None
+    pending: dict[int, np.ndarray] = {}  # position -> decoded frame, until it is cropped
+    writer = _Writer(_Cropper(reg), frames)
 
     def flush(upto: int) -> None:
-        while pending and pending[0][0] <= upto:
-            t, frame = pending.pop(0)
+        items = []
+        for t in [t for t in pending if t <= upto]:
+            frame = pending.pop(t)
             if not (scores[t] >= reg.min_score and np.isfinite(boxes[t]).all()):
                 continue
             lo, hi = max(0, t - r), min(t_out, t + r + 1)
             window = np.where((scores[lo:hi] >= reg.min_score)[:, None], boxes[lo:hi], np.nan)
-            box = smooth_boxes(window, radius=r)[t - lo] if r else boxes[t]
-            frames[t] = crop(frame, box, lms[t])
+            box = smooth_boxes(window, radius=r)[t - lo] if r else boxes[t].copy()
+            items.append((t, frame, box, lms[t].copy()))
+        writer.submit(items)
 
-    for start, chunk in iter_frames(reader, n, indices=keep, path=entry.path):
-        if reg.detector != "precomputed":
-            for k, dets in enumerate(detector.detect(chunk)):
-                face = pick_main_face(dets, previous_box)
-                if face is not None:
-                    boxes[start + k], scores[start + k] = face.box, face.score
-                    if face.landmarks5 is not None:
-                        lms[start + k] = face.landmarks5
-                    previous_box = face.box
-        pending.extend((start + k, frame) for k, frame in enumerate(chunk))
-        flush(start + len(chunk) - 1 - r)
-    flush(t_out)
+    chunks = _Prefetch(iter_frames(reader, n, chunk=CHUNK_FRAMES, indices=keep, path=entry.path))
+    ok = False
+    try:
+        for start, chunk in chunks:
+            pending.update((start + k, frame) for k, frame in enumerate(chunk))
+            final = track.feed(start, chunk, pending.__getitem__) if track is not None else start + len(chunk) - 1
+            flush(final - r)
+        flush(t_out)
+        ok = True
+    finally:
+        chunks.close()
+        writer.close(wait=ok)
     valid = (scores >= reg.min_score) & np.isfinite(boxes).all(axis=1)
     if reg.align == "fine":
         valid &= np.isfinite(lms).all(axis=(1, 2))

@@ -20,6 +20,11 @@ from trainables.errors import UserError
 
 ALIGNMENTS = ("coarse", "fine")
 DETECTORS = ("precomputed", "opencv", "face_alignment")
+#: Settings of how faces are detected (not of the crops); they do nothing with ``precomputed`` faces.
+DETECTION_SETTINGS = ("detect_width", "detect_every")
+#: Bounds of ``detect_width`` (other than 0 = full resolution) and ``detect_every``.
+MIN_DETECT_WIDTH = 64
+MAX_DETECT_EVERY = 25
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,18 @@ class Registration:
         smooth: radius in frames of the moving average applied to detected boxes against jitter (0 = off); boxes
             from a precomputed sidecar are used as given.
         face_detector: the face_alignment package's detector (``sfd``, ``blazeface`` ...).
+        detect_width: frames wider than this are reduced to this width for face detection only (boxes are mapped
+            back; crops and face_alignment's landmarks use the full frame); 0 detects at full resolution. The default
+            480 detects 720p at 480x270 (a 1080p frame at 480x270 too) and costs about a quarter of the time of full
+            720p. OpenCV's Haar detector finds faces of at least 30 px at detection scale, so the smallest face found
+            is 30 * width / 480 px: 80 px on 720p, 120 px on 1080p (6.25% of the frame width); face videos for
+            emotion recognition (interviews, Aff-Wild2, AFEW-VA, SEWA, RECOLA) have larger faces. Use a wider setting
+            (or 0) for small faces.
+        detect_every: run the detector on every k-th kept frame (and the last) only; boxes between two detections are
+            interpolated when both found a face, the two boxes agree (IoU >= 0.5) and every frame between still shows
+            the face (normalised cross-correlation of the face patch >= 0.5); otherwise every frame between is
+            detected. Frames without a detected face stay invalid. 1 detects every frame. ``detect_every=1,
+            detect_width=0`` is the full-resolution, every-frame detection of earlier versions.
     """
 
     size: int | tuple[int, int] = 64
@@ -50,6 +67,8 @@ class Registration:
     fps: float | None = None
     smooth: int = 2
     face_detector: str = "sfd"
+    detect_width: int = 480
+    detect_every: int = 4
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
@@ -60,6 +79,15 @@ class Registration:
             raise UserError(f"fps must be positive or None (the video's own rate), got {self.fps}")
         if not 0.0 <= self.min_score <= 1.0:
             raise UserError(f"min_score must lie in [0, 1], got {self.min_score}")
+        for name, value in (("detect_width", self.detect_width), ("detect_every", self.detect_every)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise UserError(f"{name} must be a whole number, got {value!r}")
+        if self.detect_width != 0 and self.detect_width < MIN_DETECT_WIDTH:
+            raise UserError(f"detect_width must be 0 (full resolution) or at least {MIN_DETECT_WIDTH} px, got "
+                            f"{self.detect_width}")
+        if not 1 <= self.detect_every <= MAX_DETECT_EVERY:
+            raise UserError(f"detect_every must lie in [1, {MAX_DETECT_EVERY}] (1 = detect on every frame), got "
+                            f"{self.detect_every}")
         if self.align == "fine" and self.detector == "opencv":
             raise UserError("align 'fine' needs landmarks; the opencv detector gives none (use face_alignment, or a "
                             "sidecar with landmarks)")
@@ -69,7 +97,14 @@ class Registration:
         return (self.size, self.size) if isinstance(self.size, int) else (int(self.size[0]), int(self.size[1]))
 
     def digest(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Short hash of the settings, part of every cache entry's address. Detection settings are left out for
+        ``precomputed`` faces (nothing is detected), so those entries keep the address they had before the settings
+        existed."""
+        settings = asdict(self)
+        if self.detector == "precomputed":
+            for name in DETECTION_SETTINGS:
+                settings.pop(name)
+        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 #: The canonical 5-point template in a 112 x 112 crop (x, y; pixel centres at integers, so the crop's centre column is
@@ -275,5 +310,5 @@ def fine_align(frame: np.ndarray, landmarks5: np.ndarray, size: int | tuple[int,
     return _finish(out, grayscale)
 
 
-__all__ = ["CANONICAL_TEMPLATE_112", "TEMPLATE_5PTS", "similarity_from_points", "apply_transform", "crop_region",
-           "coarse_crop", "fine_align"]
+__all__ = ["DETECTION_SETTINGS", "CANONICAL_TEMPLATE_112", "TEMPLATE_5PTS", "similarity_from_points", "apply_transform",
+           "crop_region", "coarse_crop", "fine_align"]

@@ -1,11 +1,15 @@
-"""Following one face through a video: the main face on each frame, and light smoothing of its boxes."""
+"""Following one face through a video: the main face on each frame, light smoothing of its boxes, and
+``SparseFaceTrack``, which detects on reduced frames every k-th frame and carries the boxes between detections."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import cv2
 import numpy as np
 
 from trainables.prepare.faces.base import Detection
 
-__all__ = ["pick_main_face", "smooth_boxes"]
+__all__ = ["SparseFaceTrack", "box_iou", "patch_similarity", "pick_main_face", "smooth_boxes"]
 
 
 def _centre(box: np.ndarray) -> np.ndarray:
@@ -75,3 +79,195 @@ def smooth_boxes(boxes: np.ndarray, radius: int = 2) -> np.ndarray:
     counts = (ccount[hi] - ccount[lo]).astype(np.float64)
     out[valid] = sums[valid] / counts[valid, None]
     return out
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two x1, y1, x2, y2 boxes (0 when either is empty or not finite)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return 0.0
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+#: Side of the gray patches ``patch_similarity`` compares.
+PATCH_SIDE = 24
+
+
+def _patch(frame: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    """The box's region of an RGB frame as a zero-mean, unit-norm gray PATCH_SIDE^2 vector (None: empty or flat)."""
+    h, w = frame.shape[:2]
+    x1, y1 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x2, y2 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return None
+    region = frame[y1:y2, x1:x2]
+    gray = cv2.cvtColor(region, cv2.COLOR_RGB2GRAY) if region.ndim == 3 and region.shape[2] == 3 else region
+    small = cv2.resize(np.ascontiguousarray(gray), (PATCH_SIDE, PATCH_SIDE), interpolation=cv2.INTER_AREA)
+    v = small.astype(np.float64).ravel()
+    v -= v.mean()
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 1e-6 * len(v) else None
+
+
+def patch_similarity(frame_a: np.ndarray, box_a: np.ndarray, frame_b: np.ndarray, box_b: np.ndarray) -> float:
+    """Normalised cross-correlation in [-1, 1] of two boxes' regions (gray, resized to 24x24); 0 when either region is
+    empty or flat (a blank frame)."""
+    pa, pb = _patch(frame_a, box_a), _patch(frame_b, box_b)
+    return float(pa @ pb) if pa is not None and pb is not None else 0.0
+
+
+class SparseFaceTrack:
+    """The main face of each frame of a video fed in order, chunk by chunk, with few detector calls.
+
+    The detector runs on frames reduced to ``detect_width`` (boxes and landmarks are mapped back to the frame; a
+    detector with a ``detect_max_side`` attribute, face_alignment, reduces by itself and keeps its landmarks on the
+    full frame) and only on key frames: every ``detect_every``-th frame and the last. Between two consecutive key frames
+    the boxes (scores: the lower of the two; landmarks) are interpolated linearly when
+
+    * both key frames have a face scoring at least ``min_score``,
+    * their boxes agree (IoU >= ``agree_iou``), and
+    * every frame between still shows the face: the gray patch under its interpolated box correlates with the patch
+      on one of the two key frames (normalised cross-correlation >= ``min_similarity``; a blank or cut frame does not).
+
+    Otherwise every frame between is detected, so a frame is only ever marked as a face when the detector found one on
+    it or on both sides of it within ``detect_every`` frames with the face visibly there. ``detect_every=1`` and
+    ``detect_width=0`` detect every frame at full resolution.
+
+    Args:
+        detector: a ``FaceDetector``.
+        num_frames: frames the video will be fed.
+        detect_width, detect_every, min_score: as in ``Registration``.
+        pick: chooses the face to follow from one frame's detections and the previous box (``pick_main_face``).
+    Attributes:
+        boxes: (T, 4) float32, NaN where no face; scores: (T,) float32 (0 where no face); landmarks: (T, 5, 2) float32
+            (NaN where none). Rows up to the value ``feed`` returned are final.
+        detected: (T,) bool, frames the detector ran on (for statistics and tests).
+    """
+
+    def __init__(self, detector: Any, num_frames: int, *, detect_width: int = 480, detect_every: int = 4,
+                 min_score: float = 0.8, agree_iou: float = 0.5, min_similarity: float = 0.5,
+                 pick: Callable[..., Detection | None] | None = None) -> None:
+        self.detector = detector
+        self.t_out = int(num_frames)
+        self.detect_width = int(detect_width)
+        self.detect_every = max(1, int(detect_every))
+        self.min_score, self.agree_iou, self.min_similarity = float(min_score), float(agree_iou), float(min_similarity)
+        self.pick = pick or pick_main_face
+        self.boxes = np.full((self.t_out, 4), np.nan, dtype=np.float32)
+        self.scores = np.zeros(self.t_out, dtype=np.float32)
+        self.landmarks = np.full((self.t_out, 5, 2), np.nan, dtype=np.float32)
+        self.detected = np.zeros(self.t_out, dtype=bool)
+        self._last_key: int | None = None
+        self._last_key_frame: np.ndarray | None = None  # kept: the caller may have let go of it (its box is final)
+        self._previous_box: np.ndarray | None = None
+
+    def is_key(self, t: int) -> bool:
+        return t % self.detect_every == 0 or t == self.t_out - 1
+
+    def _detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+        """Detections on full frames, in full-frame coordinates, detecting at ``detect_width``."""
+        if not frames:
+            return []
+        h, w = frames[0].shape[:2]
+        if hasattr(self.detector, "detect_max_side"):
+            # face_alignment reduces by itself and takes its landmarks from the full frame: give it the same scale.
+            self.detector.detect_max_side = (round(max(h, w) * self.detect_width / w)
+                                             if self.detect_width and w > self.detect_width else None)
+            return self.detector.detect(np.stack(frames))
+        if not self.detect_width or w <= self.detect_width:
+            return self.detector.detect(np.stack(frames))
+        sw, sh = self.detect_width, max(1, round(h * self.detect_width / w))
+        small = np.stack([cv2.resize(f, (sw, sh), interpolation=cv2.INTER_AREA) for f in frames])
+        kx, ky = w / sw, h / sh
+        out = []
+        for dets in self.detector.detect(small):
+            mapped = []
+            for d in dets:
+                box = (np.asarray(d.box, dtype=np.float32) * np.array([kx, ky, kx, ky], dtype=np.float32))
+                lm = None if d.landmarks5 is None else (np.asarray(d.landmarks5, dtype=np.float32)
+                                                        * np.array([kx, ky], dtype=np.float32))
+                mapped.append(Detection(box, d.score, lm))
+            out.append(mapped)
+        return out
+
+    def _assign(self, t: int, dets: list[Detection], previous: np.ndarray | None) -> None:
+        self.detected[t] = True
+        face = self.pick(dets, previous)
+        if face is not None:
+            self.boxes[t], self.scores[t] = face.box, face.score
+            if face.landmarks5 is not None:
+                self.landmarks[t] = face.landmarks5
+
+    def _has_face(self, t: int) -> bool:
+        return bool(self.scores[t] >= self.min_score and np.isfinite(self.boxes[t]).all())
+
+    def _carry(self, a: int, b: int, frame_at: Callable[[int], np.ndarray]) -> bool:
+        """Interpolate frames a+1 .. b-1 from key frames a and b when the face is followed; False when they must be
+        detected."""
+        if not (self._has_face(a) and self._has_face(b)) or box_iou(self.boxes[a], self.boxes[b]) < self.agree_iou:
+            return False
+        ts = np.arange(a + 1, b)
+        f = ((ts - a) / (b - a)).astype(np.float32)
+        boxes = self.boxes[a] + f[:, None] * (self.boxes[b] - self.boxes[a])
+        fa, fb = frame_at(a), frame_at(b)
+        pa, pb = _patch(fa, self.boxes[a]), _patch(fb, self.boxes[b])
+        for t, box in zip(ts, boxes):
+            p = _patch(frame_at(int(t)), box)
+            sims = [float(p @ q) for q in (pa, pb) if p is not None and q is not None]
+            if not sims or max(sims) < self.min_similarity:
+                return False
+        self.boxes[a + 1:b] = boxes
+        self.scores[a + 1:b] = min(self.scores[a], self.scores[b])
+        lms_a, lms_b = self.landmarks[a], self.landmarks[b]
+        if np.isfinite(lms_a).all() and np.isfinite(lms_b).all():
+            self.landmarks[a + 1:b] = lms_a + f[:, None, None] * (lms_b - lms_a)
+        return True
+
+    def feed(self, start: int, chunk: np.ndarray, frame_at: Callable[[int], np.ndarray]) -> int:
+        """Take the frames ``start .. start + len(chunk) - 1`` (uint8 RGB) and detect what can be decided.
+
+        Args:
+            frame_at: returns the frame at an earlier position that is not final yet (after the last position this
+                method returned); such frames are needed again when the span before a key frame is detected.
+        Returns:
+            The last position whose box, score and landmarks are final (-1 when none is yet).
+        """
+        keys = [start + k for k in range(len(chunk)) if self.is_key(start + k)]
+        if not keys:
+            return -1 if self._last_key is None else self._last_key
+
+        def get(t: int) -> np.ndarray:
+            if t >= start:
+                return chunk[t - start]
+            return self._last_key_frame if t == self._last_key else frame_at(t)
+
+        found = self._detect([chunk[t - start] for t in keys])
+        previous = self._previous_box
+        for t, dets in zip(keys, found):
+            self._assign(t, dets, previous)
+            if np.isfinite(self.boxes[t]).all():
+                previous = self.boxes[t].copy()
+        # Spans between key frames that cannot be carried are detected frame by frame, in one batch.
+        todo: list[int] = []
+        a = self._last_key
+        for b in keys:
+            if a is not None and b - a > 1 and not self._carry(a, b, get):
+                todo.extend(range(a + 1, b))
+            a = b
+        if todo:
+            for t, dets in zip(todo, self._detect([get(t) for t in todo])):
+                prev_t = t - 1
+                self._assign(t, dets, self.boxes[prev_t] if np.isfinite(self.boxes[prev_t]).all()
+                             else self._previous_box)
+        self._last_key = keys[-1]
+        self._last_key_frame = chunk[keys[-1] - start]
+        last = self.boxes[keys[-1]]
+        if np.isfinite(last).all():
+            self._previous_box = last.copy()
+        elif previous is not None:
+            self._previous_box = previous
+        return self._last_key
