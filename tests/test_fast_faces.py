@@ -1,0 +1,178 @@
+"""Fast face preparation: detection on reduced frames every k-th frame (``SparseFaceTrack``) keeps the faces of
+full-resolution detection on every frame, never invents a face over frames without one, and its settings are part of
+the cache's registration. A real 720p clip: the astronaut photograph's head moving over a 1280x720 canvas."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from trainables.errors import UserError
+from trainables.prepare.faces import SparseFaceTrack, box_iou, create_detector, patch_similarity
+from trainables.prepare.registration import Registration
+
+W, H, FRAMES, FPS = 1280, 720, 32, 25
+BLANK = range(13, 15)      # a 2-frame cut to grey between the key frames 12 and 16 (detect_every 4)
+BLANK_KEY = range(18, 23)  # a 5-frame cut holding the key frame 20
+
+
+def _head() -> np.ndarray:
+    from skimage.data import astronaut
+
+    return cv2.resize(astronaut()[0:220, 120:300], (270, 330), interpolation=cv2.INTER_CUBIC)
+
+
+def _write_clip(path: Path, blank: tuple[range, ...] = ()) -> Path:
+    head = _head()
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (W, H))
+    for t in range(FRAMES):
+        canvas = np.full((H, W, 3), 90, np.uint8)
+        if not any(t in span for span in blank):
+            x, y = 60 + 5 * t, 120 + 2 * t
+            canvas[y:y + head.shape[0], x:x + head.shape[1]] = head
+        out.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    out.release()
+    return path
+
+
+def _decode(path: Path) -> np.ndarray:
+    from trainables.prepare.decode import open_video
+
+    reader, _, n = open_video(path)
+    return reader.get_batch(list(range(n))).asnumpy()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, np.ndarray]:
+    work = tmp_path_factory.mktemp("fast_faces")
+    return {"face": _decode(_write_clip(work / "face.mp4")),
+            "cuts": _decode(_write_clip(work / "cuts.mp4", blank=(BLANK, BLANK_KEY)))}
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return create_detector("opencv")
+
+
+def _track(detector, frames: np.ndarray, chunk: int = 10, **settings) -> SparseFaceTrack:
+    """Feed ``frames`` in chunks, as preparation does; frames before the chunk come from a dict of pending ones."""
+    track = SparseFaceTrack(detector, len(frames), **settings)
+    pending: dict[int, np.ndarray] = {}
+    for start in range(0, len(frames), chunk):
+        part = frames[start:start + chunk]
+        pending.update((start + k, f) for k, f in enumerate(part))
+        final = track.feed(start, part, pending.__getitem__)
+        for t in [t for t in pending if t <= final]:
+            del pending[t]  # a frame whose box is final is dropped, as preparation crops and drops it
+    return track
+
+
+def _valid(track: SparseFaceTrack, min_score: float = 0.8) -> np.ndarray:
+    return (track.scores >= min_score) & np.isfinite(track.boxes).all(axis=1)
+
+
+@pytest.fixture(scope="module")
+def full(clips, detector) -> dict[str, SparseFaceTrack]:
+    """The reference: full resolution, every frame (the behaviour before fast preparation)."""
+    return {name: _track(detector, frames, detect_width=0, detect_every=1) for name, frames in clips.items()}
+
+
+def test_fast_path_keeps_every_face_of_full_detection(clips, detector, full):
+    ref = full["face"]
+    assert _valid(ref).all(), "the reference finds the face on every frame"
+    for every in (1, 4):
+        fast = _track(detector, clips["face"], detect_width=480, detect_every=every)
+        assert np.array_equal(_valid(fast), _valid(ref))
+        ious = [box_iou(a, b) for a, b in zip(fast.boxes, ref.boxes)]
+        assert min(ious) >= 0.8, (every, np.round(ious, 3))
+        # the detector ran on key frames only (every 4th and the last), the rest was carried
+        assert fast.detected.sum() == (FRAMES if every == 1 else len(range(0, FRAMES, 4)) + 1)
+
+
+def test_spans_without_a_face_stay_invalid(clips, detector, full):
+    ref = _valid(full["cuts"])
+    blank = np.zeros(FRAMES, bool)
+    blank[list(BLANK) + list(BLANK_KEY)] = True
+    assert not ref[blank].any() and ref[~blank].all()
+    fast = _track(detector, clips["cuts"], detect_width=480, detect_every=4)
+    assert np.array_equal(_valid(fast), ref)
+    # the short cut lies between two key frames whose boxes agree: the patch check refused to carry the box over it,
+    # and its frames were then detected one by one
+    assert box_iou(fast.boxes[12], fast.boxes[16]) >= 0.5
+    assert fast.detected[list(BLANK)].all()
+    ious = [box_iou(a, b) for a, b in zip(fast.boxes[~blank], full["cuts"].boxes[~blank])]
+    assert min(ious) >= 0.8
+
+
+def test_patch_similarity_and_iou():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (100, 120, 3), dtype=np.uint8)
+    box = np.array([10, 20, 60, 80], np.float32)
+    assert patch_similarity(frame, box, frame, box) == pytest.approx(1.0)
+    assert patch_similarity(frame, box, np.full_like(frame, 90), box) == 0.0  # a flat (blank) frame
+    assert box_iou(box, box) == pytest.approx(1.0)
+    assert box_iou(box, box + np.float32(100)) == 0.0
+    assert box_iou(box, np.full(4, np.nan)) == 0.0
+    assert box_iou([0, 0, 2, 2], [1, 0, 3, 2]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"detect_width": 32}, r"^detect_width must be 0 \(full resolution\) or at least 64 px, got 32$"),
+    ({"detect_width": -1}, r"^detect_width must be 0"),
+    ({"detect_every": 0}, r"^detect_every must lie in \[1, 25\] \(1 = detect on every frame\), got 0$"),
+    ({"detect_every": 26}, r"^detect_every must lie in \[1, 25\]"),
+    ({"detect_every": 2.5}, r"^detect_every must be a whole number, got 2.5$"),
+    ({"detect_width": True}, r"^detect_width must be a whole number, got True$"),
+])
+def test_detection_settings_are_validated(kwargs, match):
+    with pytest.raises(UserError, match=match):
+        Registration(detector="opencv", **kwargs)
+
+
+def test_cli_rejects_bad_detection_settings_in_one_line(tmp_path, capsys):
+    from cluster.cli import main
+
+    assert main(["data", "prepare", "--manifest", str(tmp_path / "m.csv"), "--cache", str(tmp_path / "c"),
+                 "--detector", "opencv", "--detect-every", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["emotune: error: detect_every must lie in [1, 25] (1 = detect on every frame), got 0"]
+
+
+def test_detection_settings_address_entries_but_not_precomputed_ones():
+    fast, slow = Registration(detector="opencv"), Registration(detector="opencv", detect_width=0, detect_every=1)
+    assert (fast.detect_width, fast.detect_every) == (480, 4)
+    assert fast.digest() != slow.digest()
+    # nothing is detected for precomputed faces: the settings do not change the address
+    assert Registration().digest() == Registration(detect_width=0, detect_every=1).digest()
+
+
+def _dataset(root: Path, video: Path) -> Path:
+    root.mkdir(parents=True)
+    with (root / "labels.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["frame", "valence", "arousal"])
+        w.writerows([t, 0.1, -0.1] for t in range(FRAMES))
+    (root / "manifest.csv").write_text(f"video_id,path,subject,split,labels\ncuts,{video},s0,train,labels.csv\n")
+    return root / "manifest.csv"
+
+
+def test_prepare_records_the_settings_and_keeps_the_face_share(tmp_path):
+    from trainables.data.cache import open_entry
+    from trainables.prepare.run import prepare
+
+    manifest = _dataset(tmp_path / "ds", _write_clip(tmp_path / "cuts.mp4", blank=(BLANK, BLANK_KEY)))
+    shares = {}
+    for name, reg in (("fast", Registration(size=32, detector="opencv", detect_width=400, detect_every=5)),
+                      ("full", Registration(size=32, detector="opencv", detect_width=0, detect_every=1))):
+        index, summary = prepare(manifest, tmp_path / "cache", reg, progress=False)
+        shares[name] = summary.face_share["cuts"]
+        recorded = json.loads(index.read_text())["registration"]
+        assert (recorded["detect_width"], recorded["detect_every"]) == (reg.detect_width, reg.detect_every)
+        entry = open_entry(tmp_path / "cache" / json.loads(index.read_text())["videos"][0]["entry"])
+        assert Registration(**{**entry.meta["registration"], "size": reg.size}) == reg
+        assert entry.valid[list(BLANK) + list(BLANK_KEY)].sum() == 0
+    assert shares["fast"] == shares["full"] == (FRAMES - len(BLANK) - len(BLANK_KEY)) / FRAMES
