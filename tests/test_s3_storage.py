@@ -67,9 +67,24 @@ def bucket(s3_server, monkeypatch):
     return SimpleNamespace(name=name, s3=s3, env=s3_server)
 
 
-def _keys(bucket) -> list[str]:
+def _objects(bucket) -> list[dict]:
     pages = bucket.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket.name)
-    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    return [obj for page in pages for obj in page.get("Contents", [])]
+
+
+def _reports(bucket, key: str) -> list[dict]:
+    """The results Tune recorded for a trial (its ``result.json`` in the bucket)."""
+    import json
+
+    try:
+        body = bucket.s3.get_object(Bucket=bucket.name, Key=key)["Body"].read().decode()
+    except bucket.s3.exceptions.NoSuchKey:
+        return []
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+def _keys(bucket) -> list[str]:
+    return [obj["Key"] for obj in _objects(bucket)]
 
 
 def _upload_checkpoint(bucket, prefix: str, state: object, extra: dict[str, str] | None = None):
@@ -219,14 +234,19 @@ def test_sweep_in_a_bucket_survives_a_killed_driver_and_files_best_checkpoints(b
     proc = subprocess.Popen([str(BIN / "emotune"), "sweep", "--space", "s3.yaml", "--data", str(index), "--trials", "2",
                              "--name", "b", "--storage", storage, "--max-concurrent", "1", "--seed", "1"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**env, "RAY_GCS_SERVER_PORT": str(port)})
+                            # the experiment state saved every second (Tune's default: 10 s at least)
+                            env={**env, "RAY_GCS_SERVER_PORT": str(port), "TUNE_GLOBAL_CHECKPOINT_S": "1"})
     try:
         _wait_for(proc, r"trial \w+ started", timeout=600)
-        deadline = time.time() + 600
+        # Kill once the first checkpoint is in the bucket and the experiment state saved after it (so the resumed
+        # sweep knows that checkpoint and must read it back from the bucket).
+        deadline, first = time.time() + 600, None
         while time.time() < deadline:
-            keys = _keys(bucket)
-            if (any("/checkpoint_" in k and k.endswith("state.pt") for k in keys)
-                    and any(k.rsplit("/", 1)[-1].startswith("experiment_state") for k in keys)):
+            objects = _objects(bucket)
+            ckpt = [o for o in objects if "/checkpoint_" in o["Key"] and o["Key"].endswith("/state.pt")]
+            state = [o for o in objects if o["Key"].rsplit("/", 1)[-1].startswith("experiment_state")]
+            if ckpt and state and max(o["LastModified"] for o in state) > min(o["LastModified"] for o in ckpt):
+                first = min(ckpt, key=lambda o: o["LastModified"])["Key"].split("/")[2]
                 break
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(0.5)
@@ -240,6 +260,7 @@ def test_sweep_in_a_bucket_survives_a_killed_driver_and_files_best_checkpoints(b
             proc.kill()
     _kill_local_ray(port)
     killed_after = time.time() - started
+    reports_at_kill = _reports(bucket, f"sweeps/b/{first}/result.json")
     assert not (tmp_path / "ray_results").exists()  # nothing of the sweep went to a local folder
 
     resumed = emotune("sweep", "--resume", "b", "--storage", storage, cwd=tmp_path, timeout=900)
@@ -261,6 +282,17 @@ def test_sweep_in_a_bucket_survives_a_killed_driver_and_files_best_checkpoints(b
     assert {f"trial-{t}" for t in trial_ids} == ckpts
     for child in children:
         assert child.info.status == "FINISHED" and child.data.tags["emotune.epochs_run"] == "2"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_ccc_mean")]
+        print(child.data.tags["emotune.trial_id"], "epochs reported:", steps)
+        assert set(steps) == {1, 2}
+        if f"trial-{child.data.tags['emotune.trial_id']}" == first:
+            # The killed trial went on from its checkpoint in the bucket (loaded with weights_only), not from scratch.
+            assert steps.count(1) == 1
+    reports = _reports(bucket, f"sweeps/b/{first}/result.json")
+    print(f"{first}: {len(reports_at_kill)} report(s) at the kill; epochs {[r['epoch'] for r in reports]} from "
+          f"processes {[r['pid'] for r in reports]}")
+    if len(reports_at_kill) == 1:  # killed mid-trial: a new process finished it from the bucket's checkpoint
+        assert [r["epoch"] for r in reports] == [1, 2] and len({r["pid"] for r in reports}) == 2
         assert child.data.tags["emotune.best_checkpoint"].startswith(f"{storage}/b/trial-")
         assert "checkpoint" in {a.path for a in client.list_artifacts(child.info.run_id)}
     import optuna
