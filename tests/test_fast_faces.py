@@ -176,3 +176,43 @@ def test_prepare_records_the_settings_and_keeps_the_face_share(tmp_path):
         assert Registration(**{**entry.meta["registration"], "size": reg.size}) == reg
         assert entry.valid[list(BLANK) + list(BLANK_KEY)].sum() == 0
     assert shares["fast"] == shares["full"] == (FRAMES - len(BLANK) - len(BLANK_KEY)) / FRAMES
+
+
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["decode", "detect"])
+def test_an_error_in_any_thread_reaches_the_caller_and_stops_the_others(monkeypatch, tmp_path, where):
+    """Decoding runs ahead in a thread and cropping behind in another: an error while decoding (a file corrupt past its
+    index) or detecting is raised to the caller, and no thread is left running."""
+    import threading
+    from types import SimpleNamespace
+
+    from trainables.prepare import build
+    from trainables.prepare.decode import VideoDecodeError
+
+    frames = np.full((8, 48, 64, 3), 90, np.uint8)
+
+    def chunks(reader, n, chunk=32, indices=None, path=None):
+        for start in range(0, 200, 8):  # far more chunks than the queue holds
+            if where == "decode" and start == 16:
+                raise VideoDecodeError(f"video {path}: frames {start}..{start + 7} cannot be decoded")
+            yield start, frames
+
+    class Detector:
+        name, gives_landmarks, calls = "fake", False, 0
+
+        def detect(self, batch):
+            Detector.calls += 1
+            if where == "detect" and Detector.calls == 3:
+                raise _Boom("detector failed")
+            return [[] for _ in batch]
+
+    monkeypatch.setattr(build, "iter_frames", chunks)
+    out = np.zeros((200, 16, 16, 3), np.uint8)
+    entry = SimpleNamespace(video_id="v", path=tmp_path / "v.mp4", faces=None)
+    with pytest.raises(VideoDecodeError if where == "decode" else _Boom):
+        build._detect_and_crop(entry, None, 200, np.arange(200), out, Registration(detector="opencv"), Detector())
+    alive = [t.name for t in threading.enumerate() if t.name.startswith(("emotune-decode", "emotune-crop"))]
+    assert alive == []
