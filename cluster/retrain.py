@@ -130,7 +130,7 @@ def retrain_top(client, sweep_ref: str, tracking_uri: str, k: int, seeds: int, m
     name = f"{sweep.name}-retrain-{time.strftime('%Y%m%d-%H%M%S')}"
     points = retrain_configs(configs, seeds, f"{root}/{name}")
 
-    init_ray(log_to_driver=False)
+    init_ray(log_to_driver=False, dashboard=runtime.get("executor") == "train")
     import ray
 
     workers = int(runtime.get("workers", 1))

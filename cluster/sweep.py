@@ -75,9 +75,10 @@ class DefineByRun:
         return {**suggest(self.space, trial), **self.constants}
 
 
-def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
-    """Connect to ``address`` (or $RAY_ADDRESS), else start Ray in-process. The dashboard stays on: Train V2 watches
-    its controller through the State API, which the dashboard serves (without it, trials after the first hang)."""
+def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: bool = True) -> None:
+    """Connect to ``address`` (or $RAY_ADDRESS), else start Ray in-process. A local Ray gets the dashboard when
+    ``dashboard``: Train V2 watches its controller through the State API, which the dashboard serves (without it,
+    Ray Train trials after the first hang); inline trials do without it, and Ray starts faster."""
     import ray
 
     from cluster.retries import install_retry_policy
@@ -106,8 +107,8 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
             sock.bind(("", 0))
             port = str(sock.getsockname()[1])
         os.environ["RAY_GCS_SERVER_PORT"] = port
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
-             log_to_driver=log_to_driver,
+    ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1",
+             dashboard_port=_free_port() if dashboard else None, log_to_driver=log_to_driver,
              runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}})
 
 
@@ -167,7 +168,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     if _experiment_exists(storage, name):
         raise UserError(f"a sweep named {name!r} already exists in {storage}; resume it with "
                         f"`emotune sweep --resume {name} --storage {opts.storage}` or choose another --name")
-    init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2)
+    init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2, dashboard=executor == "train")
     concurrent = max_concurrent_trials(ray.cluster_resources(), workers, cpus, gpus, opts.max_concurrent, autoscaling)
 
     runtime = {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus,

@@ -25,7 +25,6 @@ import os
 from pathlib import Path
 
 from trainables.errors import ConfigError
-from trainables.loop import train_in_trial, train_loop_per_worker
 
 # 256 MiB: what the waiting trial process needs; nonzero so that Tune accepts the request.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
@@ -82,6 +81,10 @@ def run_trial(config: dict) -> None:
 
 
 def _fit_trial(config: dict) -> None:
+    # Imported here, not at the top: the sweep's driver imports this module for its Tune function and resources, and
+    # the training loop (torch, timm, the models) is needed only where a trial trains.
+    from trainables.loop import train_in_trial, train_loop_per_worker
+
     runtime = config["runtime"]
     gpus = float(runtime.get("gpus_per_worker", 0))
     loop_config = {**{k: v for k, v in config.items() if k != "runtime"},
