@@ -85,8 +85,9 @@ def main() -> None:
     for name in names[1:]:
         ious = np.array([box_iou(x, y) for x, y in zip(runs[name][1], before[1])])
         both = runs[name][2] & before[2]
+        share = 100 * (ious[both] >= 0.8).mean()
         print(f"boxes of '{name}' vs full detection, {both.sum()} frames with a face in both: IoU mean "
-              f"{ious[both].mean():.3f}, min {ious[both].min():.3f}, share >= 0.8: {100 * (ious[both] >= 0.8).mean():.1f}%")
+              f"{ious[both].mean():.3f}, min {ious[both].min():.3f}, share >= 0.8: {share:.1f}%")
     print(f"face share: before {100 * before[2].mean():.1f}%, after {100 * after[2].mean():.1f}%")
 
 
