@@ -72,6 +72,17 @@ def _objects(bucket) -> list[dict]:
     return [obj for page in pages for obj in page.get("Contents", [])]
 
 
+def _state_names(bucket, state_keys: list[str], checkpoint_dir: str) -> bool:
+    """Whether Tune's experiment state in the bucket records the checkpoint ``checkpoint_dir`` (a trial's checkpoint
+    manager is kept there pickled, as hex, so the path is looked for in both spellings)."""
+    tail = "/".join(checkpoint_dir.split("/")[-2:])  # trial-<id>/checkpoint_<n>
+    for key in state_keys:
+        body = bucket.s3.get_object(Bucket=bucket.name, Key=key)["Body"].read().decode()
+        if tail in body or tail.encode().hex() in body:
+            return True
+    return False
+
+
 def _reports(bucket, key: str) -> list[dict]:
     """The results Tune recorded for a trial (its ``result.json`` in the bucket)."""
     import json
@@ -238,15 +249,15 @@ def test_sweep_in_a_bucket_survives_a_killed_driver_and_files_best_checkpoints(b
                             env={**env, "RAY_GCS_SERVER_PORT": str(port), "TUNE_GLOBAL_CHECKPOINT_S": "1"})
     try:
         _wait_for(proc, r"trial \w+ started", timeout=600)
-        # Kill once the first checkpoint is in the bucket and the experiment state saved after it (so the resumed
-        # sweep knows that checkpoint and must read it back from the bucket).
+        # Kill once the first checkpoint is in the bucket and the experiment state there names it (so the resumed
+        # sweep must read that checkpoint back from the bucket).
         deadline, first = time.time() + 600, None
         while time.time() < deadline:
             objects = _objects(bucket)
-            ckpt = [o for o in objects if "/checkpoint_" in o["Key"] and o["Key"].endswith("/state.pt")]
-            state = [o for o in objects if o["Key"].rsplit("/", 1)[-1].startswith("experiment_state")]
-            if ckpt and state and max(o["LastModified"] for o in state) > min(o["LastModified"] for o in ckpt):
-                first = min(ckpt, key=lambda o: o["LastModified"])["Key"].split("/")[2]
+            ckpt = [o["Key"] for o in objects if "/checkpoint_" in o["Key"] and o["Key"].endswith("/state.pt")]
+            state = [o["Key"] for o in objects if o["Key"].rsplit("/", 1)[-1].startswith("experiment_state")]
+            if ckpt and state and _state_names(bucket, state, ckpt[0].rsplit("/", 1)[0]):
+                first = ckpt[0].split("/")[2]
                 break
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(0.5)
