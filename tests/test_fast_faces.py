@@ -216,3 +216,27 @@ def test_an_error_in_any_thread_reaches_the_caller_and_stops_the_others(monkeypa
         build._detect_and_crop(entry, None, 200, np.arange(200), out, Registration(detector="opencv"), Detector())
     alive = [t.name for t in threading.enumerate() if t.name.startswith(("emotune-decode", "emotune-crop"))]
     assert alive == []
+
+
+def test_a_detector_that_reduces_by_itself_gets_full_frames_and_landmarks_are_carried():
+    """face_alignment reduces frames itself (``detect_max_side``) and takes landmarks from the full frame: it is given
+    full frames and the reduced size matching ``detect_width``; landmarks between key frames are interpolated."""
+    from trainables.prepare.faces import Detection
+
+    LM = np.array([[100, 100], [140, 100], [120, 120], [105, 140], [135, 140]], np.float32)
+    rng = np.random.default_rng(1)
+    frames = np.repeat(rng.integers(0, 255, (1, 360, 640, 3), dtype=np.uint8), 9, axis=0)  # a still textured frame
+
+    class Reducing:
+        name, gives_landmarks, detect_max_side = "reducing", True, 640
+        seen: list = []
+
+        def detect(self, batch):
+            Reducing.seen.append((batch.shape[1:3], self.detect_max_side))
+            return [[Detection(np.array([80, 80, 160, 170], np.float32), 0.99, LM + 8 * i)] for i in range(len(batch))]
+
+    track = _track(Reducing(), frames, chunk=9, detect_width=320, detect_every=4)
+    assert Reducing.seen == [((360, 640), 320)]  # one batch of the key frames 0, 4 and 8, full size
+    assert track.detected.tolist() == [True, False, False, False, True, False, False, False, True]
+    assert (track.scores == np.float32(0.99)).all()
+    assert np.allclose(track.landmarks[2], LM + 4) and np.allclose(track.landmarks[7], LM + 8 + 6)
