@@ -36,8 +36,7 @@ def load_state_file(path: str | Path, map_location=None, shown: str | None = Non
                             f"({found.rstrip('.')}); refused: loading it could run code from the file") from None
         raise DataError(f"checkpoint {shown} is not a torch checkpoint that can be read with weights_only=True "
                         f"({lines[0] if lines else type(exc).__name__})") from None
-    except (RuntimeError, EOFError, ValueError, UnicodeDecodeError, AttributeError, ImportError, IndexError,
-            OSError) as exc:
+    except Exception as exc:  # a truncated or foreign file: torch raises RuntimeError, EOFError, OSError, zip errors
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise DataError(f"checkpoint {shown} is not a torch checkpoint that can be read "
                         f"({type(exc).__name__}: {detail})") from None
