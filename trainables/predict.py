@@ -213,7 +213,9 @@ class Predictor:
         self.model = bundle.build_model().to(self.device)
         self.transform = build_eval_transform(self.cfg.augmentations(), frame_size=self.reg.hw)
         self._detector = None
-        #: Seconds the last video took in decoding, face detection and cropping, and the model (with windowing).
+        #: Seconds of the last video: ``frames`` (decoding, face detection and cropping: decoding runs in a thread of
+        #: its own, beside detection), ``decode`` (the decode thread's busy time inside that), ``model`` (windows,
+        #: views, the network).
         self.timings: dict[str, float] = {}
 
     @property
@@ -274,7 +276,7 @@ class Predictor:
             view = VideoView(video, self.spec.fps)
             grid = predict_timeline(self.model, video, self.spec, self.device, batch_size=self.batch_size,
                                     seed=self.cfg.seed, transform=self.transform, view=view)
-            self.timings = {"decode": metered.seconds, "faces": faces_done - started - metered.seconds,
+            self.timings = {"frames": faces_done - started, "decode": metered.seconds,
                             "model": time.perf_counter() - faces_done}
             preds = grid[view.label_pos] / self.cfg.target_multiplier
             face = view.valid[view.label_pos].astype(bool)
