@@ -256,8 +256,11 @@ def test_sweep_in_a_bucket_survives_a_killed_driver_and_files_best_checkpoints(b
             objects = _objects(bucket)
             ckpt = [o["Key"] for o in objects if "/checkpoint_" in o["Key"] and o["Key"].endswith("/state.pt")]
             state = [o["Key"] for o in objects if o["Key"].rsplit("/", 1)[-1].startswith("experiment_state")]
-            if ckpt and state and _state_names(bucket, state, ckpt[0].rsplit("/", 1)[0]):
-                first = ckpt[0].split("/")[2]
+            # a trial between its first and second checkpoint, the first one recorded in the experiment state
+            mid = [k for k in ckpt if k.endswith("/checkpoint_000000/state.pt")
+                   and k.replace("checkpoint_000000", "checkpoint_000001") not in ckpt]
+            if mid and state and _state_names(bucket, state, mid[0].rsplit("/", 1)[0]):
+                first = mid[0].split("/")[2]
                 break
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(0.5)
@@ -300,8 +303,8 @@ def test_sweep_in_a_bucket_survives_a_killed_driver_and_files_best_checkpoints(b
             # The killed trial went on from its checkpoint in the bucket (loaded with weights_only), not from scratch.
             assert steps.count(1) == 1
     reports = _reports(bucket, f"sweeps/b/{first}/result.json")
-    print(f"{first}: {len(reports_at_kill)} report(s) at the kill; epochs {[r['epoch'] for r in reports]} from "
-          f"processes {[r['pid'] for r in reports]}")
+    print(f"{first}: {len(reports_at_kill)} report(s) at the kill; epochs {[r['epoch'] for r in reports]} "
+          f"({[round(r['epoch_time_s'], 1) for r in reports]} s) from processes {[r['pid'] for r in reports]}")
     if len(reports_at_kill) == 1:  # killed mid-trial: a new process finished it from the bucket's checkpoint
         assert [r["epoch"] for r in reports] == [1, 2] and len({r["pid"] for r in reports}) == 2
         assert child.data.tags["emotune.best_checkpoint"].startswith(f"{storage}/b/trial-")
