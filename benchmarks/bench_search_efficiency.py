@@ -103,7 +103,7 @@ def build_data(work: Path, params: dict) -> str:
     return str(index)
 
 
-def write_study(path: Path, setup: dict, grid: bool) -> None:
+def write_study(path: Path, setup: dict, grid: bool, points: list[dict] | None = None) -> None:
     """The study: the grid's knobs as categorical params; for the grid run every combination as an initial point and
     ASHA without a rung before the last epoch."""
     keys = list(setup["grid"])
@@ -119,7 +119,7 @@ def write_study(path: Path, setup: dict, grid: bool) -> None:
         "constraints": ["window_length >= num_frames"],
     }
     if grid:
-        study["initial_points"] = [dict(zip(keys, combo)) for combo in itertools.product(*setup["grid"].values())]
+        study["initial_points"] = points or [dict(zip(keys, c)) for c in itertools.product(*setup["grid"].values())]
     path.write_text(yaml.safe_dump(study, sort_keys=False))
 
 
@@ -152,32 +152,58 @@ def sweep(work: Path, study: Path, index: str, name: str, trials: int, seed: int
     under a sweep by someone else's ``ray stop`` then costs a resume, not the benchmark). The child's output (one
     line per trial event, the leaderboard) goes to ``logs/<name>.log``. A sweep whose Ray died or whose trials
     errored is resumed with ``SweepOptions(resume=name)`` (finished trials kept, unfinished ones continue from their
-    last checkpoint), at most ``retries`` times; the restarts are counted in the table and their time is in the
-    run's wall time."""
+    last checkpoint), at most ``retries`` times; the restarts are counted and their time is in the run's wall time.
+    A sweep that finished earlier in the same work folder (``--stamp``) is reused as it is."""
     log = work / "logs" / f"{name}.log"
     log.parent.mkdir(exist_ok=True)
     status = work / "logs" / f"{name}.json"
     job = {"work": str(work), "study": str(study), "index": index, "name": name, "trials": trials, "seed": seed,
            "method": method}
+    if log.is_file() and status.is_file() and f"child: sweep {name} done, 0 errored" in log.read_text():
+        print(f"  {name}: finished earlier in this work folder, reused", flush=True)
+    else:
+        run_child(job, log, work, name, retries)
+    child = json.loads(status.read_text())
+    # The clock starts when the child's Ray is up, right before run_sweep, and stops when run_sweep returns.
+    end = child.get("end", log.stat().st_mtime)
+    restarts = log.read_text().count("Restoring the run from the latest experiment state")
+    reports = load_reports(work / "ray_results" / name)
+    if method == "grid":
+        reports = first_trial_per_config(reports)
+    n_trials = len({r["trial_id"] for r in reports})
+    print(f"  {name}: {n_trials} trials, {len(reports)} trial-epochs, {end - child['start']:.0f} s, "
+          f"{restarts} restart(s) (log: {log})", flush=True)
+    return {"name": name, "start": child["start"], "wall": end - child["start"], "reports": reports,
+            "restarts": restarts}
+
+
+def run_child(job: dict, log: Path, work: Path, name: str, retries: int) -> None:
+    """Run one sweep in a child process, resuming it after a failure."""
     restarts = 0
     with open(log, "w") as fh:
         while True:
             proc = subprocess.run([sys.executable, str(SCRIPT), "--child", json.dumps({**job, "resume": restarts > 0})],
                                   stdout=fh, stderr=subprocess.STDOUT)
             if proc.returncode == 0:
-                break
+                return
             if restarts >= retries or not (work / "ray_results" / name).is_dir():
                 sys.exit(f"sweep {name} failed (exit {proc.returncode}); see {log}")
             restarts += 1
             print(f"  {name}: exit {proc.returncode}, resuming (restart {restarts})", flush=True)
-    child = json.loads(status.read_text())
-    wall = time.time() - child["start"]
-    reports = load_reports(work / "ray_results" / name)
-    n_trials = len({r["trial_id"] for r in reports})
-    print(f"  {name}: {n_trials} trials, {len(reports)} trial-epochs, {wall:.0f} s (log: {log})", flush=True)
-    # The clock starts when the child's Ray is up, right before run_sweep (the same for every run).
-    return {"name": name, "start": child["start"], "wall": wall, "reports": reports,
-            "restarts": restarts}
+
+
+def first_trial_per_config(reports: list[dict]) -> list[dict]:
+    """The grid's reports, one trial per configuration: a sweep resumed after its Ray died can restore an older
+    searcher state and train a configuration twice (and skip another, which ``main`` then runs in a fill-in
+    sweep); the later duplicate is left out of the grid's results and compute."""
+    first: dict[tuple, str] = {}
+    for r in reports:  # wall-clock order
+        first.setdefault(config_key(r), r["trial_id"])
+    return [r for r in reports if first[config_key(r)] == r["trial_id"]]
+
+
+def config_key(r: dict) -> tuple:
+    return tuple(r["config"][k] for k in ("window_length", "window_overlap", "label_fusion", "fps"))
 
 
 def child(job: dict) -> None:
@@ -205,6 +231,7 @@ def child(job: dict) -> None:
     if job["method"] == "random" and not job["resume"] and calls != [job["seed"]]:
         print(f"the random-sampler patch was used {len(calls)} times (expected once)", flush=True)
         sys.exit(4)
+    status.write_text(json.dumps({"start": start, "end": time.time()}))
     errors = [r for r in outcome.results if r.error is not None]
     print(f"child: sweep {job['name']} done, {len(errors)} errored trial(s)", flush=True)
     sys.exit(3 if errors else 0)
@@ -312,6 +339,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a ~5 minute smoke version")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per searched method")
     ap.add_argument("--budget", type=int, default=None, help="trials per searched run (default: grid size / 3)")
+    ap.add_argument("--stamp", default=None, help="name suffix of the sweeps (default: now); with the --work of an "
+                    "earlier run, its finished sweeps are reused and only the missing ones run")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one sweep (see sweep())
     a = ap.parse_args()
     if a.child:
@@ -324,7 +353,7 @@ def main() -> None:
     for values in setup["grid"].values():
         grid_size *= len(values)
     budget = a.budget or max(2, round(grid_size / 3))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = a.stamp or time.strftime("%Y%m%d-%H%M%S")
     t_all = time.time()
     print(f"work folder: {work}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
@@ -341,6 +370,20 @@ def main() -> None:
 
     print("[2/4] the grid (every configuration, every epoch)", flush=True)
     grid = sweep(work, grid_study, index, f"grid-{stamp}", grid_size, 0, "grid")
+    keys = list(setup["grid"])
+    done = {config_key(r) for r in grid["reports"]}
+    missing = [dict(zip(keys, c)) for c in itertools.product(*setup["grid"].values()) if c not in done]
+    if missing:
+        # A resumed grid sweep can skip a point (see first_trial_per_config): train the missing ones, with the same
+        # machinery, and count them as if they had run right after the rest of the grid.
+        print(f"  the grid sweep left out {len(missing)} configuration(s): {missing}; running them now", flush=True)
+        fill_study = work / "grid-fill.yaml"
+        write_study(fill_study, setup, grid=True, points=missing)
+        fill = sweep(work, fill_study, index, f"gridfill-{stamp}", len(missing), 0, "grid")
+        shift = fill["start"] - (grid["start"] + grid["wall"])
+        grid["reports"] += [{**r, "timestamp": r["timestamp"] - shift} for r in fill["reports"]]
+        grid["wall"] += fill["wall"]
+        grid["restarts"] += fill["restarts"]
     print("[3/4] TPE + ASHA and random + ASHA", flush=True)
     runs = {"grid": [grid], "tpe": [], "random": []}
     for seed in range(a.seeds):
