@@ -22,7 +22,6 @@ dashboard: the driver starts Ray with the dashboard on, or later trials hang aft
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from trainables.errors import ConfigError
 
@@ -116,7 +115,7 @@ def _fit_trial(config: dict) -> None:
         scaling_config=scaling,
         run_config=RunConfig(
             name=f"trial-{trial_id}",
-            storage_path=str(Path(runtime["storage_path"]) / "train"),
+            storage_path=f"{str(runtime['storage_path']).rstrip('/')}/train",  # a URI (s3://) is no Path
             callbacks=[TuneReportCallback()],
             checkpoint_config=checkpoint_policy(runtime, CheckpointConfig),
             failure_config=FailureConfig(max_failures=int(runtime.get("max_failures", 2))),
