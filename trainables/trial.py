@@ -17,7 +17,8 @@ function only waits on its trainer; with Tune's default of 1 CPU per trial, two 
 their 1-CPU workers never started (a hang). Tune refuses an empty request, so that trial reserves memory only
 (``TRIAL_DRIVER_RESOURCES``) and the CPUs/GPUs go to the workers; the sweep caps concurrent trials at what the workers
 can fill (see ``cluster.resources``). Train V2 watches its controller through Ray's State API, which needs the
-dashboard: the driver starts Ray with the dashboard on, or later trials hang after the first one finishes.
+dashboard: for Ray Train trials the driver starts a local Ray with the dashboard on, or later trials hang after the
+first one finishes (inline trials do without it).
 """
 from __future__ import annotations
 
