@@ -396,6 +396,8 @@ def main() -> None:
     grid_best = max(score(r) for r in grid["reports"])
     target = grid_best - TOLERANCE
     total = len(grid["reports"])
+    n_configs = len({config_key(r) for r in grid["reports"]})
+    print(f"grid: {n_configs} configurations trained (of {grid_size}), one trial each")
     print(f"grid best {METRIC} = {grid_best:.4f}; target = {target:.4f}; the grid's compute: {total} trial-epochs, "
           f"{grid['wall']:.0f} s")
     print("what the knobs do on this dataset (mean over the other knobs of each configuration's best):")
@@ -419,18 +421,19 @@ def main() -> None:
                          "-" if t is None else f"{100 * t / grid['wall']:.1f}%", len(run["reports"]), run["wall"],
                          f"{max(score(r) for r in run['reports']):.4f}"))
         reached = [n for n in ns if n is not None]
+        spent = [n if n is not None else len(run["reports"]) for n, run in zip(ns, runs[kind])]
+        mean_n = sum(spent) / len(spent)  # a run that never reached the target counts its whole spend: a lower bound
         if len(reached) == len(ns):
-            mean_n, mean_t = sum(ns) / len(ns), sum(ts) / len(ts)
+            mean_t = sum(ts) / len(ts)
             rows.append((f"{label} mean", f"{mean_n:.1f}", f"{mean_t:.0f}", f"{100 * mean_n / total:.1f}%",
                          f"{100 * mean_t / grid['wall']:.1f}%",
                          f"{sum(len(r['reports']) for r in runs[kind]) / len(ns):.1f}",
-                         sum(r["wall"] for r in runs[kind]) / len(ns), "-"))
-            means[kind] = mean_n
+                         sum(r["wall"] for r in runs[kind]) / len(ns), f"{len(reached)}/{len(ns)} reached"))
         else:
-            rows.append((f"{label} mean", "-", "-", f"not reached by {len(ns) - len(reached)} of {len(ns)} seeds",
-                         "-", f"{sum(len(r['reports']) for r in runs[kind]) / len(ns):.1f}",
-                         sum(r["wall"] for r in runs[kind]) / len(ns), "-"))
-            means[kind] = None
+            rows.append((f"{label} mean", f">= {mean_n:.1f}", "-", f">= {100 * mean_n / total:.1f}%", "-",
+                         f"{sum(len(r['reports']) for r in runs[kind]) / len(ns):.1f}",
+                         sum(r["wall"] for r in runs[kind]) / len(ns), f"{len(reached)}/{len(ns)} reached"))
+        means[kind] = (mean_n, len(reached), len(ns))
 
     head = ("run", "trial-epochs to target", "wall s to target", "share of grid trial-epochs", "share of grid wall",
             "trial-epochs total", "wall s total", f"best {METRIC}")
@@ -446,15 +449,16 @@ def main() -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
     restarted = [f"{r['name']} ({r['restarts']})" for items in runs.values() for r in items if r["restarts"]]
     print(f"sweeps resumed after their Ray died or trials errored: {', '.join(restarted) or 'none'}")
-    tpe, rnd = means["tpe"], means["random"]
-    ok_share = tpe is not None and tpe <= 0.2 * total
-    ok_random = tpe is not None and (rnd is None or tpe < rnd)
+    (tpe, tpe_ok, n_seeds), (rnd, rnd_ok, _) = means["tpe"], means["random"]
+    ok_share = tpe_ok == n_seeds and tpe <= 0.2 * total
+    ok_random = tpe_ok >= rnd_ok and (tpe < rnd if tpe_ok == rnd_ok == n_seeds else tpe_ok > rnd_ok or tpe < rnd)
     print()
-    print(f"goal 1, TPE+ASHA <= 20% of the grid's trial-epochs: "
-          f"{'met' if ok_share else 'NOT met'} ({'not reached by every seed' if tpe is None else f'{100 * tpe / total:.1f}%'})")
+    print(f"(a mean marked >= counts a seed that never reached the target at everything it spent: a lower bound)")
+    print(f"goal 1, TPE+ASHA <= 20% of the grid's trial-epochs: {'met' if ok_share else 'NOT met'} "
+          f"(mean {'>= ' if tpe_ok < n_seeds else ''}{100 * tpe / total:.1f}%, {tpe_ok}/{n_seeds} seeds reached)")
     print(f"goal 2, TPE+ASHA below random+ASHA: {'met' if ok_random else 'NOT met'} "
-          f"({'-' if tpe is None else f'{tpe:.1f}'} vs {'not reached by every seed' if rnd is None else f'{rnd:.1f}'} "
-          "mean trial-epochs)")
+          f"({tpe_ok}/{n_seeds} vs {rnd_ok}/{n_seeds} seeds reached; mean trial-epochs "
+          f"{'>= ' if tpe_ok < n_seeds else ''}{tpe:.1f} vs {'>= ' if rnd_ok < n_seeds else ''}{rnd:.1f})")
     png = work / "search_efficiency.png"
     plot(runs, target, png)
     (work / "search_efficiency.json").write_text(json.dumps(
