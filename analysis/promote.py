@@ -129,9 +129,9 @@ def predict_cached(bundle, videos: list) -> dict[str, np.ndarray]:
 def scored_labels(bundle, videos: list) -> dict[str, np.ndarray]:
     """The test targets as the model's trials scored validation (Aff-Wild2's rule leaves the steps before a video's
     first face unscored)."""
-    from trainables.loop import faceless_rule
+    from trainables.loop import scored_targets
 
-    return faceless_rule(videos, {v.video_id: v.labels for v in videos}, bundle.trial_config().faceless)[1]
+    return scored_targets(videos, bundle.trial_config().faceless)
 
 
 @dataclass

@@ -67,30 +67,45 @@ def worst_value(metric: str, mode: str) -> float:
     return 1.0 if bounded else math.inf
 
 
+def _label_faces(video) -> np.ndarray:
+    """(L,) bool: whether each label step's frame holds a face."""
+    valid = np.asarray(video.valid, dtype=bool)
+    return valid[np.clip(np.asarray(video.label_frames), 0, len(valid) - 1)]
+
+
+def scored_targets(videos: list, rule: str = "model") -> dict[str, np.ndarray]:
+    """The targets each video is scored on under the trial's rule for label steps without a face: its labels, or for
+    ``affwild2`` (paper 004) its labels with the steps before its first face set to NaN (not scored: Aff-Wild2
+    predicts -5 there), which every metric and the post-processing search drop."""
+    if rule == "model":
+        return {v.video_id: v.labels for v in videos}
+    truth = {}
+    for v in videos:
+        target = np.array(v.labels, dtype=np.float32)
+        target[~np.maximum.accumulate(_label_faces(v))] = np.nan
+        truth[v.video_id] = target
+    return truth
+
+
 def faceless_rule(videos: list, preds: dict[str, np.ndarray], rule: str = "model"):
     """(predictions, scored targets) per video under the trial's rule for label steps without a face.
 
     ``model``: both unchanged. ``affwild2`` (paper 004): a step without a face repeats the prediction of the latest
-    step with one; steps before a video's first face are not scored (Aff-Wild2 predicts -5 there), so their targets
-    become NaN, which every metric and the post-processing search drop. Their predictions stay the model's (finite),
-    as the post-processing is fitted over whole videos.
+    step with one; the steps before a video's first face are not scored (:func:`scored_targets`), and their
+    predictions stay the model's (finite), as the post-processing is fitted over whole videos.
     """
-    truth = {v.video_id: v.labels for v in videos}
+    truth = scored_targets(videos, rule)
     if rule == "model":
         return preds, truth
     from trainables.objectives.affwild2 import fill_faceless
 
     out = {}
     for v in videos:
-        valid = np.asarray(v.valid, dtype=bool)
-        face = valid[np.clip(np.asarray(v.label_frames), 0, len(valid) - 1)]
+        face = _label_faces(v)
         before_first = ~np.maximum.accumulate(face)
         filled = fill_faceless(preds[v.video_id], face).astype(preds[v.video_id].dtype)
         filled[before_first] = preds[v.video_id][before_first]
         out[v.video_id] = filled
-        target = np.array(v.labels, dtype=np.float32)
-        target[before_first] = np.nan
-        truth[v.video_id] = target
     return out, truth
 
 
@@ -325,7 +340,7 @@ def score_and_report(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0
               **{f"val_{k}_raw": v for k, v in metrics.items()}}
     post = PostProcess()
     if config.postprocess:
-        truth = faceless_rule(t.val_videos, preds, config.faceless)[1]
+        truth = scored_targets(t.val_videos, config.faceless)
         # Paper 003 takes the prediction statistics (scale normalisation, mean filtering) from the training set;
         # judgment call: they come from the predictions made on the training clips just seen, which costs nothing
         # extra. Taking them from the validation predictions would fit the scale on the data it is scored on.

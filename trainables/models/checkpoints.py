@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from trainables.errors import ConfigError
+from trainables.models.pretrained import key_names
 from trainables.models.pretrained import read_state_dict as _read_file
 
 __all__ = ["ACCEPTED_LAYOUTS", "LoadReport", "load_mapped", "read_state_dict"]
@@ -108,14 +109,9 @@ class LoadReport:
 
     def text(self, limit: int = 5) -> str:
         """One line for logs: the counts, then up to ``limit`` names of each non-empty category but ``loaded``."""
-
-        def names(keys: list[str]) -> str:
-            more = f", ... (+{len(keys) - limit})" if len(keys) > limit else ""
-            return ", ".join(keys[:limit]) + more
-
         parts = [f"{self.path}: loaded {len(self.loaded)}, missing {len(self.missing)}, "
                  f"unexpected {len(self.unexpected)}, ignored {len(self.ignored)}"]
-        parts += [f"{label}: {names(keys)}" for label, keys in
+        parts += [f"{label}: {key_names(keys, limit)}" for label, keys in
                   (("missing", self.missing), ("unexpected", self.unexpected), ("ignored", self.ignored)) if keys]
         return "; ".join(parts)
 

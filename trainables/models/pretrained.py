@@ -35,6 +35,12 @@ WRAPPER_KEYS: tuple[str, ...] = ("model", "state_dict", "module", "model_state_d
                                  "weights")
 
 
+def key_names(keys: Sequence[str], limit: int = 5) -> str:
+    """Up to ``limit`` of ``keys``, comma-separated, and how many more there are: one line of a load report."""
+    more = f", ... (+{len(keys) - limit})" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_checkpoint_into` did.
@@ -66,8 +72,7 @@ class LoadReport:
         """One line for logs: counts, then up to ``limit`` names of each problem category."""
 
         def names(keys: Sequence[str]) -> str:
-            more = f", ... (+{len(keys) - limit})" if len(keys) > limit else ""
-            return ", ".join(keys[:limit]) + more
+            return key_names(keys, limit)
 
         parts = [f"{self.path}: loaded {len(self.loaded)}, missing {len(self.missing)}, "
                  f"unexpected {len(self.unexpected)}, shape-mismatched {len(self.mismatched)}"]
