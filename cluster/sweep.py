@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,13 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     if _experiment_exists(storage, name):
         raise UserError(f"a sweep named {name!r} already exists in {storage}; resume it with "
                         f"`emotune sweep --resume {name} --storage {opts.storage}` or choose another --name")
-    init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2, dashboard=executor == "train")
+    tracking_uri = opts.tracking_uri or default_tracking_uri()
+    # Opening the MLflow store (a new SQLite store creates its tables: about 2 s) waits mostly on the database, and
+    # starting Ray mostly on Ray's own processes: the two run side by side.
+    with ThreadPoolExecutor(1, thread_name_prefix="emotune-mlflow") as pool:
+        store = pool.submit(open_experiment, tracking_uri, opts.experiment, artifact_root=Path(opts.artifact_root))
+        init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2, dashboard=executor == "train")
+        client, experiment_id = store.result()
     concurrent = max_concurrent_trials(ray.cluster_resources(), workers, cpus, gpus, opts.max_concurrent, autoscaling)
 
     runtime = {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
@@ -176,8 +183,6 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                "max_failures": opts.max_failures, "executor": executor, "metric": space.metric, "mode": space.mode}
     data_index = data if isinstance(data, str) else json.dumps(data)
 
-    tracking_uri = opts.tracking_uri or default_tracking_uri()
-    client, experiment_id = open_experiment(tracking_uri, opts.experiment, artifact_root=Path(opts.artifact_root))
     parent_id = _start_parent_run(client, experiment_id, name, space, opts, data_index, concurrent,
                                   workers, executor)
 
