@@ -164,10 +164,11 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
         ConfigError: a crop, window or frame rate the data cannot give, naming the setting and the data's figures.
         DataError: an index without training or validation videos.
     """
+    # None of these imports torch: the driver checks before Ray starts, and a trial process imports the models.
     from trainables.data.augment import crop_output_size
-    from trainables.data.clips import TrainWindows, VideoView
     from trainables.data.cache import load_split
-    from trainables.loop import DIMS, reported_metrics
+    from trainables.data.views import VideoView, training_windows
+    from trainables.reports import DIMS, reported_metrics
 
     splits: dict[str, tuple[list, list]] = {}
     seen: set = set()
@@ -192,7 +193,7 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
         except ValueError as err:
             raise ConfigError(f"{where}: {err} (the cache {index} holds {frame_hw[0]}x{frame_hw[1]} faces)") from None
         try:
-            TrainWindows(train, spec)
+            training_windows([VideoView(v, spec.fps) for v in train], spec)
         except ValueError as err:
             longest = max(int(VideoView(v, spec.fps).valid.sum()) for v in train)
             rate = f"at fps={spec.fps:g}" if spec.fps else "at the cache's frame rate"

@@ -114,7 +114,7 @@ def retrain_top(client, sweep_ref: str, tracking_uri: str, k: int, seeds: int, m
 
     from analysis.sweeps import load_sweep
     from cluster.resources import max_concurrent_trials
-    from cluster.sweep import init_ray
+    from cluster.sweep import init_ray, tune_loggers
     from cluster.tracking import MlflowTrialCallback
     from trainables.trial import checkpoint_policy, run_trial, trial_resources
 
@@ -150,7 +150,7 @@ def retrain_top(client, sweep_ref: str, tracking_uri: str, k: int, seeds: int, m
                                     search_alg=FixedConfigs(points),
                                     max_concurrent_trials=concurrent,
                                     reuse_actors=runtime.get("executor") == "inline"),
-        run_config=tune.RunConfig(name=name, storage_path=root, callbacks=[callback], verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=root, callbacks=[callback, *tune_loggers()], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=int(runtime.get("max_failures", 2))),
                                   checkpoint_config=checkpoint_policy({**runtime, "metric": sweep.metric,
                                                                        "mode": sweep.mode}, tune.CheckpointConfig)))

@@ -86,6 +86,10 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
 
     # Every sweep (new or resumed) starts here: a trial failing with a user error is not retried, a crash is.
     install_retry_policy()
+    # Tune's default TensorBoard logger imports tensorboardX, which imports torch into the driver (about 3 s when the
+    # first trial starts) and writes event files nobody reads here: MLflow holds the curves. Tune's JSON and CSV
+    # records (result.json, progress.csv) are kept: ``tune_loggers`` adds them back to every Tuner.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -111,6 +115,14 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
     ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1",
              dashboard_port=_free_port() if dashboard else None, log_to_driver=log_to_driver,
              runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}})
+
+
+def tune_loggers() -> list:
+    """Tune's per-trial records, result.json and progress.csv (what ``ResultGrid`` and the benchmarks read), without
+    its TensorBoard logger (see :func:`init_ray`)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
 def _free_port() -> int:
@@ -191,7 +203,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                               reduction_factor=space.fidelity["reduction_factor"])
     callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=time_attr,
                                    max_steps=units, metric=space.metric, mode=space.mode)
-    callbacks = [callback]
+    callbacks = [callback, *tune_loggers()]
     if opts.verbose == 0:
         callbacks.append(ProgressPrinter(space.metric, time_attr, units))
     tuner = tune.Tuner(
@@ -229,9 +241,23 @@ def cluster_resources(address: str | None) -> dict[str, float]:
     if address or os.environ.get("RAY_ADDRESS"):
         init_ray(address, log_to_driver=False)
         return ray.cluster_resources()
-    import torch
+    return {"CPU": float(os.cpu_count() or 1), "GPU": local_gpus()}
 
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+def local_gpus() -> float:
+    """GPUs a local Ray will give this machine, found as Ray finds them (NVML, then ``CUDA_VISIBLE_DEVICES``) and
+    without importing torch in the driver (about 3 s of start-up)."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        count = manager.get_current_node_num_accelerators()
+        visible = manager.get_current_process_visible_accelerator_ids()
+    except Exception:  # Ray moved its detection: ask torch, as before
+        import torch
+
+        return float(torch.cuda.device_count())
+    return float(count if visible is None else min(count, len(visible)))
 
 
 def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent: int, constants: dict[str, Any]):

@@ -5,12 +5,14 @@ import inspect
 import math
 import typing
 
+import numpy as np
 import pytest
 
 from trainables.config import KEYS, SPECS, USER_KEYS, TrialConfig, check_user_key, check_value
 from trainables.data.augment import CONFIG_KEYS as AUG_KEYS
 from trainables.errors import ConfigError, UserError
-from trainables.loop import reported_metrics, worst_value
+from trainables.loop import worst_value
+from trainables.reports import metric_names, reported_metrics
 from trainables.models import backbone_arguments, create_backbone, list_backbones
 
 
@@ -132,6 +134,17 @@ def test_the_objective_reaches_the_loop():
     config = TrialConfig.from_dict({"metric": "val_rmse_valence", "mode": "min"})
     assert worst_value(config.metric, config.mode) == math.inf
     assert worst_value("val_ccc_mean", "max") == -1.0
+
+
+@pytest.mark.parametrize("dims", [("valence", "arousal"), ("valence",), ("a", "b", "c")])
+@pytest.mark.parametrize("scale", [None, (-10.0, 10.0)])
+def test_metric_names_are_the_keys_of_the_regression_report(dims, scale):
+    """The driver names the metrics without computing them (no torch); they must be what trials report."""
+    from trainables.objectives.metrics import regression_report
+
+    probe = np.linspace(-1, 1, 8)[:, None].repeat(len(dims), 1)
+    report = regression_report(probe, probe[::-1], dims=dims, scale=scale, include_mape=True)
+    assert list(report) == metric_names(dims, native=scale is not None)
 
 
 def test_settings_command_lists_every_user_key(capsys):

@@ -272,12 +272,12 @@ class TrialConfig:
         return kwargs
 
     def clip_spec(self):
-        """The window and sampling settings as a ``trainables.data.clips.ClipSpec``.
+        """The window and sampling settings as a ``trainables.data.views.ClipSpec``.
 
         Raises:
             ConfigError: a window shorter than the frames its sampler draws.
         """
-        from trainables.data.clips import ClipSpec
+        from trainables.data.views import ClipSpec
 
         try:
             return ClipSpec(length=self.window_length, overlap=self.window_overlap, fusion=self.label_fusion,
@@ -329,7 +329,7 @@ def allowed_text(key: str) -> str:
     """What ``key`` accepts, in words."""
     spec, hint = SPECS[key].metadata, _HINTS[key]
     if key == "backbone":
-        from trainables.models import list_backbones
+        from trainables.backbone_catalog import list_backbones
 
         return "one of " + ", ".join(list_backbones())
     if spec["choices"]:
@@ -425,7 +425,7 @@ def check_value(key: str, value: Any) -> Any:
 
 
 def _check_backbone(name: str) -> None:
-    from trainables.models import list_backbones
+    from trainables.backbone_catalog import list_backbones
 
     if name not in list_backbones():
         close = difflib.get_close_matches(name, list_backbones(), n=1)
@@ -437,7 +437,7 @@ def inapplicable(key: str, context: Mapping[str, Any]) -> str | None:
     """Why ``key`` does not apply under ``context`` (the chosen ``backbone``, ``sampler`` ...), or None if it does."""
     spec = SPECS[key].metadata
     if spec["arg"] is not None:
-        from trainables.models import backbone_arguments
+        from trainables.backbone_catalog import backbone_arguments
 
         backbone = context.get("backbone", SPECS["backbone"].default)
         if spec["arg"] not in backbone_arguments(backbone):

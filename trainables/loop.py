@@ -32,10 +32,8 @@ from trainables.models import create_backbone
 from trainables.objectives.losses import CompositeLoss, fit_bin_centroids_per_dim
 from trainables.objectives.metrics import regression_report
 from trainables.objectives.postprocess import PostProcess, compute_stats, search_postprocess
+from trainables.reports import DIMS
 
-DIMS = ("valence", "arousal")
-#: What every report holds besides the validation metrics (``val_<metric>`` and ``val_<metric>_raw``).
-REPORT_KEYS = ("epoch", "step", "data_fraction", "train_loss", "epoch_time_s", "train_time_s", "clips_per_s", "lr")
 
 
 def seed_everything(seed: int) -> None:
@@ -48,15 +46,6 @@ def build_model(config: TrialConfig, out_dims: int, in_chans: int = 3, n_bins: i
     """The backbone named by ``config.backbone`` with the constructor arguments the config sets and it takes."""
     return create_backbone(config.backbone, out_dims=out_dims, in_chans=in_chans,
                            **config.model_kwargs(), **({"n_bins": n_bins} if n_bins else {}))
-
-
-def reported_metrics(dims: tuple[str, ...] = DIMS, native_scale: tuple[float, float] | None = None) -> set[str]:
-    """Every metric name a report can hold for targets ``dims``: what a study's objective may name."""
-    keys = set(REPORT_KEYS)
-    probe = np.linspace(-1, 1, 8)[:, None].repeat(len(dims), 1)
-    for name in regression_report(probe, probe[::-1], dims=dims, scale=native_scale, include_mape=True):
-        keys |= {f"val_{name}", f"val_{name}_raw"}
-    return keys
 
 
 def worst_value(metric: str, mode: str) -> float:

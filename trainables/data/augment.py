@@ -67,15 +67,16 @@ import math
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
-
-import torch
-from torch import Tensor
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from trainables.registry import Registry
+
+if TYPE_CHECKING:  # annotations only
+    import torch
+    from torch import Tensor
+
+# torch and torchvision are imported where a clip is transformed, not here: the sweep's driver parses and checks every
+# configuration's ``aug_*`` settings with this module before Ray starts, and needs neither (about 3 s of start-up).
 
 __all__ = [
     "ClipAugmentation",
@@ -167,6 +168,9 @@ def _integer(aug: str, param: str, value: Any, lo: int, hi: int | None = None) -
 
 
 def _check_clip(clip: Tensor) -> None:
+    import torch
+    from torch import Tensor
+
     if not isinstance(clip, Tensor) or clip.dtype != torch.uint8 or clip.ndim != 4 or clip.shape[1] not in (1, 3):
         desc = f"{tuple(clip.shape)} {clip.dtype}" if isinstance(clip, Tensor) else type(clip).__name__
         raise ValueError(f"expected a uint8 clip of shape (T, C, H, W) with C in {{1, 3}}, got {desc}")
@@ -174,16 +178,22 @@ def _check_clip(clip: Tensor) -> None:
 
 def _coin(p: float, generator: torch.Generator) -> bool:
     """One Bernoulli(p) draw. Always consumes one number, so later draws do not shift with ``p``."""
+    import torch
+
     return bool(torch.rand((), generator=generator).item() < p)
 
 
 def _randint(high_inclusive: int, generator: torch.Generator) -> int:
+    import torch
+
     return int(torch.randint(0, high_inclusive + 1, (), generator=generator).item())
 
 
 def draw_seed(generator: torch.Generator) -> int:
     """A 63-bit seed drawn from ``generator`` (one ``torch.randint`` call); used to seed torchvision's global-RNG
     transforms reproducibly. Public so tests can replay a draw from a copy of the generator state."""
+    import torch
+
     return int(torch.randint(0, 2**63 - 1, (), generator=generator, dtype=torch.int64).item())
 
 
@@ -199,6 +209,8 @@ class HFlip:
         self.p = _probability("hflip", "p", p)
 
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
         return TF.horizontal_flip(clip) if _coin(self.p, generator) else clip
 
 
@@ -241,6 +253,8 @@ class RandomCrop:
         return _crop_hw("random_crop", self.size, height, width)
 
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
         height, width = clip.shape[-2:]
         ch, cw = self.output_size(height, width)
         top = _randint(height - ch, generator)
@@ -258,6 +272,8 @@ class CenterCrop:
         self.size = _resolve_size("center_crop", size)
 
     def __call__(self, clip: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
         ch, cw = _crop_hw("center_crop", self.size, *clip.shape[-2:])
         return TF.center_crop(clip, [ch, cw])
 
@@ -285,15 +301,26 @@ class RandAugmentClip:
     def __init__(self, num_ops: int = 2, magnitude: int = 9) -> None:
         self.num_ops = _integer("randaugment", "num_ops", num_ops, 0)
         self.magnitude = _integer("randaugment", "magnitude", magnitude, 0, self.NUM_MAGNITUDE_BINS - 1)
-        self._transform = v2.RandAugment(num_ops=self.num_ops, magnitude=self.magnitude,
-                                         num_magnitude_bins=self.NUM_MAGNITUDE_BINS)
+        self._transform = None  # torchvision's transform, built on first use
+
+    @property
+    def transform(self):
+        if self._transform is None:
+            from torchvision.transforms import v2
+
+            self._transform = v2.RandAugment(num_ops=self.num_ops, magnitude=self.magnitude,
+                                             num_magnitude_bins=self.NUM_MAGNITUDE_BINS)
+        return self._transform
 
     def apply_seeded(self, clip: Tensor, seed: int) -> Tensor:
         """Apply RandAugment with torch's global RNG seeded by ``seed`` (restored afterwards)."""
+        import torch
+        from torchvision import tv_tensors
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            out = self._transform(tv_tensors.Video(clip))
-        return out.as_subclass(Tensor)
+            out = self.transform(tv_tensors.Video(clip))
+        return out.as_subclass(torch.Tensor)
 
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
         seed = draw_seed(generator)
@@ -314,6 +341,8 @@ class Solarize:
         self.p = _probability("solarize", "p", p)
 
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
+        import torch
+
         if not _coin(self.p, generator):
             return clip
         mean = clip.float().mean()
@@ -329,6 +358,8 @@ class Grayscale:
         self.p = _probability("grayscale", "p", p)
 
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
         if not _coin(self.p, generator) or clip.shape[1] == 1:
             return clip
         return TF.rgb_to_grayscale(clip, num_output_channels=clip.shape[1])
@@ -390,6 +421,8 @@ class MissingFrames:
         return min(num_frames, math.floor(self.fraction * num_frames + 0.5))
 
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
+        import torch
+
         k = self.num_missing(clip.shape[0])
         if k == 0:
             return clip
@@ -409,6 +442,8 @@ class SaltPepper:
         self.amount = _probability("salt_pepper", "amount", amount)
 
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
+        import torch
+
         t, _c, h, w = clip.shape
         u = torch.rand((t, 1, h, w), generator=generator).to(clip.device)
         # One uniform per pixel decides both: u < amount/2 -> pepper, amount/2 <= u < amount -> salt.
@@ -526,6 +561,8 @@ class ClipPipeline:
         self.steps = list(steps)
 
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
+        import torch
+
         _check_clip(clip)
         if not isinstance(generator, torch.Generator):
             raise ValueError(f"expected a torch.Generator, got {type(generator).__name__}")

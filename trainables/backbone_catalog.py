@@ -1,0 +1,64 @@
+"""The shipped backbones and the trial settings each one's constructor takes, known without importing the models.
+
+The sweep's driver checks every configuration before Ray starts (``cluster.preflight``): that a ``backbone`` is
+registered and which model settings apply to it. Asking the registry itself (``trainables.models``) imports torch, timm
+and torchvision, about 3 s of the driver's start-up that no training needs. This table answers instead; a test checks it
+against the registry (``tests/test_backbone_catalog.py``), so a new backbone or a changed constructor fails there until
+the table is updated. Once the registry is loaded in this process (a trial, a test that registers its own backbone), it
+is the one asked.
+"""
+from __future__ import annotations
+
+import sys
+
+#: name -> the constructor arguments a trial config may set (``trainables.models.backbone_arguments``).
+SHIPPED: dict[str, frozenset[str]] = {
+    "cnn_rnn": frozenset({"cnn", "dropout", "hidden", "layers", "pretrained", "rnn"}),
+    "cnn_rnn_tiny": frozenset({"dropout", "hidden", "layers", "pretrained", "rnn"}),
+    "conv3d_resnet_gru": frozenset({"bidirectional", "blocks", "dropout", "freeze", "hidden", "layers",
+        "pretext_checkpoint", "pretrained", "stem_channels", "widths"}),
+    "conv3d_resnet_gru_tiny": frozenset({"bidirectional", "dropout", "freeze", "hidden", "layers",
+        "pretext_checkpoint", "pretrained"}),
+    "i3d": frozenset({"cnn", "cnn_kwargs", "dilation", "dropout", "head_hidden", "masking", "mode", "pretrained",
+        "surround", "surround_std", "time_kernel", "time_padding"}),
+    "i3d_tiny": frozenset({"cnn_kwargs", "dilation", "dropout", "head_hidden", "masking", "mode", "pretrained",
+        "surround", "surround_std", "time_kernel", "time_padding"}),
+    "mimamo": frozenset({"bidirectional", "cnn", "dropout", "feature_dim", "hidden", "layers", "phase_size",
+        "pretrained", "pyramid_levels", "pyramid_orientations", "temporal_channels"}),
+    "mimamo_tiny": frozenset({"bidirectional", "dropout", "feature_dim", "hidden", "layers", "phase_size",
+        "pretrained", "pyramid_levels", "pyramid_orientations", "temporal_channels"}),
+    "tpsbt": frozenset({"bottleneck_tokens", "checkpoint", "depths", "drop_path", "embed_dim", "img_size",
+        "mlp_ratio", "num_frames", "num_heads", "patch_size", "tubelet_size"}),
+    "tpsbt_base": frozenset({"bottleneck_tokens", "checkpoint", "drop_path", "img_size", "num_frames", "patch_size",
+        "tubelet_size"}),
+    "tpsbt_tiny": frozenset({"bottleneck_tokens", "checkpoint", "drop_path", "img_size", "mlp_ratio", "num_frames",
+        "patch_size", "tubelet_size"}),
+    "video_vit": frozenset({"checkpoint", "depth", "drop", "drop_path", "embed_dim", "img_size", "mlp_ratio",
+        "num_frames", "num_heads", "patch_size", "tubelet_size"}),
+    "video_vit_tiny": frozenset({"checkpoint", "drop", "drop_path", "mlp_ratio", "num_frames", "tubelet_size"}),
+}
+
+
+def _registry():
+    """The live registry module when the models are already imported here, else None."""
+    return sys.modules.get("trainables.models.registry") if "trainables.models" in sys.modules else None
+
+
+def list_backbones() -> list[str]:
+    """Names of every registered backbone, sorted."""
+    registry = _registry()
+    return registry.list_backbones() if registry is not None else sorted(SHIPPED)
+
+
+def backbone_arguments(name: str) -> frozenset[str]:
+    """The constructor arguments of backbone ``name`` that a trial config may set.
+
+    Raises:
+        ValueError: ``name`` is not registered.
+    """
+    registry = _registry()
+    if registry is not None:
+        return registry.backbone_arguments(name)
+    if name not in SHIPPED:
+        raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(sorted(SHIPPED))}")
+    return SHIPPED[name]
