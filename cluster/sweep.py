@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search_spaces.schema import SearchSpace, load_space, suggest
+from search_spaces.schema import SearchSpace, finite_points, load_space, suggest
 from trainables.errors import DataError, UserError
 from trainables.trial import checkpoint_policy, choose_executor, run_trial, trial_resources
 
@@ -263,15 +263,17 @@ def local_gpus() -> float:
 def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent: int, constants: dict[str, Any]):
     """OptunaSearch over the space's define-by-run function, its study kept in an RDB storage (SQLite by default,
     which optuna-dashboard opens) under the sweep's name. The TPE sampler is seeded: the same seed gives the same
-    suggestions."""
+    suggestions. No configuration is trained twice (``cluster.searcher``)."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from cluster.searcher import DistinctOptunaSearch
 
     storage = optuna.storages.RDBStorage(opts.optuna_storage or default_optuna_storage())
-    return OptunaSearch(space=DefineByRun(space, constants), metric=space.metric, mode=space.mode,
-                        sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, concurrent)),
-                        study_name=name, storage=storage,
-                        points_to_evaluate=[dict(p) for p in space.initial_points] or None)
+    return DistinctOptunaSearch(space=DefineByRun(space, constants), metric=space.metric, mode=space.mode,
+                                sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, concurrent)),
+                                study_name=name, storage=storage,
+                                points_to_evaluate=[dict(p) for p in space.initial_points] or None,
+                                points=finite_points(space), seed=opts.seed)
 
 
 def resolve_data(data: str | dict[str, str], space: SearchSpace) -> str | dict[str, str]:

@@ -257,6 +257,45 @@ def suggest(space: SearchSpace, trial) -> dict[str, Any]:
     return constants
 
 
+def finite_points(space: SearchSpace, limit: int = 100_000) -> list[dict[str, Any]] | None:
+    """Every configuration of a finite space, as the params Optuna tracks (what :func:`suggest` asks: conditional params
+    only where their conditions hold, constants left out), in file order; None when a param is continuous (a float
+    range without ``step``) or the space holds more than ``limit`` configurations."""
+    partial: list[tuple[dict[str, Any], dict[str, Any]]] = [({}, dict(space.fixed))]  # (asked params, all chosen)
+    for key, spec in space.params.items():
+        grown = []
+        for asked, chosen in partial:
+            if any(chosen.get(k) not in allowed for k, allowed in spec.get("when", {}).items()):
+                grown.append((asked, chosen))
+                continue
+            if spec["type"] == "constant":
+                grown.append((asked, {**chosen, key: spec["value"]}))
+                continue
+            values = _grid(spec)
+            if values is None:
+                return None
+            grown += [({**asked, key: v}, {**chosen, key: v}) for v in values]
+            if len(grown) > limit:
+                return None
+        partial = grown
+    return [asked for asked, _ in partial]
+
+
+def _grid(spec: dict[str, Any]) -> list[Any] | None:
+    """The values of one param, or None when it is continuous."""
+    kind = spec["type"]
+    if kind == "categorical":
+        return list(spec["choices"])
+    if kind == "int" and not spec.get("log", False):
+        return list(range(int(spec["low"]), int(spec["high"]) + 1, int(spec.get("step", 1))))
+    if kind == "int":  # Optuna's log-scaled ints still take every integer in the range
+        return list(range(int(spec["low"]), int(spec["high"]) + 1))
+    if kind == "uniform" and spec.get("step"):
+        count = int(round((spec["high"] - spec["low"]) / spec["step"]))
+        return [spec["low"] + i * spec["step"] for i in range(count + 1)]
+    return None
+
+
 def _mapping(value: Any, path: Path, key: str) -> dict:
     if not isinstance(value, dict):
         raise SpaceError(f"{path}: {key} must be a mapping, got {type(value).__name__}")

@@ -201,3 +201,25 @@ def test_two_worker_ddp_trial_through_ray_train(sweep_run):
     e2e = next(r for r in client.search_runs([client.get_experiment_by_name("emotune").experiment_id])
                if "mlflow.parentRunId" not in r.data.tags)
     assert e2e.data.params["executor"] == "inline"
+
+
+def test_a_finite_study_trains_each_configuration_once_then_ends(sweep_run):
+    """--trials 4 on a study of 2 configurations: 2 trials, each once, and the sweep says why it ended early."""
+    from mlflow.tracking import MlflowClient
+
+    work, _, _ = sweep_run
+    index = next((work / "cache").glob("index-*.json"))
+    (work / "two.yaml").write_text(SPACE.replace("e2e", "two").replace(
+        "  lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}\n", "").replace(
+        "  w_mse: {type: uniform, low: 0.0, high: 1.0}\n", ""))
+    out = emotune("sweep", "--space", "two.yaml", "--data", str(index), "--trials", "4", "--name", "two",
+                  "--epochs", "1", cwd=work).stdout
+    assert "every one of the study's 2 configurations has been tried; the sweep ends here" in out
+    board = out.split("Leaderboard of sweep two")[1]
+    strides = sorted(int(line.split()[2]) for line in board.splitlines() if line[:1].isdigit())
+    assert strides == [4, 6], board
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = [client.get_experiment_by_name("emotune").experiment_id]
+    parent, = client.search_runs(experiment, filter_string="tags.`emotune.sweep` = 'two'")
+    children = client.search_runs(experiment, filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 2 and parent.info.status == "FINISHED"

@@ -1,0 +1,120 @@
+"""The sweep's searcher: Optuna (TPE by default) through Ray Tune's ``OptunaSearch``, never training a configuration
+twice.
+
+On a discrete study (paper 003's window grid, the SSTS strides) TPE proposes configurations it has already seen: its
+densities are per parameter, so once one value of each parameter is best it keeps drawing the same combination. Every
+such repeat is a full trial spent on an answer the sweep already has (CPU training is reproducible: a repeat scores the
+same). :class:`DistinctOptunaSearch` checks each suggestion against the study's trials (finished, stopped by ASHA, or
+running) before Tune starts it:
+
+1. a repeat is not trained. Its Optuna trial is closed as FAIL with the user attribute ``emotune_repeat_of`` (the
+   number of the trial it repeats), which TPE ignores, and TPE is asked again, up to ``reasks`` times;
+2. if TPE still repeats itself and the space is finite, the sweep trains the untried configuration closest to TPE's
+   choice instead (fewest parameters changed; ties drawn with the sweep's seed). It is enqueued in the Optuna study,
+   so Optuna records it as its own trial. Judgment call: a neighbour keeps TPE's preference for the other
+   parameters, where a uniformly random untried configuration would throw it away;
+3. when every configuration of a finite space has been tried, the searcher reports that it is finished and the sweep
+   ends with fewer trials than ``--trials``, saying so.
+
+On a study with a continuous parameter (a learning rate) repeats do not occur in practice, and a repeat after the
+re-asks is trained.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+
+REPEAT_ATTR = "emotune_repeat_of"
+
+
+def _key(params: dict[str, Any]) -> tuple:
+    """A hashable, order-free form of one configuration's params (floats compared to 10 significant digits)."""
+    return tuple(sorted((k, float(f"{v:.10g}") if isinstance(v, float) else v) for k, v in params.items()))
+
+
+class DistinctOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that does not start a configuration the study already holds (see the module docstring).
+
+    Args:
+        points: every configuration of the space (``search_spaces.schema.finite_points``), or None when the space is
+            continuous or too large to list.
+        seed: draws among equally close untried configurations.
+        reasks: how many times TPE is asked again after a repeat before a neighbour is chosen.
+        (the rest): as ``OptunaSearch``.
+    """
+
+    def __init__(self, *args, points: list[dict[str, Any]] | None = None, seed: int = 0, reasks: int = 3, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._points = points
+        self._seed = seed
+        self._reasks = reasks
+        self.repeats_skipped = 0
+        self.neighbours_chosen = 0
+        self.exhausted = False
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        config = super().suggest(trial_id)
+        if not isinstance(config, dict):
+            return config
+        for attempt in range(self._reasks + 1):
+            trial = self._ot_trials[trial_id]
+            earlier = self._earlier_with(trial)
+            if earlier is None:
+                return config
+            self._close_repeat(trial_id, trial, earlier)
+            if attempt < self._reasks:
+                config = super().suggest(trial_id)
+        # TPE keeps proposing what the study has: train the closest untried configuration, if the space is listed.
+        if self._points is None:
+            return super().suggest(trial_id)
+        point = self._closest_untried(trial.params)
+        if point is None:
+            self.exhausted = True
+            print(f"search: every one of the study's {len(self._points)} configurations has been tried; the sweep "
+                  "ends here", flush=True)
+            return Searcher.FINISHED
+        self.neighbours_chosen += 1
+        self._ot_study.enqueue_trial(point)
+        return super().suggest(trial_id)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _tried(self, exclude: int | None = None) -> dict[tuple, Any]:
+        """Configurations the study holds, finished, stopped by ASHA, or running -> one such Optuna trial."""
+        from optuna.trial import TrialState
+
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        return {_key(t.params): t for t in self._ot_study.get_trials(deepcopy=False, states=states)
+                if t.number != exclude}
+
+    def _earlier_with(self, trial) -> Any:
+        """An earlier (or running) trial of the study with ``trial``'s params, or None."""
+        return self._tried(exclude=trial.number).get(_key(trial.params))
+
+    def _close_repeat(self, trial_id: str, trial, earlier) -> None:
+        from optuna.trial import TrialState
+
+        del self._ot_trials[trial_id]
+        trial.set_user_attr(REPEAT_ATTR, earlier.number)
+        self._ot_study.tell(trial, state=TrialState.FAIL)
+        self.repeats_skipped += 1
+        logger.info("trial %s: TPE repeated Optuna trial %d (%s); not trained", trial_id, earlier.number,
+                    trial.params)
+
+    def _closest_untried(self, wanted: dict[str, Any]) -> dict[str, Any] | None:
+        tried = self._tried()
+        untried = [p for p in self._points if _key(p) not in tried]
+        if not untried:
+            return None
+
+        def changed(point: dict[str, Any]) -> int:
+            return sum(point.get(k) != wanted.get(k) for k in set(point) | set(wanted))
+
+        fewest = min(changed(p) for p in untried)
+        closest = [p for p in untried if changed(p) == fewest]
+        return random.Random(self._seed * 1_000_003 + len(tried)).choice(closest)
