@@ -8,7 +8,9 @@ same). :class:`DistinctOptunaSearch` checks each suggestion against the study's 
 running) before Tune starts it:
 
 1. a repeat is not trained. Its Optuna trial is closed as FAIL with the user attribute ``emotune_repeat_of`` (the
-   number of the trial it repeats), which TPE ignores, and TPE is asked again, up to ``reasks`` times;
+   number of the trial it repeats), which TPE ignores, and TPE is asked again, ``reasks`` times (once by default:
+   TPE draws at random, but it mostly proposes the same combination again, and every re-ask leaves one more closed
+   trial in the study);
 2. if TPE still repeats itself and the space is finite, the sweep trains the untried configuration closest to TPE's
    choice instead (fewest parameters changed; ties drawn with the sweep's seed). It is enqueued in the Optuna study,
    so Optuna records it as its own trial. Judgment call: a neighbour keeps TPE's preference for the other
@@ -49,7 +51,7 @@ class DistinctOptunaSearch(OptunaSearch):
         (the rest): as ``OptunaSearch``.
     """
 
-    def __init__(self, *args, points: list[dict[str, Any]] | None = None, seed: int = 0, reasks: int = 3, **kwargs):
+    def __init__(self, *args, points: list[dict[str, Any]] | None = None, seed: int = 0, reasks: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self._points = points
         self._seed = seed
