@@ -107,7 +107,9 @@ def test_worker_killed_mid_trial_resumes_from_checkpoint(data, tmp_path, executo
 
 
 def test_driver_killed_then_resume_completes_every_trial_once(data, tmp_path):
-    (tmp_path / "ft.yaml").write_text(SPACE.format(epochs=2, extra=""))
+    # Four distinct configurations (lr pinned below, dropout searched): a sweep trains each configuration once.
+    (tmp_path / "ft.yaml").write_text(SPACE.format(epochs=2, extra="").replace(
+        "params:\n", "params:\n  dropout: {type: categorical, choices: [0.0, 0.1, 0.2, 0.3]}\n"))
     from tests.test_cluster import free_port
 
     port = free_port()

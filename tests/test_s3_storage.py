@@ -235,7 +235,8 @@ def test_sweep_in_a_bucket_survives_a_killed_driver_and_files_best_checkpoints(b
     from tests.test_sweep_e2e import SPACE, emotune, synth_and_prepare
     from trainables.session import load_state_file
 
-    index = synth_and_prepare(tmp_path)[0]
+    # Videos 4x the e2e test's, so that an epoch lasts a few seconds and the kill below lands between two checkpoints.
+    index = synth_and_prepare(tmp_path, frames=288)[0]
     # 2 trials x 2 epochs, none stopped early by ASHA (grace = max), one at a time so the kill lands mid-sweep.
     (tmp_path / "s3.yaml").write_text(SPACE.replace("grace: 1", "grace: 2"))
     storage = f"s3://{bucket.name}/sweeps"
