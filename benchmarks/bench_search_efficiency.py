@@ -47,7 +47,8 @@ grid itself first reached the target in its (fixed) order. The plot shows best-s
 cumulative trial-epochs for every run. Goal: TPE+ASHA within 20% of the grid's trial-epochs, and below random + ASHA.
 
 ``--quick``: a smoke version (a smaller dataset, a 2 x 2 x 2 x 1 grid of 3 epochs, budgets of 3 trials): about 5
-minutes on 2 quiet cores (15 on a loaded shared machine); the full version takes 11 minutes on 2 quiet cores (23 on the loaded machine).
+minutes on 2 quiet cores (15 on a loaded shared machine); the full version takes 11 minutes on 2 quiet cores (23 on
+the loaded machine).
 ``--work DIR --stamp STAMP`` re-runs the analysis of an earlier run in DIR, running only the sweeps it lacks.
 Not part of the test run (``benchmarks/`` is outside ``testpaths``).
 """
