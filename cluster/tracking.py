@@ -12,6 +12,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from trainables.storage import is_local, storage_uri
+
 SKIP_CONFIG_KEYS = ("runtime",)
 
 
@@ -195,7 +197,7 @@ class MlflowTrialCallback(Callback):
             # through the sweep's storage filesystem: a local folder, or a bucket (s3://, gs://) the trials wrote to.
             filesystem = _storage_filesystem(trial)
             if log_checkpoint(self.client, run_id, ckpt, filesystem):
-                self.client.set_tag(run_id, "emotune.best_checkpoint", _checkpoint_uri(ckpt, filesystem))
+                self.client.set_tag(run_id, "emotune.best_checkpoint", storage_uri(ckpt, filesystem))
         self.client.set_terminated(run_id, status)
 
 
@@ -205,7 +207,7 @@ def log_checkpoint(client, run_id: str, checkpoint_dir: str | Path, filesystem=N
     ``checkpoint_dir`` is a path on ``filesystem`` (a ``pyarrow.fs.FileSystem``; the local disk when None), as Ray
     records checkpoints: a remote one (``bucket/prefix/...`` on S3) is downloaded to a temporary folder first.
     """
-    if _is_local(filesystem):
+    if is_local(filesystem):
         if not Path(checkpoint_dir).is_dir():
             return False
         client.log_artifacts(run_id, str(checkpoint_dir), artifact_path="checkpoint")
@@ -231,17 +233,6 @@ def _storage_filesystem(trial):
     """The ``pyarrow.fs.FileSystem`` a trial's checkpoints are written to (None: the local disk)."""
     storage = getattr(trial, "storage", None)
     return getattr(storage, "storage_filesystem", None)
-
-
-def _is_local(filesystem) -> bool:
-    return filesystem is None or getattr(filesystem, "type_name", "local") == "local"
-
-
-def _checkpoint_uri(path: str, filesystem) -> str:
-    """A checkpoint's location as a user finds it: the local path, or ``s3://bucket/...`` for a bucket."""
-    if _is_local(filesystem) or "://" in str(path):
-        return str(path)
-    return f"{filesystem.type_name}://{path}"
 
 
 def _short(value: Any) -> str:

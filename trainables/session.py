@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from trainables.storage import storage_uri
+
 
 def load_state_file(path: str | Path, map_location=None, shown: str | None = None):
     """``torch.load(path, weights_only=True)``: tensors, dicts, lists, tuples, strings, numbers and None only, so a
@@ -45,13 +47,6 @@ def load_state_file(path: str | Path, map_location=None, shown: str | None = Non
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
-def _location(checkpoint) -> str:
-    """Where a Ray checkpoint lives, as a URI for remote storage (``s3://bucket/...``), else its local path."""
-    fs = getattr(checkpoint, "filesystem", None)
-    kind = getattr(fs, "type_name", "local")
-    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
-
-
 class _Session:
     """What both executors share: ``api`` is ``ray.train`` or ``ray.tune``, which offer the same checkpoint calls."""
 
@@ -64,7 +59,8 @@ class _Session:
             return None
         # A checkpoint read back from shared storage (a bucket, NFS) is data, never code: tensors and plain values only.
         with checkpoint.as_directory() as folder:
-            return load_state_file(Path(folder) / "state.pt", device, shown=f"{_location(checkpoint)}/state.pt")
+            where = storage_uri(checkpoint.path, checkpoint.filesystem)
+            return load_state_file(Path(folder) / "state.pt", device, shown=f"{where}/state.pt")
 
     def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
         ckpt = self._api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
