@@ -240,7 +240,7 @@ def suggest(space: SearchSpace, trial) -> dict[str, Any]:
     chosen: dict[str, Any] = dict(space.fixed)
     constants: dict[str, Any] = dict(space.fixed)
     for key, spec in space.params.items():
-        if any(chosen.get(k) not in allowed for k, allowed in spec.get("when", {}).items()):
+        if not _active(spec, chosen):
             continue
         kind = spec["type"]
         if kind == "constant":
@@ -257,6 +257,11 @@ def suggest(space: SearchSpace, trial) -> dict[str, Any]:
     return constants
 
 
+def _active(spec: dict[str, Any], chosen: dict[str, Any]) -> bool:
+    """Whether a param is asked, given the values chosen before it: every ``when`` condition holds."""
+    return all(chosen.get(k) in allowed for k, allowed in spec.get("when", {}).items())
+
+
 def finite_points(space: SearchSpace, limit: int = 100_000) -> list[dict[str, Any]] | None:
     """Every configuration of a finite space, as the params Optuna tracks (what :func:`suggest` asks: conditional params
     only where their conditions hold, constants left out), in file order; None when a param is continuous (a float
@@ -265,7 +270,7 @@ def finite_points(space: SearchSpace, limit: int = 100_000) -> list[dict[str, An
     for key, spec in space.params.items():
         grown = []
         for asked, chosen in partial:
-            if any(chosen.get(k) not in allowed for k, allowed in spec.get("when", {}).items()):
+            if not _active(spec, chosen):
                 grown.append((asked, chosen))
                 continue
             if spec["type"] == "constant":
@@ -286,10 +291,8 @@ def _grid(spec: dict[str, Any]) -> list[Any] | None:
     kind = spec["type"]
     if kind == "categorical":
         return list(spec["choices"])
-    if kind == "int" and not spec.get("log", False):
+    if kind == "int":  # a log-scaled int still takes every integer in its range (Optuna allows no step with log)
         return list(range(int(spec["low"]), int(spec["high"]) + 1, int(spec.get("step", 1))))
-    if kind == "int":  # Optuna's log-scaled ints still take every integer in the range
-        return list(range(int(spec["low"]), int(spec["high"]) + 1))
     if kind == "uniform" and spec.get("step"):
         count = int(round((spec["high"] - spec["low"]) / spec["step"]))
         return [spec["low"] + i * spec["step"] for i in range(count + 1)]

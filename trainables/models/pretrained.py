@@ -70,19 +70,16 @@ class LoadReport:
 
     def summary(self, limit: int = 5) -> str:
         """One line for logs: counts, then up to ``limit`` names of each problem category."""
-
-        def names(keys: Sequence[str]) -> str:
-            return key_names(keys, limit)
-
         parts = [f"{self.path}: loaded {len(self.loaded)}, missing {len(self.missing)}, "
                  f"unexpected {len(self.unexpected)}, shape-mismatched {len(self.mismatched)}"]
         if self.missing:
-            parts.append(f"missing: {names(self.missing)}")
+            parts.append(f"missing: {key_names(self.missing, limit)}")
         if self.unexpected:
-            parts.append(f"unexpected: {names(self.unexpected)}")
+            parts.append(f"unexpected: {key_names(self.unexpected, limit)}")
         if self.mismatched:
-            parts.append("shape-mismatched: " + names(
-                [f"{k} file {list(self.shapes[k][0])} vs model {list(self.shapes[k][1])}" for k in self.mismatched]))
+            parts.append("shape-mismatched: " + key_names(
+                [f"{k} file {list(self.shapes[k][0])} vs model {list(self.shapes[k][1])}" for k in self.mismatched],
+                limit))
         return "; ".join(parts)
 
 
