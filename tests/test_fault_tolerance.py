@@ -70,6 +70,14 @@ def _kill_local_ray(port: int) -> None:
                 pass
 
 
+def _kill_driver(proc: subprocess.Popen, port: int) -> None:
+    """SIGKILL a sweep's driver (if it still runs), as a crash would, then stop the local Ray it left behind."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    _kill_local_ray(port)
+
+
 # The process that trains: the Tune trial itself (inline executor), or the Ray Train worker (train executor).
 TRAINING_PROCESS = {"inline": "ray::ImplicitFunc", "train": "ray::RayTrainWorker"}
 
@@ -121,12 +129,8 @@ def test_driver_killed_then_resume_completes_every_trial_once(data, tmp_path):
         _wait_for(proc, r"1 done")
         _wait_for(proc, r"trial \w+ started")
         time.sleep(5)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    _kill_local_ray(port)
+        _kill_driver(proc, port)
     resumed = emotune("sweep", "--resume", "d", cwd=tmp_path, timeout=900)
     assert "Leaderboard of sweep d" in resumed.stdout
     client, parents, children = _runs(tmp_path / "mlflow.db")

@@ -7,7 +7,6 @@ The fast tests run by default; the sweep is marked slow."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -231,14 +230,16 @@ def test_a_best_checkpoint_gone_from_the_bucket_is_skipped(bucket, tmp_path):
 def test_sweep_in_a_bucket_survives_a_killed_driver_and_files_best_checkpoints(bucket, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from tests.test_fault_tolerance import _kill_local_ray, _wait_for
+    from tests.test_fault_tolerance import _kill_driver, _wait_for
     from tests.test_sweep_e2e import SPACE, emotune, synth_and_prepare
     from trainables.session import load_state_file
 
-    # Videos 4x the e2e test's, so that an epoch lasts a few seconds and the kill below lands between two checkpoints.
-    index = synth_and_prepare(tmp_path, frames=288)[0]
+    # Long videos (the e2e test's are 72 frames) and dense windows, so that an epoch lasts a few seconds and the kill
+    # below lands between two checkpoints.
+    index = synth_and_prepare(tmp_path, frames=1200)[0]
     # 2 trials x 2 epochs, none stopped early by ASHA (grace = max), one at a time so the kill lands mid-sweep.
-    (tmp_path / "s3.yaml").write_text(SPACE.replace("grace: 1", "grace: 2"))
+    (tmp_path / "s3.yaml").write_text(SPACE.replace("grace: 1", "grace: 2").replace("window_overlap: 0.5",
+                                                                                    "window_overlap: 0.9"))
     storage = f"s3://{bucket.name}/sweeps"
     port = free_port()
     env = {**os.environ, **bucket.env, "PYTHONUNBUFFERED": "1"}
@@ -268,12 +269,8 @@ def test_sweep_in_a_bucket_survives_a_killed_driver_and_files_best_checkpoints(b
         else:
             raise AssertionError(f"no checkpoint in the bucket after 600 s: {_keys(bucket)}")
         assert proc.poll() is None, "the sweep ended before its driver could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    _kill_local_ray(port)
+        _kill_driver(proc, port)
     killed_after = time.time() - started
     reports_at_kill = _reports(bucket, f"sweeps/b/{first}/result.json")
     assert not (tmp_path / "ray_results").exists()  # nothing of the sweep went to a local folder
