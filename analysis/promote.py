@@ -2,7 +2,8 @@
 
 ``emotune promote SWEEP``: the best trial by the validation objective (the sweep's parent run tags
 ``emotune.best_trial`` / ``emotune.best_run_id``) is evaluated once on the test split's subjects (the split no sweep
-ever sees), with a subject-level bootstrap 95% interval of the objective. The model holding the registry alias
+ever sees), with a subject-level bootstrap 95% interval of the objective when the split has at least
+:data:`MIN_SUBJECTS_FOR_INTERVAL` subjects (with fewer, no interval is computed, printed or stored). The model holding the registry alias
 ``production`` (if any) is scored on the same test videos. The candidate is promoted only when its test objective beats
 the production one by more than ``margin`` (or no model holds the alias): it is logged as an MLflow pyfunc model
 (:mod:`analysis.pyfunc_model`) bundling weights and every prediction setting, registered, given the alias, tagged with
@@ -26,6 +27,11 @@ from trainables.errors import UserError
 
 ALIAS = "production"
 BOOTSTRAP_DRAWS = 1000
+#: Fewest test subjects for which :func:`score` computes a bootstrap interval. The bootstrap resamples subjects with
+#: replacement: n subjects have C(2n-1, n) distinct resamples, i.e. 1, 3 and 10 for 1, 2 and 3 subjects, so the 2.5th
+#: and 97.5th percentiles of the draws are a few repeated values (one subject: the point value twice), not an
+#: interval. With fewer subjects the score has no interval and says so instead of printing a degenerate one.
+MIN_SUBJECTS_FOR_INTERVAL = 4
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -136,23 +142,31 @@ def scored_labels(bundle, videos: list) -> dict[str, np.ndarray]:
 
 @dataclass
 class TestScore:
-    """A model's objective on the test split, with a subject-level bootstrap 95% interval."""
+    """A model's objective on the test split, with a subject-level bootstrap 95% interval (``low`` and ``high`` are
+    None when the split has fewer than :data:`MIN_SUBJECTS_FOR_INTERVAL` subjects)."""
 
     value: float
-    low: float
-    high: float
+    low: float | None
+    high: float | None
     metrics: dict = field(default_factory=dict)
     subjects: int = 0
 
+    @property
+    def has_interval(self) -> bool:
+        return self.low is not None and self.high is not None
+
     def text(self) -> str:
+        if not self.has_interval:
+            return f"{self.value:.4f} (no interval: {self.subjects} test subject(s))"
         return f"{self.value:.4f} (95% CI {self.low:.4f}..{self.high:.4f}, {self.subjects} test subject(s))"
 
 
 def score(videos: list, subjects: dict[str, str], preds: dict[str, np.ndarray], key: str, seed: int = 0,
           draws: int = BOOTSTRAP_DRAWS, truth: dict[str, np.ndarray] | None = None) -> TestScore:
     """``key`` of the regression report over every label step of ``videos`` and its bootstrap interval over subjects
-    (subjects drawn with replacement, all their videos' steps concatenated). ``truth``: the targets per video (default
-    each video's labels; NaN steps are not scored)."""
+    (subjects drawn with replacement, all their videos' steps concatenated); no interval with fewer than
+    :data:`MIN_SUBJECTS_FOR_INTERVAL` subjects. ``truth``: the targets per video (default each video's labels; NaN
+    steps are not scored)."""
     from trainables.objectives.metrics import regression_report
 
     dims = ("valence", "arousal")[: videos[0].labels.shape[1]]
@@ -166,6 +180,8 @@ def score(videos: list, subjects: dict[str, str], preds: dict[str, np.ndarray], 
     for v in videos:
         by_subject.setdefault(subjects.get(v.video_id, v.video_id), []).append(v)
     groups = list(by_subject.values())
+    if len(groups) < MIN_SUBJECTS_FOR_INTERVAL:
+        return TestScore(float(metrics[key]), None, None, metrics, len(groups))
     rng = np.random.default_rng(seed)
     values = [report([v for g in rng.integers(0, len(groups), len(groups)) for v in groups[g]])[key]
               for _ in range(draws)]
@@ -235,7 +251,7 @@ class Outcome:
 
 def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emotune", margin: float = 0.0,
             out_dir: str | Path = ".", retrain_top: int = 0, seeds: int = 1,
-            max_concurrent: int | None = None) -> Outcome:
+            max_concurrent: int | None = None, ray_address: str | None = None) -> Outcome:
     """Evaluate the sweep's best trial on the test subjects and promote it if it beats production by ``margin``.
 
     With ``retrain_top`` K > 0 the candidate is chosen by :func:`cluster.retrain.retrain_top` instead: the sweep's K
@@ -257,7 +273,8 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
     if retrain_top:
         from cluster.retrain import retrain_top as retrain
 
-        retrained = retrain(client, parent.info.run_id, tracking_uri, retrain_top, seeds, max_concurrent)
+        retrained = retrain(client, parent.info.run_id, tracking_uri, retrain_top, seeds, max_concurrent,
+                            ray_address=ray_address)
         run_id, trial = retrained.run_id, retrained.chosen.trial_id
     candidate = resolve_model(f"runs:/{run_id}", tracking_uri)
     index_path = candidate.config.get("data_index") or \
@@ -290,7 +307,9 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
                "emotune.data_index_sha1": parent.data.params.get("data_index_sha1", ""),
                "emotune.sweep_git_commit": parent.data.tags.get("emotune.git_commit", ""),
                "emotune.git_commit": git_commit(), f"emotune.test_{key}": f"{cand.value:.6f}",
-               f"emotune.test_{key}_ci95": f"{cand.low:.6f},{cand.high:.6f}"}
+               "emotune.test_subjects": str(cand.subjects)}
+    if cand.has_interval:  # too few test subjects: no interval tag at all (never a NaN or a degenerate one)
+        lineage[f"emotune.test_{key}_ci95"] = f"{cand.low:.6f},{cand.high:.6f}"
     if retrained is not None:
         lineage.update({"emotune.retrain_run_id": retrained.parent_run_id, "emotune.retrain_seed": str(retrained.seed),
                         f"emotune.retrain_{retrained.metric}_mean": f"{retrained.chosen.mean:.6f}",
@@ -298,7 +317,8 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
     production = {"model": model_name, "alias": ALIAS, "sweep": lineage["emotune.sweep"], "trial": trial,
                   "trial_run_id": run_id, "data_index": str(index_path),
                   "data_index_sha1": lineage["emotune.data_index_sha1"], "git_commit": lineage["emotune.git_commit"],
-                  "test": {"objective": key, "value": cand.value, "ci95": [cand.low, cand.high],
+                  "test": {"objective": key, "value": cand.value,
+                           **({"ci95": [cand.low, cand.high]} if cand.has_interval else {}),
                            "subjects": cand.subjects},
                   "previous": None if current is None else {"version": current.version, "value": prod.value},
                   "retrain": None if retrained is None else {

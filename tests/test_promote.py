@@ -53,6 +53,47 @@ def _client(uri):
     return MlflowClient(uri, registry_uri=uri)
 
 
+def _scored_videos(subjects: int, videos_per_subject: int = 2, seed: int = 0):
+    """Hand-made test videos (labels and noisy predictions), ``videos_per_subject`` per subject."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    videos, owner, preds = [], {}, {}
+    for s in range(subjects):
+        for v in range(videos_per_subject):
+            labels = rng.uniform(-1, 1, (40, 2)).astype(np.float32)
+            vid = f"s{s}_v{v}"
+            videos.append(SimpleNamespace(video_id=vid, labels=labels))
+            owner[vid] = f"s{s}"
+            preds[vid] = labels + rng.normal(0, 0.2 + 0.3 * s, labels.shape).astype(np.float32)
+    return videos, owner, preds
+
+
+@pytest.mark.parametrize("subjects", [1, 2, 3])
+def test_fewer_than_four_test_subjects_give_no_interval(subjects):
+    """A bootstrap over 1-3 subjects has 1-10 distinct resamples: no interval is computed, and the text says why."""
+    from analysis.promote import MIN_SUBJECTS_FOR_INTERVAL, score
+
+    assert MIN_SUBJECTS_FOR_INTERVAL == 4
+    videos, owner, preds = _scored_videos(subjects)
+    result = score(videos, owner, preds, "ccc_mean", draws=50)
+    assert result.low is None and result.high is None and not result.has_interval
+    assert result.subjects == subjects and 0.0 < result.value < 1.0
+    assert result.text() == f"{result.value:.4f} (no interval: {subjects} test subject(s))"
+
+
+@pytest.mark.parametrize("subjects", [4, 7])
+def test_four_or_more_test_subjects_give_a_bootstrap_interval(subjects):
+    from analysis.promote import score
+
+    videos, owner, preds = _scored_videos(subjects)
+    result = score(videos, owner, preds, "ccc_mean", draws=200)
+    assert result.has_interval and result.low <= result.value <= result.high and result.low < result.high
+    assert result.subjects == subjects
+    assert result.text() == (f"{result.value:.4f} (95% CI {result.low:.4f}..{result.high:.4f}, {subjects} test "
+                             f"subject(s))")
+
+
 @pytest.fixture(scope="module")
 def baseline(swept):
     """A model that predicts a constant (all weights zero: test CCC 0) holds the alias before the first promotion."""
@@ -75,7 +116,9 @@ def test_a_better_model_moves_the_alias_an_equal_one_is_refused(swept, baseline,
 
     assert main(["promote", "sw", "--mlflow-uri", uri, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"promoted: trial \w+ of sweep sw scores test ccc_mean -?\d\.\d{4} \(95% CI", out), out
+    # one test subject: no bootstrap interval is printed or stored (its percentiles would be the value twice)
+    assert re.search(r"promoted: trial \w+ of sweep sw scores test ccc_mean -?\d\.\d{4} "
+                     r"\(no interval: 1 test subject\(s\)\)", out), out
     assert f"version {baseline} scored 0.0000" in out
     held = client.get_model_version_by_alias("emotune", "production")
     assert held.version != baseline
@@ -85,6 +128,13 @@ def test_a_better_model_moves_the_alias_an_equal_one_is_refused(swept, baseline,
     assert prod["trial_run_id"] == parent.data.tags["emotune.best_run_id"] and prod["version"] == held.version
     assert prod["registration"]["size"] == 32 and prod["config"]["backbone"] == "cnn_rnn_tiny"
     assert prod["test"]["value"] > prod["previous"]["value"] == 0.0
+    assert prod["test"]["subjects"] == 1 and "ci95" not in prod["test"]
+    promote_run = client.get_run(held.run_id)
+    for tags in (held.tags, promote_run.data.tags):
+        assert tags["emotune.test_subjects"] == "1" and not any("ci95" in k for k in tags), tags
+    assert not any("ci95" in k for k in promote_run.data.metrics)
+    logged = json.loads(Path(client.download_artifacts(held.run_id, "production.json", str(tmp_path))).read_text())
+    assert logged["test"] == prod["test"]
     assert held.tags["emotune.sweep"] == "sw" and held.tags["emotune.data_index_sha1"] == \
         parent.data.params["data_index_sha1"] and len(held.tags["emotune.git_commit"]) == 40
 
