@@ -3,6 +3,7 @@ stops, objective against training time, and best-so-far curves of several sweeps
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,31 +40,47 @@ def importance(values: dict[str, float], metric: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+@dataclass
+class Axis:
+    """One vertical axis of the parallel-coordinates figure."""
+
+    label: str  # the parameter (``lr (log)`` when on a log scale) or the objective
+    positions: list[float]  # each trial's place on the axis, in [0, 1]
+    ticks: list[tuple[float, str]]  # (place, text) labels drawn beside the axis
+
+
+def parallel_axes(sweep: Sweep, trials: list) -> list[Axis]:
+    """The axes of :func:`parallel_coordinates`: one per searched parameter, then the objective. A parameter is on a
+    log axis only when the study searched it on a log scale (``sweep.log_scaled``), and its label says so; the
+    objective is always linear, so distances between trials read as differences in the objective."""
+    axes = []
+    for name in sweep.searched:
+        positions, ticks, log = _scale([t.params.get(name) for t in trials], log=name in sweep.log_scaled)
+        axes.append(Axis(f"{name} (log)" if log else name, positions, ticks))
+    positions, ticks, _ = _scale([sweep.objective(t) for t in trials])
+    axes.append(Axis(sweep.metric, positions, ticks))
+    return axes
+
+
 def parallel_coordinates(sweep: Sweep, path: Path) -> Path:
-    """One line per finished trial through its searched parameters (each axis scaled to [0, 1]; categorical values
-    evenly spaced in the order they appear, log-scaled ranges on a log axis) and its objective, coloured by it."""
+    """One line per finished trial through its searched parameters and its objective, coloured by it (each axis
+    scaled to [0, 1], see :func:`parallel_axes`; categorical values evenly spaced in the order they appear)."""
     plt = _plt()
     from matplotlib import cm, colors
 
     trials = [t for t in sweep.trials if not math.isnan(sweep.objective(t))]
-    axes = [*sweep.searched, sweep.metric]
+    axes = parallel_axes(sweep, trials)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(axes)), 4.5))
-    columns, ticks = [], []
-    for a in axes:
-        values = [sweep.objective(t) if a == sweep.metric else t.params.get(a) for t in trials]
-        scaled, labels = _scale(values)
-        columns.append(scaled)
-        ticks.append(labels)
     objective = [sweep.objective(t) for t in trials]
     norm = colors.Normalize(min(objective, default=0), max(objective, default=1) + 1e-12)
     cmap = cm.get_cmap("viridis") if hasattr(cm, "get_cmap") else plt.colormaps["viridis"]
     for i, v in enumerate(objective):
-        ax.plot(range(len(axes)), [c[i] for c in columns], color=cmap(norm(v)), alpha=0.8, marker="o", ms=3)
-    for x, labels in enumerate(ticks):
+        ax.plot(range(len(axes)), [a.positions[i] for a in axes], color=cmap(norm(v)), alpha=0.8, marker="o", ms=3)
+    for x, axis in enumerate(axes):
         ax.axvline(x, color="k", lw=0.5)
-        for y, text in labels:
+        for y, text in axis.ticks:
             ax.text(x + 0.03, y, text, fontsize=7, va="center")
-    ax.set_xticks(range(len(axes)), axes, rotation=20)
+    ax.set_xticks(range(len(axes)), [a.label for a in axes], rotation=20)
     ax.set_yticks([])
     ax.set_ylim(-0.05, 1.05)
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=sweep.metric)
@@ -71,18 +88,21 @@ def parallel_coordinates(sweep: Sweep, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _scale(values: list[Any]) -> tuple[list[float], list[tuple[float, str]]]:
+def _scale(values: list[Any], log: bool = False) -> tuple[list[float], list[tuple[float, str]], bool]:
+    """(each value's place in [0, 1], tick labels, whether the axis is logarithmic). Numbers are placed linearly
+    between their minimum and maximum, or on a log scale when ``log`` (and every value is positive), labelled at both
+    ends; anything else is categorical: evenly spaced in the order the values first appear."""
     numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if values and len(numeric) == len(values):
         lo, hi = min(numeric), max(numeric)
-        log = lo > 0 and hi / lo > 20
+        log = log and lo > 0
         f = (lambda v: math.log(v)) if log else (lambda v: float(v))
         span = (f(hi) - f(lo)) or 1.0
         scaled = [(f(v) - f(lo)) / span if hi != lo else 0.5 for v in values]
-        return scaled, [(0.0 if hi != lo else 0.5, f"{lo:.3g}"), *([(1.0, f"{hi:.3g}")] if hi != lo else [])]
+        return scaled, [(0.0 if hi != lo else 0.5, f"{lo:.3g}"), *([(1.0, f"{hi:.3g}")] if hi != lo else [])], log
     order = list(dict.fromkeys(str(v) for v in values))
     pos = {v: (i / (len(order) - 1) if len(order) > 1 else 0.5) for i, v in enumerate(order)}
-    return [pos[str(v)] for v in values], [(pos[v], v) for v in order]
+    return [pos[str(v)] for v in values], [(pos[v], v) for v in order], False
 
 
 def learning_curves(sweep: Sweep, path: Path) -> Path:

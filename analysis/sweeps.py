@@ -66,6 +66,7 @@ class Sweep:
     overrides: dict[str, Any]
     trials: list[Trial] = field(default_factory=list)
     results_dir: str | None = None  # the Ray Tune experiment folder, when the records name it
+    log_scaled: set[str] = field(default_factory=set)  # searched parameters Optuna drew on a log scale
 
     def objective(self, trial: Trial) -> float:
         return trial.at_best(self.metric, self.metric, self.mode)
@@ -136,7 +137,8 @@ def load_sweep(client, ref: str, experiment: str | None = None) -> Sweep:
     study = _study_file(client, parent)
     objective = study.get("objective", {})
     metric, mode = objective.get("metric", "val_ccc_mean"), objective.get("mode", "max")
-    searched = [k for k, spec in (study.get("params") or {}).items()
+    specs = study.get("params") or {}
+    searched = [k for k, spec in specs.items()
                 if k not in overrides and not (isinstance(spec, dict) and spec.get("type") == "constant")]
     children = _search_all(client, [parent.info.experiment_id],
                            f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
@@ -145,7 +147,16 @@ def load_sweep(client, ref: str, experiment: str | None = None) -> Sweep:
     sweep = Sweep(tags["emotune.sweep"], parent.info.run_id, client.get_experiment(parent.info.experiment_id).name,
                   tags.get("emotune.space", study.get("name", "?")), metric, mode, searched, overrides, trials)
     sweep.results_dir = _results_dir(client, children)
+    sweep.log_scaled = {k for k in searched if log_scaled(specs[k])}
     return sweep
+
+
+def log_scaled(spec: Any) -> bool:
+    """Whether a study param is drawn on a log scale, as :func:`search_spaces.schema.suggest` asks Optuna:
+    ``loguniform``, or ``int`` with ``log: true`` (a ``uniform`` param is always drawn linearly)."""
+    if not isinstance(spec, dict):
+        return False
+    return spec.get("type") == "loguniform" or (spec.get("type") == "int" and bool(spec.get("log", False)))
 
 
 def _search_all(client, experiment_ids: list[str], filter_string: str) -> list:

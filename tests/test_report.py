@@ -127,6 +127,18 @@ def test_every_figure_exists_and_is_logged_to_the_parent_run(report):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_the_loaded_sweep_names_its_log_scaled_params_from_the_study_file(sweeps):
+    """lr is loguniform in the study the sweep logged; w_mse (uniform) and ssts_stride (categorical) are not."""
+    from analysis.figures import parallel_axes
+    from analysis.sweeps import load_sweep
+
+    sweep = load_sweep(_client(sweeps), "rep")
+    assert set(sweep.searched) == {"lr", "ssts_stride", "w_mse"} and sweep.log_scaled == {"lr"}
+    finished = [t for t in sweep.trials if not math.isnan(sweep.objective(t))]
+    labels = [a.label for a in parallel_axes(sweep, finished)]
+    assert sorted(labels) == sorted(["lr (log)", "ssts_stride", "w_mse", "val_ccc_mean"])
+
+
 def cli(*args: str, cwd: Path, capsys) -> tuple[int, str, str]:
     """The CLI's ``main`` in this process (the checks below need no new process to import everything again)."""
     import os
@@ -226,6 +238,36 @@ def test_generic_table_bins_a_continuous_parameter_on_a_log_scale():
     labels = [r[0] for r in table.cells()]
     assert labels[0] == "[1.000e-05, 4.162e-05)" and labels[-1].endswith("3.000e-03]")
     assert sum(r[1] for r in table.rows) == 6
+
+
+def test_parallel_axes_are_log_only_for_params_searched_on_a_log_scale():
+    """The objective axis is linear (0.05 lies where a linear axis puts it, though the values span > 100x); a
+    loguniform param is on a log axis marked ``(log)``; a uniform param spanning > 20x stays linear, unmarked."""
+    from analysis.figures import parallel_axes
+
+    sweep = _sweep("other", ["lr", "w_mse", "stride"], [
+        ({"lr": 1e-4, "w_mse": 0.01, "stride": 4}, 0.005, "complete"),
+        ({"lr": 1e-3, "w_mse": 0.5, "stride": 6}, 0.05, "complete"),
+        ({"lr": 1e-2, "w_mse": 1.0, "stride": 4}, 0.724, "stopped early")])
+    sweep.log_scaled = {"lr"}
+    lr, w_mse, stride, objective = parallel_axes(sweep, sweep.trials)
+    assert objective.label == "val_ccc_mean"
+    assert objective.positions[1] == pytest.approx((0.05 - 0.005) / (0.724 - 0.005))
+    assert objective.positions[0] == 0.0 and objective.positions[2] == 1.0
+    assert lr.label == "lr (log)" and lr.positions == pytest.approx([0.0, 0.5, 1.0])
+    assert [text for _, text in lr.ticks] == ["0.0001", "0.01"]  # labelled at both ends
+    assert w_mse.label == "w_mse" and w_mse.positions[1] == pytest.approx((0.5 - 0.01) / (1.0 - 0.01))
+    assert stride.label == "stride" and "(log)" not in objective.label
+
+
+def test_a_sweep_knows_which_params_its_study_drew_on_a_log_scale():
+    from analysis.sweeps import log_scaled
+
+    assert log_scaled({"type": "loguniform", "low": 1e-4, "high": 1e-2})
+    assert log_scaled({"type": "int", "low": 8, "high": 512, "log": True})
+    assert not log_scaled({"type": "int", "low": 1, "high": 100})
+    assert not log_scaled({"type": "uniform", "low": 0.001, "high": 1.0})
+    assert not log_scaled({"type": "categorical", "choices": [1, 10, 100]})
 
 
 def test_leaderboard_columns_have_one_format_each():
