@@ -10,11 +10,14 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from trainables import console
+from trainables.console import say, warn
 from trainables.errors import UserError
 
 
@@ -41,12 +44,24 @@ def _set_value(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emotune", description="Hyperparameter search for continuous emotion recognition "
-                                                            "(valence/arousal) from face video.")
-    sub = p.add_subparsers(dest="command", required=True)
+class Parser(argparse.ArgumentParser):
+    """argparse with emotune's error format: a usage error is one line, ``emotune: error: ...``, exit status 2 (as
+    every other user error), naming the command whose ``--help`` tells what is allowed."""
 
-    data = sub.add_parser("data", help="make and prepare datasets").add_subparsers(dest="data_command", required=True)
+    def error(self, message: str):
+        command = self.prog[len("emotune"):].strip()
+        sys.stderr.write(f"emotune: error: {command + ': ' if command else ''}{' '.join(message.split())} "
+                         f"(see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="emotune", description="Hyperparameter search for continuous emotion recognition "
+                                                            "(valence/arousal) from face video.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    data = sub.add_parser("data", help="make and prepare datasets").add_subparsers(dest="data_command", required=True,
+                                                                              parser_class=Parser)
     s = data.add_parser("synth", help="write a synthetic face-video dataset (mp4 + labels + face sidecars + manifest)")
     s.add_argument("--out", required=True, help="dataset folder to write")
     s.add_argument("--subjects", type=int, default=8)
@@ -151,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds per configuration with --retrain-top "
                                                                       "(default 3)")
     pm.add_argument("--max-concurrent", type=int, default=None, help="cap on concurrent retraining runs")
+    pm.add_argument("--address", default=None, help="Ray cluster for --retrain-top (as `sweep --address`; default "
+                                                    "$RAY_ADDRESS, else a Ray of its own)")
 
     pd = sub.add_parser("predict", help="valence/arousal over time for new videos: DIR/<stem>.csv and DIR/<stem>.png")
     pd.add_argument("videos", nargs="+", metavar="VIDEO")
@@ -170,7 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--trials", type=int, default=8)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--max-concurrent", type=int, default=None)
+    d.add_argument("--address", default=None, help="Ray cluster for the demo's sweep (as `sweep --address`; "
+                                                   "default $RAY_ADDRESS, else a Ray of its own)")
+    for command in (s, pr, mf, fw, rp, cp, pm, pd, d):
+        _verbose_arg(command)
     return p
+
+
+def _verbose_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="show other tools' output (Ray, MLflow, Optuna) on the console instead of in the log file")
 
 
 def _sweep_args(sw: argparse.ArgumentParser) -> None:
@@ -188,8 +214,15 @@ def _sweep_args(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("--storage", default="ray_results", help="Ray results folder or s3:// URI")
     sw.add_argument("--name", default=None, help="sweep name (default: space name + process id)")
     sw.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
-    sw.add_argument("--time-budget", type=float, default=None, help="stop starting trials after this many seconds")
-    sw.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite file ./mlflow.db)")
+    sw.add_argument("--time-budget", type=float, default=None,
+                    help="end the sweep after this many seconds: no trial starts after it, and the trials still "
+                         "running are stopped where they are (listed as stopped early, their runs and best "
+                         "checkpoints kept)")
+    sw.add_argument("--address", default=None,
+                    help="Ray cluster to run on: host:port, ray://host:port or 'auto' (the cluster `ray start` "
+                         "started last on this machine); default $RAY_ADDRESS, else a Ray of the sweep's own")
+    sw.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then "
+                                                       "sqlite file ./mlflow.db)")
     sw.add_argument("--experiment", default="emotune", help="MLflow experiment name")
     sw.add_argument("--resume", default=None, metavar="NAME",
                     help="finish the sweep NAME in --storage after its driver stopped (trials continue from checkpoints)")
@@ -199,7 +232,8 @@ def _sweep_args(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial or worker from its last "
                                                                 "checkpoint (a user error is not retried)")
     sw.add_argument("-v", "--verbose", action="count", default=0,
-                    help="-v: Tune's status tables; -vv: also every worker's log")
+                    help="-v: other tools' output on the console (not in the sweep's log file) and Tune's status "
+                         "tables; -vv: also every worker's log")
     sw.add_argument("--set", dest="overrides", action="append", type=_set_value, default=[],
                     metavar="KEY=VALUE", help="fix a trial setting or pin a searched parameter")
 
@@ -232,15 +266,15 @@ def cmd_report(a) -> int:
     # now, so MLflow's UI opens it on its runs.
     client.set_experiment_tag(client.get_run(sweep.parent_run_id).info.experiment_id, EXPERIMENT_KIND_TAG,
                               EXPERIMENT_KIND)
-    print(f"report: {report}")
-    print(f"logged to MLflow parent run {sweep.parent_run_id} under report/")
+    say(f"report: {report}")
+    say(f"logged to MLflow parent run {sweep.parent_run_id} under report/")
     return 0
 
 
 def cmd_compare(a) -> int:
     from analysis.compare import compare
 
-    print(compare(_mlflow_client(a.mlflow_uri), a.sweeps, a.out, experiment=a.experiment))
+    say(compare(_mlflow_client(a.mlflow_uri), a.sweeps, a.out, experiment=a.experiment))
     return 0
 
 
@@ -254,11 +288,12 @@ def cmd_promote(a) -> int:
     from analysis.promote import promote
 
     outcome = promote(a.sweep, _tracking_uri(a.mlflow_uri), model_name=a.model_name, margin=a.margin, out_dir=a.out,
-                      retrain_top=a.retrain_top, seeds=a.seeds, max_concurrent=a.max_concurrent)
-    print(outcome.message)
+                      retrain_top=a.retrain_top, seeds=a.seeds, max_concurrent=a.max_concurrent,
+                      ray_address=a.address)
+    say(outcome.message)
     if not outcome.promoted:
         return 1
-    print(f"production.yaml: {outcome.yaml_path}")
+    say(f"production.yaml: {outcome.yaml_path}")
     return 0
 
 
@@ -268,16 +303,19 @@ def cmd_predict(a) -> int:
 
     bundle = resolve_model(a.model, _tracking_uri(a.mlflow_uri))
     for csv, png, table in predict_files(bundle, a.videos, a.out, detector=a.detector, faces=a.faces):
-        print(f"{csv}  {png}  ({len(table)} label steps, face on {100 * table['face'].mean():.1f}%)")
+        say(f"{csv}  {png}  ({len(table)} label steps, face on {100 * table['face'].mean():.1f}%)")
     return 0
 
 
 def cmd_synth(a) -> int:
     from trainables.prepare.synth import synthesize
 
-    manifest = synthesize(a.out, subjects=a.subjects, videos_per_subject=a.videos_per_subject, frames=a.frames,
-                          fps=a.fps, size=a.size, lag_frames=a.lag_frames, variant=a.variant, seed=a.seed)
-    print(f"manifest: {manifest}")
+    try:
+        manifest = synthesize(a.out, subjects=a.subjects, videos_per_subject=a.videos_per_subject, frames=a.frames,
+                              fps=a.fps, size=a.size, lag_frames=a.lag_frames, variant=a.variant, seed=a.seed)
+    except (ValueError, FileExistsError) as err:  # a setting out of range, or --out holds something else
+        raise UserError(f"data synth: {err}") from None
+    say(f"manifest: {manifest}")
     return 0
 
 
@@ -292,8 +330,8 @@ def cmd_prepare(a) -> int:
                        detect_width=a.detect_width, detect_every=a.detect_every)
     index, summary = prepare(a.manifest, a.cache, reg, workers=a.workers, index_path=a.index,
                              min_face_share=a.min_face_share, warn_face_share=a.warn_face_share)
-    print("\n".join(summary.lines()))
-    print(f"dataset index: {index}")
+    say("\n".join(summary.lines()))
+    say(f"dataset index: {index}")
     return 0
 
 
@@ -308,8 +346,8 @@ def cmd_manifest(a) -> int:
                              seed=a.seed, val_fraction=a.val_fraction, test_fraction=a.test_fraction,
                              faces_dir=a.faces)
     for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    print(f"manifest: {out}")
+        warn(f"warning: {w.message}")
+    say(f"manifest: {out}")
     return 0
 
 
@@ -317,7 +355,7 @@ def cmd_fetch_weights(a) -> int:
     from trainables.prepare.faces import fetch_weights
 
     for path in fetch_weights(a.to, detector=a.face_detector):
-        print(path)
+        say(path)
     return 0
 
 
@@ -328,20 +366,20 @@ def _print_outcome(outcome, max_epochs: int) -> dict[str, int]:
     key = "epoch" if outcome.space.fidelity["attr"] == "epoch" else "step"
     rows = rows_from_results(outcome.results, outcome.space.metric, outcome.space.mode, params, max_epochs,
                              epoch_key=key)
-    print()
-    print(f"Leaderboard of sweep {outcome.name} ({len(rows)} trials, objective {outcome.space.metric}):")
-    print(format_leaderboard(rows, outcome.space.metric, steps_label="epochs" if key == "epoch" else "reports"))
-    print()
-    print(f"MLflow store:  {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
+    say()
+    say(f"Leaderboard of sweep {outcome.name} ({len(rows)} trials, objective {outcome.space.metric}):")
+    say(format_leaderboard(rows, outcome.space.metric, steps_label="epochs" if key == "epoch" else "reports"))
+    say()
+    say(f"MLflow store:  {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
     if outcome.tracking_uri.startswith("sqlite:///"):
-        print(f"  open it with: mlflow ui --backend-store-uri {outcome.tracking_uri} --port 5000")
-    print(f"Ray results:   {outcome.storage}/{outcome.name}")
+        say(f"  open it with: mlflow ui --backend-store-uri {outcome.tracking_uri} --port 5000")
+    say(f"Ray results:   {outcome.storage}/{outcome.name}")
     if outcome.best_trial_id:
-        print(f"Best trial:    {outcome.best_trial_id} (checkpoint logged to MLflow run {outcome.best_run_id})")
+        say(f"Best trial:    {outcome.best_trial_id} (checkpoint logged to MLflow run {outcome.best_run_id})")
     else:
-        print("Best trial:    none (no trial finished without an error)")
+        say("Best trial:    none (no trial finished without an error)")
     counts = {status: sum(r.status == status for r in rows) for status in STATUSES}
-    print("Trials:        " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    say("Trials:        " + ", ".join(f"{n} {status}" for status, n in counts.items()))
     return counts
 
 
@@ -374,7 +412,7 @@ def cmd_sweep(a) -> int:
                         tracking_uri=a.mlflow_uri, experiment=a.experiment, overrides=dict(a.overrides),
                         resume=a.resume, optuna_storage=a.optuna_storage, keep_checkpoints=a.keep_checkpoints,
                         max_failures=a.max_failures, executor=a.executor, verbose=a.verbose, dry_run=a.dry_run,
-                        epochs=a.epochs)
+                        epochs=a.epochs, ray_address=a.address)
     outcome = run_sweep(opts)
     if a.dry_run:
         return 0
@@ -387,7 +425,7 @@ def cmd_settings(a) -> int:
     rows = [("setting", "group", "default", "allowed"), *describe()]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+        say("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
     return 0
 
 
@@ -402,22 +440,23 @@ def cmd_demo(a) -> int:
 
     root = Path(a.root).resolve()
     t0 = time.time()
-    print(f"[1/6] synthetic face videos -> {root / 'data'}")
+    say(f"[1/6] synthetic face videos -> {root / 'data'}")
     manifest = synthesize(root / "data", seed=a.seed)
-    print(f"[2/6] prepare (decode once, crop faces) -> {root / 'cache'}")
+    say(f"[2/6] prepare (decode once, crop faces) -> {root / 'cache'}")
     index, summary = prepare(manifest, root / "cache", Registration())
-    print("\n".join("      " + line for line in summary.lines()))
-    print("[3/6] sweep on search_spaces/smoke.yaml")
+    say("\n".join("      " + line for line in summary.lines()))
+    say("[3/6] sweep on search_spaces/smoke.yaml")
     tracking_uri, optuna_storage = default_tracking_uri(root), default_optuna_storage(root)
     opts = SweepOptions(space="smoke", data_index=str(index), num_samples=a.trials, max_concurrent=a.max_concurrent,
                         storage=str(root / "ray_results"), name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
                         seed=a.seed, tracking_uri=tracking_uri, experiment="emotune-demo",
-                        artifact_root=str(root / "mlartifacts"), optuna_storage=optuna_storage)
+                        artifact_root=str(root / "mlartifacts"), optuna_storage=optuna_storage,
+                        ray_address=a.address, verbose=a.verbose)
     outcome = run_sweep(opts)
     status = sweep_exit_status(_print_outcome(outcome, int(outcome.space.fidelity["max"])))
     if status == 0:
         _demo_to_production(root, manifest, outcome.name, tracking_uri, optuna_storage)
-    print(f"Demo finished in {time.time() - t0:.0f} s")
+    say(f"Demo finished in {time.time() - t0:.0f} s")
     return status
 
 
@@ -430,18 +469,18 @@ def _demo_to_production(root: Path, manifest: Path, sweep: str, tracking_uri: st
     from trainables.predict import predict_files
     from trainables.prepare.synth import synthesize_heldout
 
-    print(f"[4/6] report of sweep {sweep}")
+    say(f"[4/6] report of sweep {sweep}")
     report, _ = write_report(_mlflow_client(tracking_uri), sweep, root / "report", optuna_storage)
-    print(f"      report: {report}")
-    print("[5/6] promote the best trial (scored on the test subjects, which no trial has seen)")
+    say(f"      report: {report}")
+    say("[5/6] promote the best trial (scored on the test subjects, which no trial has seen)")
     # A demo run again in the same folder meets the model an earlier run promoted: a refusal is an answer here, and
     # the prediction below uses whichever model holds the alias.
     outcome = promote(sweep, tracking_uri, model_name="emotune", out_dir=root)
-    print(f"      {outcome.message}")
+    say(f"      {outcome.message}")
     if outcome.promoted:
-        print(f"      registered model: models:/emotune@{ALIAS} (version {outcome.version}) in {tracking_uri}")
-        print(f"      production.yaml: {outcome.yaml_path}")
-    print("[6/6] predict a video of a subject outside the dataset")
+        say(f"      registered model: models:/emotune@{ALIAS} (version {outcome.version}) in {tracking_uri}")
+        say(f"      production.yaml: {outcome.yaml_path}")
+    say("[6/6] predict a video of a subject outside the dataset")
     held = synthesize_heldout(root / "heldout", manifest)
     bundle = resolve_model(f"models:/emotune@{ALIAS}", tracking_uri)
     # The synthetic faces come with their sidecar (as the training cache did); on real footage the model's
@@ -450,18 +489,42 @@ def _demo_to_production(root: Path, manifest: Path, sweep: str, tracking_uri: st
                                        faces=[held["faces"]], progress=False)
     labels = pd.read_csv(held["labels"])[["valence", "arousal"]].to_numpy()
     ccc = regression_report(labels, table[["valence", "arousal"]].to_numpy()) if len(labels) == len(table) else None
-    print(f"      prediction: {csv}")
-    print(f"      plot:       {png}")
+    say(f"      prediction: {csv}")
+    say(f"      plot:       {png}")
     if ccc is not None:
-        print(f"      CCC against its synthetic labels: valence {ccc['ccc_valence']:.3f}, arousal "
+        say(f"      CCC against its synthetic labels: valence {ccc['ccc_valence']:.3f}, arousal "
               f"{ccc['ccc_arousal']:.3f}, mean {ccc['ccc_mean']:.3f}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, quiet: bool = False) -> int:
+    """Parse ``argv`` and run the command; returns its exit status. ``quiet`` (the ``emotune`` command without
+    ``-v``): other tools' output goes to a log file, the console carries emotune's own lines (``trainables.console``).
+    """
+    args = build_parser().parse_args(argv)
+    if quiet and args.command != "settings" and not getattr(args, "verbose", 0):
+        console.divert()
+        if args.command == "demo":
+            console.log_to(Path(args.root) / "emotune.log")
+    try:
+        return _dispatch(args)
+    except Exception as exc:
+        if not console.diverted():
+            raise
+        # The traceback goes to the log with the rest of the libraries' output; the console gets one line.
+        traceback.print_exc()
+        if console.log_path() is None:
+            console.log_to(Path.cwd() / "emotune.log")
+        warn(f"emotune: error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+             f"(the traceback is in {console.log_path()})")
+        return 1
+    finally:
+        if console.diverted() and console.log_path() is None and console.log_tail(1):
+            console.log_to(Path.cwd() / "emotune.log")  # something was said: keep it where the user is
+
+
+def _dispatch(args) -> int:
     from search_spaces.schema import SpaceError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     handlers = {"synth": cmd_synth, "prepare": cmd_prepare, "manifest": cmd_manifest,
                 "fetch-weights": cmd_fetch_weights}
     try:
@@ -474,10 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         return {"sweep": cmd_sweep, "demo": cmd_demo, "settings": cmd_settings}[args.command](args)
     except (UserError, SpaceError) as err:
         # One line, no traceback: the message names what is wrong and what is allowed.
-        print(f"emotune: error: {' '.join(str(err).split())}", file=sys.stderr)
+        warn(f"emotune: error: {' '.join(str(err).split())}")
         return 2
     except BrokenPipeError:  # the output went into a pipe that closed early (`emotune settings | head`)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), console.out().fileno())
         return 0
 
 
@@ -491,13 +554,15 @@ def run() -> None:
     """
     import atexit
 
-    code = {"rc": 1}  # an uncaught exception (its traceback already printed) exits 1, as Python would
+    # An uncaught exception (its traceback already printed) exits 1, as Python would; argparse's SystemExit (0 for
+    # --help, 2 for a usage error) keeps its own code.
+    code = {"rc": 1}
 
     def quick_exit() -> None:
         import logging
 
         logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
+        for stream in (sys.stdout, sys.stderr, console.out(), console.err()):
             try:
                 stream.flush()
             except (OSError, ValueError):
@@ -505,7 +570,10 @@ def run() -> None:
         os._exit(code["rc"])
 
     atexit.register(quick_exit)
-    rc = main()
+    try:
+        rc = main(quiet=True)
+    except SystemExit as stop:
+        rc = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     code["rc"] = rc if isinstance(rc, int) else 0
     sys.exit(code["rc"])
 

@@ -1,21 +1,22 @@
 """A compact progress printer for sweeps: one line per trial start, epoch and end, instead of Tune's tables."""
 from __future__ import annotations
 
-import sys
 import time
 
 from ray.tune import Callback
+
+from trainables import console
 
 
 class ProgressPrinter(Callback):
     def __init__(self, metric: str, step_key: str = "epoch", max_steps: int | None = None, stream=None):
         self.metric, self.step_key, self.max_steps = metric, step_key, max_steps
-        self.stream = stream or sys.stdout
+        self.stream = stream  # None: emotune's console (trainables.console)
         self.t0 = time.time()
         self.done = 0
 
     def _say(self, text: str) -> None:
-        print(f"  [{time.time() - self.t0:6.0f} s] {text}", file=self.stream, flush=True)
+        print(f"  [{time.time() - self.t0:6.0f} s] {text}", file=self.stream or console.out(), flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._say(f"trial {trial.trial_id} started")

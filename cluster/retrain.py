@@ -104,7 +104,7 @@ def retrain_configs(configs: dict[str, dict], seeds: int, storage_path: str) -> 
 
 
 def retrain_top(client, sweep_ref: str, tracking_uri: str, k: int, seeds: int, max_concurrent: int | None = None,
-                storage: str | None = None) -> Retrained:
+                storage: str | None = None, ray_address: str | None = None) -> Retrained:
     """Train the sweep's top ``k`` configurations ``seeds`` times each and choose one (module docstring).
 
     Raises:
@@ -130,7 +130,7 @@ def retrain_top(client, sweep_ref: str, tracking_uri: str, k: int, seeds: int, m
     name = f"{sweep.name}-retrain-{time.strftime('%Y%m%d-%H%M%S')}"
     points = retrain_configs(configs, seeds, f"{root}/{name}")
 
-    init_ray(log_to_driver=False, dashboard=runtime.get("executor") == "train")
+    init_ray(ray_address, log_to_driver=False, dashboard=runtime.get("executor") == "train")
     import ray
 
     workers = int(runtime.get("workers", 1))
@@ -202,9 +202,10 @@ class FixedConfigs(Searcher):
 
 def _trial_config(client, run_id: str) -> dict:
     """The resolved Tune config a sweep trial ran with (``config.json`` of its run)."""
-    try:
-        path = client.download_artifacts(run_id, "config.json", tempfile.mkdtemp(prefix="emotune-cfg-"))
-    except Exception as exc:
-        raise UserError(f"trial run {run_id} has no config.json to retrain from ({' '.join(str(exc).split())[:160]})") \
-            from None
-    return json.loads(Path(path).read_text())
+    with tempfile.TemporaryDirectory(prefix="emotune-cfg-") as tmp:
+        try:
+            path = client.download_artifacts(run_id, "config.json", tmp)
+        except Exception as exc:
+            raise UserError(f"trial run {run_id} has no config.json to retrain from "
+                            f"({' '.join(str(exc).split())[:160]})") from None
+        return json.loads(Path(path).read_text())

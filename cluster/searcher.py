@@ -20,6 +20,12 @@ running) before Tune starts it:
 
 On a study with a continuous parameter (a learning rate) repeats do not occur in practice, and a repeat after the
 re-asks is trained.
+
+A resumed sweep restores the searcher from Tune's last experiment snapshot. A driver killed after asking Optuna for a
+trial but before the next snapshot leaves that Optuna trial RUNNING with no Tune trial behind it: kept, it would block
+its configuration for good (a running trial counts as tried) while the budget goes to another one. On restore such a
+trial is closed as FAIL with the user attribute ``emotune_lost_with_driver`` (TPE ignores it) and its configuration
+is enqueued, so the resumed sweep trains it, once, as a trial Tune knows.
 """
 from __future__ import annotations
 
@@ -30,9 +36,12 @@ from typing import Any
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from trainables import console
+
 logger = logging.getLogger(__name__)
 
 REPEAT_ATTR = "emotune_repeat_of"
+LOST_ATTR = "emotune_lost_with_driver"
 
 
 def _key(params: dict[str, Any]) -> tuple:
@@ -78,12 +87,42 @@ class DistinctOptunaSearch(OptunaSearch):
         point = self._closest_untried(trial.params)
         if point is None:
             self.exhausted = True
-            print(f"search: every one of the study's {len(self._points)} configurations has been tried; the sweep "
-                  "ends here", flush=True)
+            console.say(f"search: every one of the study's {len(self._points)} configurations has been tried; the sweep "
+                  "ends here")
             return Searcher.FINISHED
         self.neighbours_chosen += 1
         self._ot_study.enqueue_trial(point)
         return super().suggest(trial_id)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self.recover_lost_trials()
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        # A trial that finished after the last snapshot of a killed driver finishes again when the sweep resumes; its
+        # Optuna trial was told already and keeps that value.
+        trial = self._ot_trials.get(trial_id)
+        if trial is not None and self._ot_study._storage.get_trial(trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def recover_lost_trials(self) -> list[int]:
+        """Close the study's running trials this (restored) searcher did not start and enqueue their configurations
+        (module docstring); returns their numbers."""
+        from optuna.trial import TrialState
+
+        known = {t._trial_id for t in self._ot_trials.values()}
+        lost = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t._trial_id not in known]
+        for trial in lost:
+            self._ot_study._storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, True)
+            self._ot_study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            if _key(trial.params) not in self._tried():
+                self._ot_study.enqueue_trial(trial.params)
+            logger.info("Optuna trial %d was started by a driver that stopped before recording it; its "
+                        "configuration is trained again", trial.number)
+        return [t.number for t in lost]
 
     # ------------------------------------------------------------------------------------------------------------
     def _tried(self, exclude: int | None = None) -> dict[tuple, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.schema import SearchSpace, finite_points, load_space, suggest
+from trainables import console
 from trainables.errors import DataError, UserError
 from trainables.trial import checkpoint_policy, choose_executor, run_trial, trial_resources
 
@@ -76,10 +77,27 @@ class DefineByRun:
         return {**suggest(self.space, trial), **self.constants}
 
 
+#: Seconds between Tune's experiment snapshots (see :func:`init_ray`).
+SNAPSHOT_PERIOD_S = 1
+
+
+def ray_address(address: str | None = None) -> str | None:
+    """The cluster a command was told to use: ``address`` (``--address``), else $RAY_ADDRESS, else None (a Ray of its
+    own). ``auto`` means the cluster ``ray start`` started last on this machine, joined on purpose."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: bool = True) -> None:
-    """Connect to ``address`` (or $RAY_ADDRESS), else start Ray in-process. A local Ray gets the dashboard when
-    ``dashboard``: Train V2 watches its controller through the State API, which the dashboard serves (without it,
-    Ray Train trials after the first hang); inline trials do without it, and Ray starts faster."""
+    """Connect to ``address`` (or $RAY_ADDRESS), else start a Ray of this process's own.
+
+    Never the machine's "latest" cluster by accident: ``ray.init()`` without an address joins the cluster ``ray
+    start`` last wrote to Ray's temp folder, a bystander started for other work (the sweep then ran there, one trial
+    at a time) or one that died without ``ray stop`` (``ray.init`` then waited for it for minutes). So a sweep not
+    given an address starts its own with ``address="local"``; ``auto`` or host:port joins a cluster on purpose.
+
+    A local Ray gets the dashboard when ``dashboard``: Train V2 watches its controller through the State API, which
+    the dashboard serves (without it, Ray Train trials after the first hang); inline trials do without it, and Ray
+    starts faster."""
     import ray
 
     from cluster.retries import install_retry_policy
@@ -90,9 +108,15 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
     # first trial starts) and writes event files nobody reads here: MLflow holds the curves. Tune's JSON and CSV
     # records (result.json, progress.csv) are kept: ``tune_loggers`` adds them back to every Tuner.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # Tune's experiment snapshot (trial states, searcher, callbacks: what --resume restores) every second instead of
+    # every 10 s or more: a driver killed between two snapshots loses less (cluster.searcher and cluster.tracking
+    # recover the rest). It also keeps Tune's "snapshotting has been triggered multiple times" warning away for the
+    # reason Tune gives: a snapshot is forced when a trial saves ``num_to_keep`` checkpoints since the last one, and
+    # a trial reports at most once a second or so. Writing it takes a few milliseconds on a local disk.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_PERIOD_S))
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(address)
     # Ray Train gives a worker group 60 s to start; on a loaded laptop, or while an autoscaler adds a node, starting a
     # worker process takes longer and the trial failed for nothing. Processes of a local Ray inherit this variable.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
@@ -112,9 +136,15 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
             sock.bind(("", 0))
             port = str(sock.getsockname()[1])
         os.environ["RAY_GCS_SERVER_PORT"] = port
-    ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1",
+    ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
              dashboard_port=_free_port() if dashboard else None, log_to_driver=log_to_driver,
              runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}})
+
+
+def sweep_log(storage: str, name: str) -> Path:
+    """Where a sweep's log of other tools' output goes (``trainables.console``): its folder in a local ``--storage``,
+    else ``./<name>.log`` (a log is appended to line by line, which object stores do not do)."""
+    return Path(storage) / name / "emotune.log" if "://" not in storage else Path.cwd() / f"{name}.log"
 
 
 def tune_loggers() -> list:
@@ -169,19 +199,20 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                                 "threads": max(1, int(cpus)), "gpus": gpus}, seed=opts.seed)
     space = checked.space
     for line in checked.lines():
-        print(line, flush=True)
-    autoscaling = bool(opts.ray_address or os.environ.get("RAY_ADDRESS")) and opts.max_concurrent is not None
+        console.say(line)
+    autoscaling = bool(ray_address(opts.ray_address)) and opts.max_concurrent is not None
     # Before Ray starts: a request this machine (or the running cluster) cannot hold is refused at once.
     concurrent = max_concurrent_trials(cluster_resources(opts.ray_address), workers, cpus, gpus, opts.max_concurrent,
                                        autoscaling)
     if opts.dry_run:
-        print(f"dry run: {opts.num_samples} trials of {workers} worker(s) x {cpus:g} CPU / {gpus:g} GPU, "
-              f"{concurrent} at a time ({executor} executor); nothing started", flush=True)
+        console.say(f"dry run: {opts.num_samples} trials of {workers} worker(s) x {cpus:g} CPU / {gpus:g} GPU, "
+              f"{concurrent} at a time ({executor} executor); nothing started")
         return SweepOutcome(name, None, space, storage, "", "", None, None, checked)
     if _experiment_exists(storage, name):
         raise UserError(f"a sweep named {name!r} already exists in {storage}; resume it with "
                         f"`emotune sweep --resume {name} --storage {opts.storage}` or choose another --name")
-    tracking_uri = opts.tracking_uri or default_tracking_uri()
+    console.log_to(sweep_log(storage, name))
+    tracking_uri = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     # Opening the MLflow store (a new SQLite store creates its tables: about 2 s) waits mostly on the database, and
     # starting Ray mostly on Ray's own processes: the two run side by side.
     with ThreadPoolExecutor(1, thread_name_prefix="emotune-mlflow") as pool:
@@ -238,7 +269,7 @@ def cluster_resources(address: str | None) -> dict[str, float]:
     """CPUs and GPUs of the cluster at ``address`` (or $RAY_ADDRESS), else of this machine, without starting Ray."""
     import ray
 
-    if address or os.environ.get("RAY_ADDRESS"):
+    if ray_address(address):
         init_ray(address, log_to_driver=False)
         return ray.cluster_resources()
     return {"CPU": float(os.cpu_count() or 1), "GPU": local_gpus()}
@@ -268,7 +299,11 @@ def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent:
 
     from cluster.searcher import DistinctOptunaSearch
 
-    storage = optuna.storages.RDBStorage(opts.optuna_storage or default_optuna_storage())
+    from cluster.stores import first_connection
+
+    url = opts.optuna_storage or default_optuna_storage()
+    with first_connection(url):  # another sweep may be creating the same store right now
+        storage = optuna.storages.RDBStorage(url)
     return DistinctOptunaSearch(space=DefineByRun(space, constants), metric=space.metric, mode=space.mode,
                                 sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, concurrent)),
                                 study_name=name, storage=storage,
@@ -354,6 +389,7 @@ def _resume(opts: SweepOptions, storage: str, trainable) -> SweepOutcome:
     path = f"{storage}/{name}"
     if not _experiment_exists(storage, name):
         raise UserError(f"no sweep named {name!r} in {storage} to resume")
+    console.log_to(sweep_log(storage, name))
     init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2)
     tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     run_config = tuner._local_tuner.get_run_config()

@@ -35,17 +35,21 @@ def open_experiment(tracking_uri: str, name: str, artifact_root: str | Path | No
     """(client, experiment_id) for ``name``, created if absent; local stores keep artifacts in ``artifact_root``."""
     from mlflow.tracking import MlflowClient
 
+    from cluster.stores import first_connection
+
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        return client, exp.experiment_id
-    location = None
-    if artifact_root is not None and not tracking_uri.startswith(("http://", "https://", "databricks")):
-        location = Path(artifact_root).resolve().as_uri()
-    return client, client.create_experiment(name, artifact_location=location,
-                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    # Another sweep may be creating the same store or experiment right now (cluster.stores).
+    with first_connection(tracking_uri):
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            return client, exp.experiment_id
+        location = None
+        if artifact_root is not None and not tracking_uri.startswith(("http://", "https://", "databricks")):
+            location = Path(artifact_root).resolve().as_uri()
+        return client, client.create_experiment(name, artifact_location=location,
+                                                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 # MLflow 3's UI opens an experiment without this tag on its GenAI traces overview, which is empty for a sweep; with it,
@@ -103,6 +107,30 @@ class MlflowTrialCallback(Callback):
         self.awaiting_checkpoint.update(state.get("awaiting_checkpoint", {}))
         self.nodes.update(state.get("nodes", {}))
         self.node_history.update(state.get("node_history", {}))
+        self.restored = True
+
+    def on_step_begin(self, iteration, trials, **info):
+        if getattr(self, "restored", False):
+            self.restored = False
+            self.drop_lost_runs({t.trial_id for t in trials})
+
+    def drop_lost_runs(self, known: set[str]) -> list[str]:
+        """Delete the child runs of trials the resumed experiment does not hold, and return their ids.
+
+        A driver killed after a trial started but before Tune's next experiment snapshot leaves an MLflow run for a
+        trial the restored sweep never heard of; the searcher trains that configuration again as a new trial
+        (``cluster.searcher``). The old run is deleted (MLflow keeps it restorable, tagged
+        ``emotune.lost_with_driver``), so the sweep's runs and its trials agree one to one."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=50_000)
+        lost = [r for r in runs if r.data.tags.get("emotune.trial_id") not in known]
+        for run in lost:
+            self.client.set_tag(run.info.run_id, "emotune.lost_with_driver", "true")
+            self.client.set_terminated(run.info.run_id, "KILLED")
+            self.client.delete_run(run.info.run_id)
+            self.runs.pop(run.data.tags.get("emotune.trial_id"), None)
+        return [r.info.run_id for r in lost]
 
     def run_id(self, trial_id: str) -> str | None:
         if trial_id in self.runs:

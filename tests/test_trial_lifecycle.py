@@ -21,7 +21,7 @@ REUSE_TIMEOUT_S = 8
 def local_ray():
     """A 2-CPU local Ray whose worker processes wait ``REUSE_TIMEOUT_S`` for a previous trial's thread."""
     ray.shutdown()  # none of the other tests keeps a Ray in this process; make sure of it
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"EMOTUNE_REUSE_TIMEOUT_S": str(REUSE_TIMEOUT_S)}})
     yield
     ray.shutdown()

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainables import console
 from trainables.errors import DataError, UserError
 
 __all__ = ["ModelBundle", "Predictor", "load_bundle", "label_times", "write_csv", "write_plot"]
@@ -257,7 +258,8 @@ class Predictor:
         with tempfile.TemporaryDirectory(prefix="emotune-predict-") as tmp:
             frames = np.lib.format.open_memmap(Path(tmp) / "frames.npy", mode="w+", dtype=np.uint8,
                                                shape=(len(keep), h, w, c))
-            bar = tqdm(total=len(keep), desc=path.name, unit="frame", disable=not self.progress, leave=False)
+            bar = tqdm(total=len(keep), desc=path.name, unit="frame", disable=not (self.progress and console.bars()), leave=False,
+                       file=console.bar_stream())
             metered = _MeteredReader(reader, bar)
             started = time.perf_counter()
             try:

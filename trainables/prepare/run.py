@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from trainables.data.cache import open_entry
+from trainables import console
 from trainables.errors import DataError, UserError
 from trainables.prepare.build import build_entry, remove_stale_temporaries
 from trainables.prepare.manifest import VideoEntry, read_manifest
@@ -144,7 +145,8 @@ def prepare(manifest: str | Path, cache_root: str | Path, reg: Registration | No
     jobs = [(e, str(cache_root), reg) for e in entries]
     summary = PrepareSummary(warn_face_share=warn_face_share, min_face_share=min_face_share)
     folders: dict[str, str] = {}
-    bar = tqdm(total=len(jobs), desc="prepare", unit="video", disable=not progress)
+    bar = tqdm(total=len(jobs), desc="prepare", unit="video", disable=not (progress and console.bars()),
+               file=console.bar_stream())
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = pool.map(_build, jobs)

@@ -493,9 +493,12 @@ def synthesize(out_dir, *, subjects: int = 8, videos_per_subject: int = 2, frame
         apps = {}
         manifest_rows = []
         it = jobs
-        if progress:
+        from trainables import console
+
+        if progress and console.bars():
             from tqdm import tqdm
-            it = tqdm(jobs, desc="synth videos", unit="video")
+
+            it = tqdm(jobs, desc="synth videos", unit="video", file=console.bar_stream())
         for si, vi in it:
             sid = f"s{si:02d}"
             vid = f"{sid}_v{vi}"
