@@ -87,7 +87,9 @@ class Sweep:
 
 
 def find_parent_runs(client, experiment: str | None = None) -> list:
-    """Every sweep parent run of the tracking store (or of ``experiment``), newest first."""
+    """Every sweep parent run of the tracking store (or of ``experiment``), newest first. A promotion's run carries
+    its sweep's ``emotune.sweep`` tag as lineage (and no parent run) but is no sweep: it is left out, or the report
+    of a promoted sweep would read the promotion run."""
     if experiment is not None:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -98,7 +100,8 @@ def find_parent_runs(client, experiment: str | None = None) -> list:
         ids = [e.experiment_id for e in client.search_experiments()]
     if not ids:
         return []
-    return [r for r in _search_all(client, ids, "tags.`emotune.sweep` != ''") if "mlflow.parentRunId" not in r.data.tags]
+    return [r for r in _search_all(client, ids, "tags.`emotune.sweep` != ''")
+            if "mlflow.parentRunId" not in r.data.tags and "emotune.promotion" not in r.data.tags]
 
 
 def resolve_sweep(client, ref: str, experiment: str | None = None):
@@ -113,7 +116,8 @@ def resolve_sweep(client, ref: str, experiment: str | None = None):
             run = client.get_run(ref)
         except Exception:  # MlflowException: no run with that id; fall through to names
             run = None
-        if run is not None and "emotune.sweep" in run.data.tags and "mlflow.parentRunId" not in run.data.tags:
+        if run is not None and "emotune.sweep" in run.data.tags and "mlflow.parentRunId" not in run.data.tags \
+                and "emotune.promotion" not in run.data.tags:
             return run
     parents = find_parent_runs(client, experiment)
     matches = [r for r in parents if r.data.tags["emotune.sweep"] == ref]
