@@ -68,6 +68,9 @@ def resolve_model(source: str, tracking_uri: str | None = None):
     ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (a promoted model) or a local ``state.pt`` /
     bundle file.
 
+    A download goes into a temporary folder removed before this returns: :func:`~trainables.predict.load_bundle`
+    reads the whole file into memory (``torch.load`` without ``mmap``), so the bundle needs no file afterwards.
+
     Raises:
         UserError: the run, model or file does not exist or holds no emotune checkpoint.
     """
@@ -77,26 +80,28 @@ def resolve_model(source: str, tracking_uri: str | None = None):
         from mlflow.tracking import MlflowClient
 
         run_id = source[len("runs:/"):].strip("/").split("/")[0]
-        try:
-            path = MlflowClient(tracking_uri).download_artifacts(run_id, "checkpoint/state.pt",
-                                                                 tempfile.mkdtemp(prefix="emotune-model-"))
-        except Exception as exc:
-            raise UserError(f"model {source}: no checkpoint/state.pt in that MLflow run "
-                            f"({' '.join(str(exc).split())[:200]})") from None
-        return load_bundle(path)
+        with tempfile.TemporaryDirectory(prefix="emotune-model-") as tmp:
+            try:
+                path = MlflowClient(tracking_uri).download_artifacts(run_id, "checkpoint/state.pt", tmp)
+            except Exception as exc:
+                raise UserError(f"model {source}: no checkpoint/state.pt in that MLflow run "
+                                f"({' '.join(str(exc).split())[:200]})") from None
+            return load_bundle(path)
     if source.startswith("models:/"):
-        return load_bundle(download_registered(source, tracking_uri))
+        with tempfile.TemporaryDirectory(prefix="emotune-model-") as tmp:
+            return load_bundle(download_registered(source, tracking_uri, tmp))
     return load_bundle(source)
 
 
-def download_registered(uri: str, tracking_uri: str | None = None) -> Path:
-    """The bundle file of a registered model (``models:/name@alias``), downloaded."""
+def download_registered(uri: str, tracking_uri: str | None, dst: str | Path) -> Path:
+    """The bundle file of a registered model (``models:/name@alias``), downloaded into the existing folder ``dst``
+    (the caller's to remove)."""
     import mlflow.artifacts
 
     try:
         with mlflow_uris(tracking_uri):
             folder = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri,
-                                                         dst_path=tempfile.mkdtemp(prefix="emotune-model-"))
+                                                         dst_path=str(dst))
     except Exception as exc:
         raise UserError(f"model {uri} cannot be found in the MLflow registry ({' '.join(str(exc).split())[:200]})") \
             from None
@@ -264,8 +269,6 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from trainables.predict import load_bundle
-
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     parent = find_sweep(client, sweep)
     run_id, trial = parent.data.tags["emotune.best_run_id"], parent.data.tags.get("emotune.best_trial", "")
@@ -286,7 +289,7 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
     current = production_version(client, model_name)
     prod = None
     if current is not None:
-        held = load_bundle(download_registered(f"models:/{model_name}/{current.version}", tracking_uri))
+        held = resolve_model(f"models:/{model_name}/{current.version}", tracking_uri)
         if {k: v for k, v in held.registration.items() if k != "detector"} != \
                 {k: v for k, v in candidate.registration.items() if k != "detector"}:
             raise UserError(f"the production model ({model_name} version {current.version}) was trained on another "

@@ -182,8 +182,9 @@ def _study_file(client, parent) -> dict:
     if not name:
         return {}
     try:
-        path = client.download_artifacts(parent.info.run_id, name, tempfile.mkdtemp(prefix="emotune-study-"))
-        return yaml.safe_load(Path(path).read_text()) or {}
+        with tempfile.TemporaryDirectory(prefix="emotune-study-") as tmp:
+            path = client.download_artifacts(parent.info.run_id, name, tmp)
+            return yaml.safe_load(Path(path).read_text()) or {}
     except Exception:  # an artifact store that is gone: the report still has the runs
         return {}
 
@@ -229,8 +230,9 @@ def _results_dir(client, children) -> str | None:
 
     for run in children[:1]:
         try:
-            path = client.download_artifacts(run.info.run_id, "config.json", tempfile.mkdtemp(prefix="emotune-cfg-"))
-            return json.loads(Path(path).read_text()).get("runtime", {}).get("storage_path")
+            with tempfile.TemporaryDirectory(prefix="emotune-cfg-") as tmp:
+                path = client.download_artifacts(run.info.run_id, "config.json", tmp)
+                return json.loads(Path(path).read_text()).get("runtime", {}).get("storage_path")
         except Exception:
             return None
     return None

@@ -208,7 +208,7 @@ def test_pyfunc_in_a_fresh_process_and_the_readme_lines(swept, baseline, tmp_pat
     assert (rows["face"] == csv["face"]).all() and csv["face"].mean() >= 0.95
 
 
-def test_promotion_leaves_the_process_mlflow_settings_alone(swept, baseline):
+def test_promotion_leaves_the_process_mlflow_settings_alone(swept, baseline, tmp_path):
     """Promotion and registry downloads point MLflow at the given store only while they run: no MLFLOW_* variable is
     left behind for later subprocesses (they would talk to this test's server after it stopped)."""
     import mlflow
@@ -218,7 +218,7 @@ def test_promotion_leaves_the_process_mlflow_settings_alone(swept, baseline):
     work, uri, _ = swept
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     tracking = mlflow.get_tracking_uri()
-    assert download_registered(f"models:/emotune/{baseline}", uri).is_file()
+    assert download_registered(f"models:/emotune/{baseline}", uri, tmp_path).is_file()
     assert {k: os.environ.get(k) for k in before} == before and mlflow.get_tracking_uri() == tracking
     # the tests above promoted in this process
     assert uri not in (os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI"))
