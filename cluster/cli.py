@@ -246,12 +246,19 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 def _mlflow_client(uri: str | None):
     from mlflow.tracking import MlflowClient
 
-    from cluster.tracking import default_tracking_uri
+    return MlflowClient(_existing_store(uri))
 
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+
+def _existing_store(uri: str | None) -> str:
+    """The tracking URI a reading command uses (``--mlflow-uri``, $MLFLOW_TRACKING_URI, ./mlflow.db), refused when it
+    names a SQLite file that does not exist: MLflow would create an empty store there and then find nothing in it."""
+    from cluster.stores import sqlite_path
+
+    uri = _tracking_uri(uri)
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
         raise UserError(f"no MLflow store at {uri}; give --mlflow-uri (the sweep's --mlflow-uri)")
-    return MlflowClient(uri)
+    return uri
 
 
 def cmd_report(a) -> int:
@@ -287,7 +294,7 @@ def _tracking_uri(uri: str | None) -> str:
 def cmd_promote(a) -> int:
     from analysis.promote import promote
 
-    outcome = promote(a.sweep, _tracking_uri(a.mlflow_uri), model_name=a.model_name, margin=a.margin, out_dir=a.out,
+    outcome = promote(a.sweep, _existing_store(a.mlflow_uri), model_name=a.model_name, margin=a.margin, out_dir=a.out,
                       retrain_top=a.retrain_top, seeds=a.seeds, max_concurrent=a.max_concurrent,
                       ray_address=a.address)
     say(outcome.message)
@@ -301,7 +308,8 @@ def cmd_predict(a) -> int:
     from analysis.promote import resolve_model
     from trainables.predict import predict_files
 
-    bundle = resolve_model(a.model, _tracking_uri(a.mlflow_uri))
+    remote = a.model.startswith(("runs:/", "models:/"))
+    bundle = resolve_model(a.model, _existing_store(a.mlflow_uri) if remote else _tracking_uri(a.mlflow_uri))
     for csv, png, table in predict_files(bundle, a.videos, a.out, detector=a.detector, faces=a.faces):
         say(f"{csv}  {png}  ({len(table)} label steps, face on {100 * table['face'].mean():.1f}%)")
     return 0

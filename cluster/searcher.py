@@ -22,10 +22,13 @@ On a study with a continuous parameter (a learning rate) repeats do not occur in
 re-asks is trained.
 
 A resumed sweep restores the searcher from Tune's last experiment snapshot. A driver killed after asking Optuna for a
-trial but before the next snapshot leaves that Optuna trial RUNNING with no Tune trial behind it: kept, it would block
-its configuration for good (a running trial counts as tried) while the budget goes to another one. On restore such a
-trial is closed as FAIL with the user attribute ``emotune_lost_with_driver`` (TPE ignores it) and its configuration
-is enqueued, so the resumed sweep trains it, once, as a trial Tune knows.
+trial but before the next snapshot leaves that Optuna trial with no Tune trial behind it, running, or even finished
+(a short trial can end within the second between two snapshots): kept as it is, it would block its configuration for
+good (it counts as tried) while the budget goes to another one. On restore such a trial is set aside: a running one is
+closed as FAIL with the user attribute ``emotune_lost_with_driver`` (TPE ignores it); a finished one cannot be changed
+in Optuna, so its number is listed in the study's user attribute ``emotune_lost_with_driver`` (TPE keeps its value, a
+real measurement) and it no longer counts as tried. Its configuration is enqueued, so the resumed sweep trains it,
+once, as a trial Tune knows (and records in MLflow: ``cluster.tracking`` deletes the lost trial's run).
 """
 from __future__ import annotations
 
@@ -68,6 +71,7 @@ class DistinctOptunaSearch(OptunaSearch):
         self.repeats_skipped = 0
         self.neighbours_chosen = 0
         self.exhausted = False
+        self._lost: set[int] = set()  # Optuna trials of a driver that stopped before Tune recorded them
 
     def suggest(self, trial_id: str) -> dict | str | None:
         config = super().suggest(trial_id)
@@ -98,30 +102,43 @@ class DistinctOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         self.recover_lost_trials()
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        # A trial that finished after the last snapshot of a killed driver finishes again when the sweep resumes; its
-        # Optuna trial was told already and keeps that value.
+    # A trial that finished after the last snapshot of a killed driver runs again from its checkpoint when the sweep
+    # resumes; its Optuna trial was told already (Optuna refuses to update a finished trial) and keeps that record.
+    def _told_already(self, trial_id: str) -> bool:
         trial = self._ot_trials.get(trial_id)
-        if trial is not None and self._ot_study._storage.get_trial(trial._trial_id).state.is_finished():
+        return trial is not None and self._ot_study._storage.get_trial(trial._trial_id).state.is_finished()
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not self._told_already(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self._told_already(trial_id):
             self._completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def recover_lost_trials(self) -> list[int]:
-        """Close the study's running trials this (restored) searcher did not start and enqueue their configurations
+        """Set aside the study's trials this (restored) searcher did not start and enqueue their configurations
         (module docstring); returns their numbers."""
         from optuna.trial import TrialState
 
+        self._lost = set(getattr(self, "_lost", ()))
         known = {t._trial_id for t in self._ot_trials.values()}
-        lost = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                if t._trial_id not in known]
+        states = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+        lost = [t for t in self._ot_study.get_trials(deepcopy=False, states=states)
+                if t._trial_id not in known and t.number not in self._lost]
         for trial in lost:
-            self._ot_study._storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, True)
-            self._ot_study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            if _key(trial.params) not in self._tried():
+            if trial.state == TrialState.RUNNING:
+                self._ot_study._storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, True)
+                self._ot_study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            self._lost.add(trial.number)
+            if trial.params and _key(trial.params) not in self._tried():
                 self._ot_study.enqueue_trial(trial.params)
             logger.info("Optuna trial %d was started by a driver that stopped before recording it; its "
                         "configuration is trained again", trial.number)
+        if lost:
+            self._ot_study.set_user_attr(LOST_ATTR, sorted(self._lost))
         return [t.number for t in lost]
 
     # ------------------------------------------------------------------------------------------------------------
@@ -130,8 +147,9 @@ class DistinctOptunaSearch(OptunaSearch):
         from optuna.trial import TrialState
 
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        lost = getattr(self, "_lost", ())
         return {_key(t.params): t for t in self._ot_study.get_trials(deepcopy=False, states=states)
-                if t.number != exclude}
+                if t.number != exclude and t.number not in lost}
 
     def _earlier_with(self, trial) -> Any:
         """An earlier (or running) trial of the study with ``trial``'s params, or None."""

@@ -16,12 +16,13 @@ from typing import Any
 from search_spaces.schema import SearchSpace, finite_points, load_space, suggest
 from trainables import console
 from trainables.errors import DataError, UserError
-from trainables.trial import checkpoint_policy, choose_executor, run_trial, trial_resources
+from trainables.trial import choose_executor, run_trial, trial_resources
 
 from cluster.preflight import PreflightReport, preflight
 from cluster.progress import ProgressPrinter
 from cluster.resources import max_concurrent_trials
 from cluster.records import data_fingerprint, git_commit, package_versions
+from cluster.retention import SNAPSHOT_PERIOD_S, tune_checkpointing
 from cluster.tracking import MlflowTrialCallback, default_tracking_uri, open_experiment
 
 
@@ -77,10 +78,6 @@ class DefineByRun:
         return {**suggest(self.space, trial), **self.constants}
 
 
-#: Seconds between Tune's experiment snapshots (see :func:`init_ray`).
-SNAPSHOT_PERIOD_S = 1
-
-
 def ray_address(address: str | None = None) -> str | None:
     """The cluster a command was told to use: ``address`` (``--address``), else $RAY_ADDRESS, else None (a Ray of its
     own). ``auto`` means the cluster ``ray start`` started last on this machine, joined on purpose."""
@@ -110,9 +107,8 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     # Tune's experiment snapshot (trial states, searcher, callbacks: what --resume restores) every second instead of
     # every 10 s or more: a driver killed between two snapshots loses less (cluster.searcher and cluster.tracking
-    # recover the rest). It also keeps Tune's "snapshotting has been triggered multiple times" warning away for the
-    # reason Tune gives: a snapshot is forced when a trial saves ``num_to_keep`` checkpoints since the last one, and
-    # a trial reports at most once a second or so. Writing it takes a few milliseconds on a local disk.
+    # recover the rest), and cluster.retention deletes superseded checkpoints once a snapshot has moved past them.
+    # Writing it takes a few milliseconds on a local disk.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_PERIOD_S))
     if ray.is_initialized():
         return
@@ -234,7 +230,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                               reduction_factor=space.fidelity["reduction_factor"])
     callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=time_attr,
                                    max_steps=units, metric=space.metric, mode=space.mode)
-    callbacks = [callback, *tune_loggers()]
+    checkpointing, retention = tune_checkpointing(runtime)
+    callbacks = [callback, retention, *tune_loggers()]
     if opts.verbose == 0:
         callbacks.append(ProgressPrinter(space.metric, time_attr, units))
     tuner = tune.Tuner(
@@ -246,8 +243,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                                     reuse_actors=executor == "inline"),
         run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                                  checkpoint_config=checkpoint_policy(runtime, tune.CheckpointConfig),
-                                  verbose=min(opts.verbose, 1)),
+                                  checkpoint_config=checkpointing, verbose=min(opts.verbose, 1)),
     )
     return _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id, checked)
 

@@ -5,6 +5,7 @@ return as read-only (copy files into ``tmp_path`` before editing them).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,30 @@ def prepared_index(_prepared) -> Path:
 def prepare_summary(_prepared):
     """The ``PrepareSummary`` of the run that built ``prepared_index``."""
     return _prepared[1]
+
+
+def _selects_slow(config) -> bool:
+    expr = config.getoption("markexpr") or ""
+    return "slow" in expr and "not slow" not in expr
+
+
+@pytest.fixture(scope="session", autouse=True)
+def neighbours(request):
+    """The suite is a good neighbour: the user's processes that run when it starts (older than a few seconds) still
+    run when it ends, and so do two bystanders it starts for the purpose, a ``sleep`` and, when slow tests run, a Ray
+    head started with ``ray start --head`` (the machine's latest cluster while the suite runs). A test that ends a
+    process it did not start (``ray stop``, a kill by command line) fails the run here."""
+    from tests.processes import bystander_ray, end, start, still_running, user_processes
+
+    before = user_processes()
+    sleeper = start(["sleep", "86400"])
+    with contextlib.ExitStack() as stack:
+        ray_head = stack.enter_context(bystander_ray())[0] if _selects_slow(request.config) else None
+        yield
+        ended = [name for name, proc in (("the bystander sleep", sleeper), ("the bystander Ray", ray_head))
+                 if proc is not None and proc.poll() is not None]
+        end(sleeper)
+    gone = sorted(set(before) - set(still_running(before)))
+    if ended or gone:
+        pytest.fail(f"the suite ended processes it did not start: {', '.join(ended)}"
+                    f"{'; ' if ended and gone else ''}{'pids ' + str(gone) if gone else ''}", pytrace=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import time
@@ -13,27 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import end, free_port, start, wait_for_port
 from tests.test_sweep_e2e import SPACE, emotune, synth_and_prepare
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +31,21 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A real Ray head on 127.0.0.1 with token authentication, as a user starts it."""
+    """A real Ray head on 127.0.0.1 with token authentication, as a user starts it (``--block``, in a session of its
+    own: the test ends this head and nothing else)."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env.pop("RAY_ADDRESS", None)
     gcs, dash = free_port(), free_port()
     temp = tmp_path_factory.mktemp("raytmp")
-    start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                            "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats"],
-                           env=env, capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stderr[-3000:]
-    wait_for_port(dash)
-    yield env, f"http://127.0.0.1:{dash}"
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    head = start([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                  "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+                  "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats"],
+                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(dash, timeout=180)
+        yield env, f"http://127.0.0.1:{dash}"
+    finally:
+        end(head)
 
 
 def test_ray_job_submit_runs_a_sweep(prepared, ray_head, tmp_path):
@@ -96,10 +83,10 @@ def start_mlflow_server(folder: Path) -> tuple[subprocess.Popen, int]:
     """A real ``mlflow server`` on 127.0.0.1 (a free port) with its store and artifacts in ``folder``, in a session of
     its own; the caller waits for the port and stops it."""
     port = free_port()
-    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-                               "--artifacts-destination", str(folder / "server-artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                    "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+                    "--artifacts-destination", str(folder / "server-artifacts"), "--workers", "1"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return server, port
 
 
@@ -126,5 +113,4 @@ def test_sweep_records_to_a_real_mlflow_server(prepared, tmp_path):
         # Artifacts went through the server into its artifact store, not to a client-side folder.
         assert any((tmp_path / "server-artifacts").rglob("state.pt"))
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        end(server, signal.SIGTERM, timeout=30)

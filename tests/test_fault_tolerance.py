@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.processes import end, start_sweep, trial_worker_pid
+from tests.processes import wait_for_line as _wait_for
 from tests.test_sweep_e2e import emotune, synth_and_prepare
 
 pytestmark = pytest.mark.slow
-EXE = str(Path(sys.executable).with_name("emotune"))
 
 SPACE = """
 name: ft
@@ -44,62 +43,27 @@ def _runs(db: Path):
     return client, parents, children
 
 
-def _wait_for(proc: subprocess.Popen, pattern: str, timeout: float = 600) -> str:
-    seen, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        seen.append(line)
-        if re.search(pattern, line):
-            return "".join(seen)
-    raise AssertionError(f"{pattern!r} never appeared:\n{''.join(seen)[-3000:]}")
-
-
-def _kill_local_ray(port: int) -> None:
-    """Stop the local Ray a killed driver left behind: its GCS and raylet carry the GCS port the test chose."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    for line in out.splitlines()[1:]:
-        pid, _, args = line.strip().partition(" ")
-        if f":{port}" in args or f"={port}" in args:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-
-
-def _kill_driver(proc: subprocess.Popen, port: int) -> None:
-    """SIGKILL a sweep's driver (if it still runs), as a crash would, then stop the local Ray it left behind."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    _kill_local_ray(port)
-
-
-# The process that trains: the Tune trial itself (inline executor), or the Ray Train worker (train executor).
-TRAINING_PROCESS = {"inline": "ray::ImplicitFunc", "train": "ray::RayTrainWorker"}
+def _kill_driver(proc: subprocess.Popen) -> None:
+    """SIGKILL a sweep's driver and the local Ray it started (its process group, see tests.processes), as a crash
+    of the machine would."""
+    end(proc)
 
 
 @pytest.mark.parametrize("executor", ["inline", "train"])
 def test_worker_killed_mid_trial_resumes_from_checkpoint(data, tmp_path, executor):
     (tmp_path / "ft.yaml").write_text(SPACE.format(epochs=4, extra="initial_points: [{lr: 0.002}]"))
-    proc = subprocess.Popen([EXE, "sweep", "--space", "ft.yaml", "--data", str(data), "--trials", "1", "--name", "w",
-                             "--executor", executor],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = start_sweep(["sweep", "--space", "ft.yaml", "--data", str(data), "--trials", "1", "--name", "w",
+                        "--executor", executor], cwd=tmp_path)
     try:
         _wait_for(proc, r"epoch 1/4")
-        workers = subprocess.run(["pgrep", "-f", TRAINING_PROCESS[executor]], capture_output=True,
-                                 text=True).stdout.split()
-        assert workers, f"no {TRAINING_PROCESS[executor]} process to kill"
-        for pid in workers:
-            os.kill(int(pid), signal.SIGKILL)
+        # The process that trains this trial, as the trial reports it: the Tune trial process (inline) or its Ray
+        # Train worker, and no other process on the machine.
+        trial_dir = next((tmp_path / "ray_results" / "w").glob("trial-*"))
+        pid = trial_worker_pid(trial_dir)
+        os.kill(pid, signal.SIGKILL)
         rest = proc.communicate(timeout=900)[0]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        end(proc)
     assert proc.returncode == 0, rest[-3000:]
     client, parents, children = _runs(tmp_path / "mlflow.db")
     assert len(children) == 1 and children[0].info.status == "FINISHED"
@@ -108,7 +72,8 @@ def test_worker_killed_mid_trial_resumes_from_checkpoint(data, tmp_path, executo
     assert children[0].data.tags["emotune.epochs_run"] == "4"
     import json
 
-    reports = [json.loads(line) for line in next((tmp_path / "ray_results" / "w").glob("trial-*/result.json")).open()]
+    reports = [json.loads(line) for line in (trial_dir / "result.json").open()]
+    assert pid in {r["worker_pid"] for r in reports} and len({r["worker_pid"] for r in reports}) == 2
     # Inline, the killed process was the trial's own: a new one finished it. With Ray Train, Train replaced its worker
     # under the same trial process.
     assert len({r["pid"] for r in reports}) == (2 if executor == "inline" else 1)
@@ -118,19 +83,14 @@ def test_driver_killed_then_resume_completes_every_trial_once(data, tmp_path):
     # Four distinct configurations (lr pinned below, dropout searched): a sweep trains each configuration once.
     (tmp_path / "ft.yaml").write_text(SPACE.format(epochs=2, extra="").replace(
         "params:\n", "params:\n  dropout: {type: categorical, choices: [0.0, 0.1, 0.2, 0.3]}\n"))
-    from tests.test_cluster import free_port
-
-    port = free_port()
-    proc = subprocess.Popen([EXE, "sweep", "--space", "ft.yaml", "--data", str(data), "--trials", "4", "--name", "d",
-                             "--max-concurrent", "1", "--set", "lr=0.002"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "RAY_GCS_SERVER_PORT": str(port)})
+    proc = start_sweep(["sweep", "--space", "ft.yaml", "--data", str(data), "--trials", "4", "--name", "d",
+                        "--max-concurrent", "1", "--set", "lr=0.002"], cwd=tmp_path)
     try:
         _wait_for(proc, r"1 done")
         _wait_for(proc, r"trial \w+ started")
         time.sleep(5)
     finally:
-        _kill_driver(proc, port)
+        _kill_driver(proc)
     resumed = emotune("sweep", "--resume", "d", cwd=tmp_path, timeout=900)
     assert "Leaderboard of sweep d" in resumed.stdout
     client, parents, children = _runs(tmp_path / "mlflow.db")

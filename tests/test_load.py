@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cluster import free_port
-from tests.test_fault_tolerance import _kill_local_ray
+from tests.processes import end, start_sweep
 from tests.test_sweep_e2e import emotune
 
 pytestmark = pytest.mark.slow
@@ -65,7 +64,7 @@ def _cpu_hogs(n: int = 2) -> list[subprocess.Popen]:
 
 def _experiment_trials(folder: Path) -> dict[str, str]:
     """trial id -> final Tune status, from the experiment state Tune wrote last."""
-    state = max(folder.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    state = max(folder.glob("experiment_state-*.json"))  # the newest by its name's time stamp, as Tune chooses
     trials = {}
     for trial_json, _run_metadata in json.loads(state.read_text())["trial_data"]:
         trial = json.loads(trial_json)
@@ -78,13 +77,10 @@ def test_sweep_beside_cpu_hogs_finishes_every_trial(data, tmp_path):
     from mlflow.tracking import MlflowClient
 
     (tmp_path / "load.yaml").write_text(SPACE)
-    port = free_port()
     hogs = _cpu_hogs()
     t0 = time.monotonic()
-    proc = subprocess.Popen([EXE, "sweep", "--space", "load.yaml", "--data", str(data), "--trials", str(TRIALS),
-                             "--name", "load", "--seed", "3"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "RAY_GCS_SERVER_PORT": str(port)})
+    proc = start_sweep(["sweep", "--space", "load.yaml", "--data", str(data), "--trials", str(TRIALS), "--name", "load",
+                        "--seed", "3"], cwd=tmp_path)
     try:
         out = proc.communicate(timeout=SWEEP_TIMEOUT_S)[0]
     except subprocess.TimeoutExpired:
@@ -96,9 +92,7 @@ def test_sweep_beside_cpu_hogs_finishes_every_trial(data, tmp_path):
         for hog in hogs:
             hog.kill()
             hog.wait()
-        if proc.poll() is None:
-            proc.kill()
-        _kill_local_ray(port)
+        end(proc)  # the sweep and its local Ray, if it hung
     print(f"\nsweep wall time beside 2 CPU hogs: {wall:.0f} s")
     assert proc.returncode == 0, out[-4000:]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from test_cluster import BIN, free_port, wait_for_port
+from tests.processes import end, start
 from test_sweep_e2e import synth_and_prepare
 
 pytestmark = pytest.mark.slow
@@ -49,18 +50,19 @@ def two_nodes(tmp_path):
     env.pop("RAY_ADDRESS", None)
     gcs, dash = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    head = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dash}", "--num-cpus=1", "--include-dashboard=true", f"--temp-dir={temp}",
-                '--resources={"head_node": 1}', "--disable-usage-stats", env=env)
-    assert head.returncode == 0, head.stderr[-3000:]
-    wait_for_port(dash)
-    # The second node in a session of its own (--block keeps its raylet in this process group), so the test can
-    # kill exactly that node and everything it runs, as a machine that goes away.
-    worker = subprocess.Popen([str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
-                               "--num-cpus=1", "--block", "--disable-usage-stats"], env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Each node in a session of its own (--block keeps its raylet in this process group), so the test ends exactly
+    # these nodes and everything they run: the worker node mid-sweep, as a machine that goes away, both at the end.
+    head = start([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                  "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=1", "--include-dashboard=true",
+                  f"--temp-dir={temp}", '--resources={"head_node": 1}', "--disable-usage-stats"], env=env,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
     address = f"http://127.0.0.1:{dash}"
     try:
+        wait_for_port(dash, timeout=180)
+        worker = start([str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
+                        "--num-cpus=1", "--block", "--disable-usage-stats"], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         worker_id = None
         deadline = time.time() + 120
         while worker_id is None and time.time() < deadline:
@@ -74,9 +76,9 @@ def two_nodes(tmp_path):
         assert worker_id, f"the second node did not join: {nodes}"
         yield env, address, worker, worker_id
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-        _ray("stop", "--force", env=env, timeout=120)
+        for node in (worker, head):
+            if node is not None:
+                end(node)
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -57,8 +57,54 @@ def demo(tmp_path_factory):
     assert " ".join(setup).split("&&")[-1].split() == [".venv/bin/emotune", "demo"]
     work = tmp_path_factory.mktemp("demo")
     started = time.time()
-    out = emotune("demo", cwd=work, timeout=900).stdout
-    return work, out, time.time() - started
+    proc = emotune("demo", cwd=work, timeout=900)
+    DEMO_STDERR[work] = proc.stderr
+    return work, proc.stdout, time.time() - started
+
+
+DEMO_STDERR: dict[Path, str] = {}
+
+#: Every line the demo may print: emotune's own formats. Another tool's line (Ray, Tune, MLflow, Optuna, alembic) is
+#: not one of them and fails the test; those go to the log file named on the first line.
+DEMO_LINES = [r"log of other tools' output: \S+/emotune-demo/emotune\.log",
+              r"\[1/6\] synthetic face videos -> \S+", r"\[2/6\] prepare \(decode once, crop faces\) -> \S+",
+              r"      videos ok: \d+, skipped: \d+", r"      frames with a face: [\d.]+%, mean detection score: [\d.]+",
+              r"      face share per video: min .*, median .*, max .*",
+              r"\[3/6\] sweep on search_spaces/smoke\.yaml",
+              r"pre-flight: \d+ configurations and \d+ data views checked: ok",
+              r"  \[ *\d+ s\] trial \w{8} (started|epoch \d+/\d+: val_ccc_mean -?[\d.]+|finished after \d+ epoch\(s\)"
+              r"( \(stopped early by ASHA\))?; \d+ done)",
+              r"", r"Leaderboard of sweep demo-\d{8}-\d{6} \(8 trials, objective val_ccc_mean\):",
+              r"rank +trial +lr .* val_ccc_mean", r"-+", r"\d+ +\w{8} +.*(complete|stopped early) +.*",
+              r"MLflow store:  sqlite:///\S+/mlflow\.db  \(parent run \w{32}\)",
+              r"  open it with: mlflow ui --backend-store-uri sqlite:///\S+ --port 5000",
+              r"Ray results:   \S+/ray_results/demo-\d{8}-\d{6}",
+              r"Best trial:    \w{8} \(checkpoint logged to MLflow run \w{32}\)",
+              r"Trials:        \d+ complete, \d+ stopped early, \d+ diverged, \d+ errored",
+              r"\[4/6\] report of sweep demo-\d{8}-\d{6}", r"      report: \S+/report\.html",
+              r"\[5/6\] promote the best trial \(scored on the test subjects, which no trial has seen\)",
+              r"      (promoted|not promoted): .*", r"      registered model: models:/emotune@production \(version \d+\) in \S+",
+              r"      production\.yaml: \S+", r"\[6/6\] predict a video of a subject outside the dataset",
+              r"      prediction: \S+\.csv", r"      plot:       \S+\.png",
+              r"      CCC against its synthetic labels: valence -?[\d.]+, arousal -?[\d.]+, mean -?[\d.]+",
+              r"Demo finished in \d+ s"]
+
+
+def foreign_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if not any(re.fullmatch(p, line) for p in DEMO_LINES)]
+
+
+def test_the_demo_console_carries_only_emotunes_lines(demo):
+    work, out, _ = demo
+    assert foreign_lines(out) == []
+    assert DEMO_STDERR[work] == ""  # no terminal here, so no progress bars either
+    log = work / "emotune-demo" / "emotune.log"
+    assert out.splitlines()[0] == f"log of other tools' output: {log}"
+    # the other tools' lines are in the log, not lost
+    text = log.read_text()
+    assert "Started a local Ray instance" in text and "A new study created in RDB" in text
+    # Tune snapshots its experiment often enough that it never forces (and warns about) extra snapshots
+    assert "snapshotting has been triggered multiple times" not in text
 
 
 def test_the_demo_goes_from_videos_to_a_promoted_model_and_a_prediction(demo):

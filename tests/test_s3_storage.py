@@ -230,6 +230,7 @@ def test_a_best_checkpoint_gone_from_the_bucket_is_skipped(bucket, tmp_path):
 def test_sweep_in_a_bucket_survives_a_killed_driver_and_files_best_checkpoints(bucket, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from tests.processes import start_sweep
     from tests.test_fault_tolerance import _kill_driver, _wait_for
     from tests.test_sweep_e2e import SPACE, emotune, synth_and_prepare
     from trainables.session import load_state_file
@@ -241,14 +242,9 @@ def test_sweep_in_a_bucket_survives_a_killed_driver_and_files_best_checkpoints(b
     (tmp_path / "s3.yaml").write_text(SPACE.replace("grace: 1", "grace: 2").replace("window_overlap: 0.5",
                                                                                     "window_overlap: 0.9"))
     storage = f"s3://{bucket.name}/sweeps"
-    port = free_port()
-    env = {**os.environ, **bucket.env, "PYTHONUNBUFFERED": "1"}
     started = time.time()
-    proc = subprocess.Popen([str(BIN / "emotune"), "sweep", "--space", "s3.yaml", "--data", str(index), "--trials", "2",
-                             "--name", "b", "--storage", storage, "--max-concurrent", "1", "--seed", "1"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            # the experiment state saved every second (Tune's default: 10 s at least)
-                            env={**env, "RAY_GCS_SERVER_PORT": str(port), "TUNE_GLOBAL_CHECKPOINT_S": "1"})
+    proc = start_sweep(["sweep", "--space", "s3.yaml", "--data", str(index), "--trials", "2", "--name", "b",
+                        "--storage", storage, "--max-concurrent", "1", "--seed", "1"], cwd=tmp_path, env=bucket.env)
     try:
         _wait_for(proc, r"trial \w+ started", timeout=600)
         # Kill once the first checkpoint is in the bucket and the experiment state there names it (so the resumed
@@ -270,7 +266,7 @@ def test_sweep_in_a_bucket_survives_a_killed_driver_and_files_best_checkpoints(b
             raise AssertionError(f"no checkpoint in the bucket after 600 s: {_keys(bucket)}")
         assert proc.poll() is None, "the sweep ended before its driver could be killed"
     finally:
-        _kill_driver(proc, port)
+        _kill_driver(proc)
     killed_after = time.time() - started
     reports_at_kill = _reports(bucket, f"sweeps/b/{first}/result.json")
     assert not (tmp_path / "ray_results").exists()  # nothing of the sweep went to a local folder

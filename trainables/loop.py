@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import random
 import tempfile
 import time
@@ -306,8 +307,10 @@ def score_and_report(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0
     """Evaluate, post-process and report one unit with its checkpoint. Returns False when the trial diverged (it is
     reported once with the objective at its worst value, and ends)."""
     config = t.config
+    # worker_pid: the process that trains (the inline trial's own, or Ray Train's rank-0 worker); Tune's "pid" is the
+    # trial process, which with Ray Train only waits for its workers. Tests end exactly this process.
     progress = {"epoch": (unit - 1) // per_epoch + 1, "step": unit, "data_fraction": unit / per_epoch,
-                "node_id": _node_id()}
+                "node_id": _node_id(), "worker_pid": os.getpid()}
     metrics = preds = None
     if not result.diverged:
         try:

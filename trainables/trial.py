@@ -128,8 +128,9 @@ def _fit_trial(config: dict) -> None:
 
 
 def checkpoint_policy(runtime: dict, config_cls):
-    """Keep the best ``keep_checkpoints`` checkpoints of a trial by the study's objective (Ray also keeps the latest,
-    which a retry resumes from), so the best one is still there when the trial's record is written."""
+    """Keep the best ``keep_checkpoints`` checkpoints of a Ray Train trial by the study's objective (Ray also keeps the
+    latest, which a retry resumes from), so the best one is still there when the trial's record is written. (Inline
+    trials are Tune's to keep: ``cluster.retention``.)"""
     return config_cls(num_to_keep=int(runtime.get("keep_checkpoints", 2)),
                       checkpoint_score_attribute=runtime["metric"],
                       checkpoint_score_order=runtime["mode"])

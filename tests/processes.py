@@ -1,0 +1,148 @@
+"""Processes the tests start, and only those: each in a session (process group) of its own, ended by that group.
+
+A sweep's local Ray (GCS, raylet, dashboard, agents) is started by its driver and stays in the driver's process
+group; Ray's worker processes get groups of their own but end when their raylet does. So ending the driver's group
+ends the sweep and everything it started, as a crash of that machine would, and nothing else: no ``ray stop`` (it
+ends every Ray of the user), no matching of command lines.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+EXE = str(BIN / "emotune")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def start(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """``cmd`` in a session of its own (see the module docstring)."""
+    return subprocess.Popen(cmd, start_new_session=True, **kwargs)
+
+
+def end(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 60) -> None:
+    """End ``proc`` and everything in its process group (which :func:`start` made its own)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+
+
+def start_sweep(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """``emotune <args>`` with its output in a pipe (line by line), in a session of its own."""
+    return start([EXE, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 600) -> str:
+    """Read ``proc``'s output until a line matches ``pattern``; returns everything read."""
+    seen, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        if re.search(pattern, line):
+            return "".join(seen)
+    raise AssertionError(f"{pattern!r} never appeared:\n{''.join(seen)[-3000:]}")
+
+
+def trial_worker_pid(trial_dir: Path, timeout: float = 60) -> int:
+    """The process that trains the trial (reported by the trial itself as ``worker_pid``, see trainables.loop)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").is_file() else []
+        if lines:
+            return int(json.loads(lines[-1])["worker_pid"])
+        time.sleep(0.2)
+    raise AssertionError(f"{trial_dir} reported no result")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+@contextlib.contextmanager
+def bystander_ray(num_cpus: int = 1, env: dict | None = None):
+    """A Ray head a user started for other work (``ray start --head --block``, dashboard on), yielding (process,
+    GCS address, dashboard URL). It writes Ray's "current cluster" file as any ``ray start`` does, so a command that
+    joined the machine's latest cluster would join it; the file is put back as it was afterwards."""
+    from ray._common.utils import get_ray_address_file
+
+    address_file = Path(get_ray_address_file(None))
+    before = address_file.read_text() if address_file.is_file() else None
+    gcs, dash = free_port(), free_port()
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "RAY_ADDRESS"}
+    proc = start([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                  f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                  f"--dashboard-port={dash}", "--disable-usage-stats"],
+                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(dash, timeout=180)
+        yield proc, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
+    finally:
+        end(proc)
+        if before is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_text(before)
+
+
+def user_processes(min_age_s: float = 10.0) -> dict[int, str]:
+    """pid -> start time of this user's processes older than ``min_age_s`` (younger ones come and go by
+    themselves), read from ``ps`` for a liveness check at the end of the suite; nothing is ever chosen to be ended
+    this way."""
+    out = subprocess.run(["ps", "-u", str(os.getuid()), "-o", "pid=,stat=,etimes=,lstart="], capture_output=True,
+                         text=True, check=True).stdout
+    procs = {}
+    for line in out.splitlines():
+        pid, state, age, started = line.split(None, 3)
+        if float(age) >= min_age_s and not state.startswith("Z"):  # a zombie is reaped by its parent at any time
+            procs[int(pid)] = started.strip()
+    return procs
+
+
+def still_running(procs: dict[int, str]) -> dict[int, str]:
+    """The subset of ``procs`` (from :func:`user_processes`) still running: same pid, same start time."""
+    if not procs:
+        return {}
+    out = subprocess.run(["ps", "-o", "pid=,lstart=", "-p", ",".join(map(str, procs))], capture_output=True,
+                         text=True).stdout
+    now = {int(pid): started.strip() for pid, started in (line.split(None, 1) for line in out.splitlines())}
+    return {pid: s for pid, s in procs.items() if now.get(pid) == s}
