@@ -393,9 +393,9 @@ def _resume(opts: SweepOptions, storage: str, trainable) -> SweepOutcome:
     client = callback.client
     parent = client.get_run(callback.parent_run_id)
     # The study as the sweep started it: its file (logged on the parent run) and its --set overrides.
-    space_file = client.download_artifacts(callback.parent_run_id, parent.data.tags["emotune.space_file"],
-                                           tempfile.mkdtemp(prefix="emotune-space-"))
-    space = load_space(space_file, json.loads(parent.data.tags.get("emotune.overrides", "{}")))
+    with tempfile.TemporaryDirectory(prefix="emotune-space-") as tmp:
+        space_file = client.download_artifacts(callback.parent_run_id, parent.data.tags["emotune.space_file"], tmp)
+        space = load_space(space_file, json.loads(parent.data.tags.get("emotune.overrides", "{}")))
     space = cap_epochs(space, int(parent.data.tags["emotune.epochs"]) if parent.data.tags.get("emotune.epochs") else None)
     client.set_tag(callback.parent_run_id, "emotune.resumed", time.strftime("%Y-%m-%d %H:%M:%S"))
     return _fit(tuner, name, space, storage, callback.tracking_uri, client, callback, callback.parent_run_id)

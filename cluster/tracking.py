@@ -37,9 +37,10 @@ def open_experiment(tracking_uri: str, name: str, artifact_root: str | Path | No
 
     from cluster.stores import first_connection
 
-    client = MlflowClient(tracking_uri)
-    # Another sweep may be creating the same store or experiment right now (cluster.stores).
+    # Another sweep may be creating the same store or experiment right now (cluster.stores); the client opens (and
+    # creates) the store when it is made.
     with first_connection(tracking_uri):
+        client = MlflowClient(tracking_uri)
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:

@@ -115,7 +115,13 @@ def bystander_ray(num_cpus: int = 1, env: dict | None = None):
                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(dash, timeout=180)
-        yield proc, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
+        # `ray start` names its cluster (by the machine's address) once the node is up, after the dashboard.
+        deadline, named = time.time() + 120, ""
+        while not named.endswith(f":{gcs}"):
+            assert time.time() < deadline and proc.poll() is None, "the bystander Ray did not come up"
+            time.sleep(0.5)
+            named = address_file.read_text().strip() if address_file.is_file() else ""
+        yield proc, named, f"http://127.0.0.1:{dash}"
     finally:
         end(proc)
         if before is None:
