@@ -46,7 +46,8 @@ class CheckpointRetention(Callback):
     # Tune saves and restores callback state with each experiment snapshot, so a resumed sweep still cleans up.
     def get_state(self) -> dict:
         return {"saved": {k: list(v) for k, v in self.saved.items()},
-                "doomed": {k: [(0.0, p) for _, p in v] for k, v in self.doomed.items()}}
+                # due at once after a restore: the snapshot holding this already names a newer latest
+                "doomed": {k: [(-math.inf, p) for _, p in v] for k, v in self.doomed.items()}}
 
     def set_state(self, state: dict) -> None:
         self.saved.update({k: [tuple(x) for x in v] for k, v in state.get("saved", {}).items()})
