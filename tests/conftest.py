@@ -57,7 +57,7 @@ def neighbours(request):
     run when it ends, and so do two bystanders it starts for the purpose, a ``sleep`` and, when slow tests run, a Ray
     head started with ``ray start --head`` (the machine's latest cluster while the suite runs). A test that ends a
     process it did not start (``ray stop``, a kill by command line) fails the run here."""
-    from tests.processes import bystander_ray, end, start, still_running, user_processes
+    from tests.processes import bystander_ray, end, gone, start, user_processes
 
     before = user_processes()
     sleeper = start(["sleep", "86400"])
@@ -67,7 +67,6 @@ def neighbours(request):
         ended = [name for name, proc in (("the bystander sleep", sleeper), ("the bystander Ray", ray_head))
                  if proc is not None and proc.poll() is not None]
         end(sleeper)
-    gone = sorted(set(before) - set(still_running(before)))
-    if ended or gone:
-        pytest.fail(f"the suite ended processes it did not start: {', '.join(ended)}"
-                    f"{'; ' if ended and gone else ''}{'pids ' + str(gone) if gone else ''}", pytrace=False)
+    lost = ended + gone(before)
+    if lost:
+        pytest.fail(f"the suite ended processes it did not start: {', '.join(lost)}", pytrace=False)

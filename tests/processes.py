@@ -130,25 +130,29 @@ def bystander_ray(num_cpus: int = 1, env: dict | None = None):
             address_file.write_text(before)
 
 
-def user_processes(min_age_s: float = 10.0) -> dict[int, str]:
-    """pid -> start time of this user's processes older than ``min_age_s`` (younger ones come and go by
-    themselves), read from ``ps`` for a liveness check at the end of the suite; nothing is ever chosen to be ended
+def user_processes(min_age_s: float = 10.0) -> dict[int, tuple[str, str]]:
+    """pid -> (start time, command name) of this user's processes older than ``min_age_s`` (younger ones come and go
+    by themselves), read from ``ps`` for a liveness check at the end of the suite; nothing is ever chosen to be ended
     this way."""
-    out = subprocess.run(["ps", "-u", str(os.getuid()), "-o", "pid=,stat=,etimes=,lstart="], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(["ps", "-u", str(os.getuid()), "-o", "pid=,ppid=,stat=,etimes=,lstart=,comm="],
+                         capture_output=True, text=True, check=True).stdout
     procs = {}
     for line in out.splitlines():
-        pid, state, age, started = line.split(None, 3)
-        if float(age) >= min_age_s and not state.startswith("Z"):  # a zombie is reaped by its parent at any time
-            procs[int(pid)] = started.strip()
+        words = line.split()
+        pid, ppid, state, age, started, command = *words[:4], " ".join(words[4:9]), " ".join(words[9:])
+        # A zombie is reaped by its parent at any time; the kernel's own threads (children of kthreadd, pid 2, seen
+        # as root's processes) come and go by themselves.
+        if float(age) >= min_age_s and not state.startswith("Z") and "2" not in (pid, ppid):
+            procs[int(pid)] = (started, command)
     return procs
 
 
-def still_running(procs: dict[int, str]) -> dict[int, str]:
-    """The subset of ``procs`` (from :func:`user_processes`) still running: same pid, same start time."""
+def gone(procs: dict[int, tuple[str, str]]) -> list[str]:
+    """``pid (command)`` of the processes of ``procs`` (from :func:`user_processes`) no longer running: no process
+    with that pid, or one started at another time."""
     if not procs:
-        return {}
+        return []
     out = subprocess.run(["ps", "-o", "pid=,lstart=", "-p", ",".join(map(str, procs))], capture_output=True,
                          text=True).stdout
-    now = {int(pid): started.strip() for pid, started in (line.split(None, 1) for line in out.splitlines())}
-    return {pid: s for pid, s in procs.items() if now.get(pid) == s}
+    now = {int(w[0]): " ".join(w[1:6]) for w in (line.split() for line in out.splitlines())}
+    return [f"{pid} ({command})" for pid, (started, command) in procs.items() if now.get(pid) != started]

@@ -105,6 +105,11 @@ def test_the_demo_console_carries_only_emotunes_lines(demo):
     assert "Started a local Ray instance" in text and "A new study created in RDB" in text
     # Tune snapshots its experiment often enough that it never forces (and warns about) extra snapshots
     assert "snapshotting has been triggered multiple times" not in text
+    # and superseded checkpoints are gone: each trial keeps its 2 best and its latest at most
+    trials = list((work / "emotune-demo" / "ray_results").glob("demo-*/trial-*"))
+    assert len(trials) == 8 and all(len(list(t.glob("checkpoint_*"))) <= 3 for t in trials)
+    reports = sum(len((t / "result.json").read_text().splitlines()) for t in trials)  # one checkpoint each
+    assert sum(len(list(t.glob("checkpoint_*"))) for t in trials) < reports
 
 
 def test_the_demo_goes_from_videos_to_a_promoted_model_and_a_prediction(demo):

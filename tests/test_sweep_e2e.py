@@ -52,9 +52,19 @@ def sweep_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     index, prepared = synth_and_prepare(work)
     (work / "e2e.yaml").write_text(SPACE)
-    sweep = emotune("sweep", "--space", "e2e.yaml", "--data", str(index), "--trials", "3", "--name", "e2e",
-                    "--seed", "1", cwd=work)
+    # The store named by MLFLOW_TRACKING_URI, not ./mlflow.db of the folder the sweep runs in.
+    (work / "elsewhere").mkdir()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+        sweep = emotune("sweep", "--space", str(work / "e2e.yaml"), "--data", str(index), "--trials", "3", "--name",
+                        "e2e", "--seed", "1", cwd=work / "elsewhere")
     return work, prepared, sweep.stdout
+
+
+def test_the_sweep_records_to_the_store_mlflow_tracking_uri_names(sweep_run):
+    work, _, out = sweep_run
+    assert f"MLflow store:  sqlite:///{work / 'mlflow.db'}" in out
+    assert (work / "mlflow.db").is_file() and not (work / "elsewhere" / "mlflow.db").exists()
 
 
 def test_prepare_reports_summary(sweep_run):
