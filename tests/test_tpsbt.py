@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import math
 import time
 from pathlib import Path
@@ -259,6 +261,11 @@ def _saved(tmp_path: Path, layout: str) -> tuple[TPSBT, Path]:
         obj: object = {"model": file}
     else:
         obj = {"model": dict(state), "epoch": 99}
+    # As SVFAP's utils.save_model writes every file: the run's argparse.Namespace under "args", and the optimizer's
+    # and scaler's states.
+    obj.update({"args": argparse.Namespace(model="pretrain_svfap_base", mask_ratio=0.9, depth=[2, 2, 2]),
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1.5e-4, "params": [0]}]},
+                "scaler": {"scale": 65536.0}})
     path = tmp_path / f"{layout}.pth"
     torch.save(obj, path)
     return source, path

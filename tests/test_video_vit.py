@@ -5,6 +5,8 @@ published in; the official layouts are converted here, key by key, independently
 """
 from __future__ import annotations
 
+import argparse
+
 import logging
 import math
 from pathlib import Path
@@ -102,12 +104,16 @@ def _checkpoint(kind: str, hf_model, tmp_path: Path) -> Path:
         hf_model.save_pretrained(tmp_path / "hf_bin", safe_serialization=False)
         return tmp_path / "hf_bin"
     path = tmp_path / f"{kind}.pth"
+    # As VideoMAE's scripts save them (utils.save_model): the weights, the optimizer's and scaler's states, the epoch
+    # and the run's argparse.Namespace under "args".
+    extras = {"optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]}, "scaler": {"scale": 65536.0},
+              "args": argparse.Namespace(model="vit_small_patch16_224", batch_size=8, lr=1e-3, mask_ratio=0.9)}
     if kind == "finetuned_model":
-        torch.save({"model": _official_finetuned(state), "epoch": 3}, path)
+        torch.save({"model": _official_finetuned(state), "epoch": 3, **extras}, path)
     elif kind == "finetuned_module":
-        torch.save({"module": _official_finetuned(state)}, path)
+        torch.save({"module": _official_finetuned(state), "args": extras["args"]}, path)
     elif kind == "pretraining":
-        torch.save({"model": _official_pretraining(state), "epoch": 800}, path)
+        torch.save({"model": _official_pretraining(state), "epoch": 800, **extras}, path)
     return path
 
 

@@ -15,36 +15,14 @@ from trainables.storage import storage_uri
 
 
 def load_state_file(path: str | Path, map_location=None, shown: str | None = None):
-    """``torch.load(path, weights_only=True)``: tensors, dicts, lists, tuples, strings, numbers and None only, so a
-    file that pickles any other object is refused instead of run. ``shown`` names the file in errors (where it really
-    lives, e.g. the bucket, when ``path`` is a local copy).
+    """A trial's checkpoint, read as data (``trainables.torchfile``). ``shown`` names the file in errors.
 
     Raises:
-        DataError: the file holds pickled objects other than those, or is not a torch file at all.
+        DataError: the file holds pickled objects other than tensors and plain values, or is not a torch file.
     """
-    import pickle
+    from trainables.torchfile import load_torch_file
 
-    from trainables.errors import DataError
-
-    shown = shown or str(path)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's message is a paragraph; its one telling line names the refused global or the bad opcode.
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith(_TORCH_BOILERPLATE)]
-        found = next((ln for ln in lines if "GLOBAL" in ln), None)
-        if found:
-            raise DataError(f"checkpoint {shown} holds pickled objects other than tensors and plain values "
-                            f"({found.rstrip('.')}); refused: loading it could run code from the file") from None
-        raise DataError(f"checkpoint {shown} is not a torch checkpoint that can be read with weights_only=True "
-                        f"({lines[0] if lines else type(exc).__name__})") from None
-    except Exception as exc:  # a truncated or foreign file: torch raises RuntimeError, EOFError, OSError, zip errors
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise DataError(f"checkpoint {shown} is not a torch checkpoint that can be read "
-                        f"({type(exc).__name__}: {detail})") from None
-
-
-_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    return load_torch_file(path, map_location=map_location, shown=shown)
 
 
 class _Session:

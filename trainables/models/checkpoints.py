@@ -63,7 +63,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         path: a ``transformers`` ``save_pretrained`` folder, a ``.safetensors`` file, or a ``torch.save`` file
             (``.pth`` / ``.pt`` / ``.bin``) whose state dict is the saved object itself or sits under ``model`` or
             ``module`` (the official VideoMAE scripts use both; other common wrappers such as ``state_dict`` are
-            unwrapped too). Torch files are opened with ``torch.load(weights_only=True)``: a file that pickles
+            unwrapped too). Torch files are read as data (``trainables.torchfile``): a file that pickles
             arbitrary objects is refused rather than executed.
 
     Raises:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -127,9 +126,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read the flat ``{name: tensor}`` state dict stored in ``path``.
 
     Accepts ``torch.save`` files (a state dict, or one nested under ``model`` / ``state_dict`` / ``module`` / ... at any
-    depth) and ``.safetensors`` files. Files are opened with ``torch.load(weights_only=True)``: only tensors and plain
-    containers are unpickled, never arbitrary objects (a checkpoint that pickles whole modules or custom classes is
-    refused; re-save its ``state_dict()``).
+    depth) and ``.safetensors`` files. Torch files are read as data by :func:`trainables.torchfile.load_torch_file`:
+    tensors, plain containers and the ``args`` namespace the papers' scripts store, never arbitrary objects (a
+    checkpoint that pickles whole modules or custom classes is refused, naming them; re-save its ``state_dict()``).
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the message names it).
@@ -147,13 +146,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             return _unwrap(load_file(str(path)), path)
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise ValueError(f"checkpoint {path} is not a readable safetensors file: {exc}") from exc
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, UnicodeDecodeError, AttributeError,
-            ImportError, IndexError, OSError) as exc:
-        raise ValueError(f"checkpoint {path} is not a torch checkpoint that can be read with weights_only=True: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    return _unwrap(obj, path)
+    from trainables.torchfile import load_torch_file
+
+    return _unwrap(load_torch_file(path), path)  # a DataError (a ValueError) names the file and what it holds
 
 
 def _map_key(key: str, model_keys: Mapping[str, object], prefixes: Sequence[str]) -> str:

@@ -71,7 +71,9 @@ def _local_face_alignment_class() -> type:
 
         def _load_native(self, network_name, network_size, device, dtype):  # noqa: D401 - same contract as the base
             net = FAN(network_size)
-            state = torch.load(self._emotune_fan_path, map_location=device, weights_only=True)
+            from trainables.torchfile import load_torch_file
+
+            state = load_torch_file(self._emotune_fan_path, map_location=device)
             net.load_state_dict(state)
             net.to(device, dtype=dtype)
             net.eval()
