@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from trainables.errors import UserError
+from trainables.provenance import git_commit
 
 ALIAS = "production"
 BOOTSTRAP_DRAWS = 1000
@@ -234,14 +234,6 @@ def production_version(client, name: str):
         return client.get_model_version_by_alias(name, ALIAS)
     except Exception:
         return None
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
 
 
 @dataclass

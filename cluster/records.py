@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -22,19 +21,6 @@ def package_versions() -> dict[str, str]:
             out[name] = "not installed"
     out["python"] = sys.version.split()[0]
     return out
-
-
-def git_commit(where: str | Path = ".") -> str:
-    """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or ``unknown`` outside git."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=10)
-        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def data_fingerprint(index_path: str | Path) -> dict[str, str]:

@@ -16,26 +16,14 @@ from __future__ import annotations
 
 import functools
 
-from trainables.errors import UserError
+from trainables.errors import find_user_error
 
 _MARK = "_emotune_retry_policy"
 
 
 def is_user_error(exc: BaseException | None) -> bool:
-    """Whether a trial failed because of a :class:`UserError`: the exception itself, what Ray reports as its cause (a
-    trial's ``RayTaskError`` carries the exception the trial raised in ``cause``), or an explicit ``raise ... from``
-    cause of either."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        err = todo.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, UserError):
-            return True
-        todo += [getattr(err, "cause", None), err.__cause__]
-    return False
+    """Whether a trial failed because of a :class:`UserError` (anywhere in its causes: ``find_user_error``)."""
+    return find_user_error(exc) is not None
 
 
 def install_retry_policy() -> None:

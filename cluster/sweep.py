@@ -15,13 +15,14 @@ from typing import Any
 
 from search_spaces.schema import SearchSpace, finite_points, load_space, suggest
 from trainables import console
+from trainables.provenance import git_commit
 from trainables.errors import DataError, UserError
 from trainables.trial import choose_executor, run_trial, trial_resources
 
 from cluster.preflight import PreflightReport, preflight
 from cluster.progress import ProgressPrinter
 from cluster.resources import max_concurrent_trials
-from cluster.records import data_fingerprint, git_commit, package_versions
+from cluster.records import data_fingerprint, package_versions
 from cluster.retention import SNAPSHOT_PERIOD_S, tune_checkpointing
 from cluster.tracking import MlflowTrialCallback, default_tracking_uri, open_experiment
 
@@ -364,7 +365,7 @@ def _start_parent_run(client, experiment_id: str, name: str, space: SearchSpace,
         "emotune.sweep": name, "emotune.space": space.name, "emotune.space_file": space.path.name,
         "emotune.overrides": json.dumps(opts.overrides, default=str),
         "emotune.epochs": str(opts.epochs or ""),
-        "emotune.git_commit": git_commit(Path(__file__).parent),
+        "emotune.git_commit": git_commit(),
         "emotune.command": " ".join(sys.argv)})
     parent_id = parent.info.run_id
     client.log_artifact(parent_id, str(space.path))

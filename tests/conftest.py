@@ -59,7 +59,7 @@ def neighbours(request):
     process it did not start (``ray stop``, a kill by command line) fails the run here."""
     from tests.processes import bystander_ray, end, gone, start, user_processes
 
-    before = user_processes()
+    before = user_processes(min_age_s=60)  # younger ones (another test run's sweeps) come and go by themselves
     sleeper = start(["sleep", "86400"])
     with contextlib.ExitStack() as stack:
         ray_head = stack.enter_context(bystander_ray())[0] if _selects_slow(request.config) else None

@@ -51,3 +51,14 @@ def test_only_the_reader_calls_torch_load():
     code = [line for line in found if not line.split(":", 2)[2].lstrip().startswith(("#", '"', "'", "``"))
             and "``torch.load(" not in line]
     assert [line.split(":")[0] for line in code] == ["trainables/torchfile.py"]
+
+
+def test_one_of_each():
+    """One definition of each shared rule (issue: one way to do each thing)."""
+    def definitions(pattern: str) -> list[str]:
+        out = subprocess.run(["git", "grep", "-n", "--untracked", "-E", pattern, "--", "*.py", ":!tests"], cwd=REPO,
+                             capture_output=True, text=True).stdout
+        return [line.split(":")[0] for line in out.splitlines()]
+
+    assert definitions(r"^def git_commit\(") == ["trainables/provenance.py"]
+    assert definitions(r"^def find_user_error\(") == ["trainables/errors.py"]

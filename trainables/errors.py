@@ -24,3 +24,23 @@ class DataError(UserError):
 
 class ResourceError(UserError):
     """A resource request the cluster cannot satisfy."""
+
+
+def find_user_error(err: BaseException | None) -> UserError | None:
+    """The :class:`UserError` behind ``err``, else None: ``err`` itself, an explicit cause (``raise ... from``), the
+    exception a ``RayTaskError`` carries (``cause``), or one a Ray Train worker raised (``TorchTrainer.fit`` raises a
+    ``WorkerGroupError`` whose ``worker_failures`` wrap each worker's exception). The one walk through a failure's
+    causes: the trial uses it to end without a retry, the driver's retry policy to decide."""
+    todo, seen = [err], set()
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)  # a RayTaskError carries the exception raised in the task
+        if isinstance(exc, UserError):
+            return cause if isinstance(cause, UserError) else exc
+        failures = getattr(exc, "worker_failures", None)
+        todo += [cause, exc.__cause__, getattr(exc, "_base_exc", None), getattr(exc, "controller_failure", None),
+                 *(failures.values() if isinstance(failures, dict) else ())]
+    return None

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, find_user_error  # noqa: F401  (find_user_error: used below)
 
 # 256 MiB: what the waiting trial process needs; nonzero so that Tune accepts the request.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
@@ -194,27 +194,6 @@ class ReusableTrial:
             raise ProcessStillBusy(f"the previous trial's training thread in this process did not end within "
                                    f"{reuse_timeout():.0f} s ({REUSE_TIMEOUT_ENV}); retrying in a new process")
         return super().step()
-
-
-def find_user_error(err: BaseException):
-    """The :class:`~trainables.errors.UserError` behind ``err``, else None: ``err`` itself, an explicit cause
-    (``raise ... from``), the exception a ``RayTaskError`` carries, or one a Ray Train worker raised (``TorchTrainer.fit``
-    raises a ``WorkerGroupError`` whose ``worker_failures`` wrap each worker's exception)."""
-    from trainables.errors import UserError
-
-    todo, seen = [err], set()
-    while todo:
-        exc = todo.pop()
-        if exc is None or id(exc) in seen:
-            continue
-        seen.add(id(exc))
-        cause = getattr(exc, "cause", None)  # a RayTaskError carries the exception raised in the task
-        if isinstance(exc, UserError):
-            return cause if isinstance(cause, UserError) else exc
-        failures = getattr(exc, "worker_failures", None)
-        todo += [cause, exc.__cause__, getattr(exc, "_base_exc", None), getattr(exc, "controller_failure", None),
-                 *(failures.values() if isinstance(failures, dict) else ())]
-    return None
 
 
 def reuse_timeout() -> float:
