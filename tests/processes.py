@@ -38,6 +38,16 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def node_ports(head: bool = True) -> list[str]:
+    """``ray start`` flags giving a node free ports of its own for the services that otherwise take fixed defaults
+    (the dashboard agent's 52365, the Ray client server's 10001 on a head): a second Ray on the machine (the user's,
+    a bystander, another test's) holds those, and this node's agent would fail to start ("No available agent to
+    submit job")."""
+    ports = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+             "--runtime-env-agent-port", *(["--ray-client-server-port"] if head else [])]
+    return [f"{flag}={free_port()}" for flag in ports]
+
+
 def start(cmd: list[str], **kwargs) -> subprocess.Popen:
     """``cmd`` in a session of its own (see the module docstring)."""
     return subprocess.Popen(cmd, start_new_session=True, **kwargs)
@@ -111,7 +121,7 @@ def bystander_ray(num_cpus: int = 1, env: dict | None = None):
     env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "RAY_ADDRESS"}
     proc = start([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                   f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                  f"--dashboard-port={dash}", "--disable-usage-stats"],
+                  f"--dashboard-port={dash}", "--disable-usage-stats", *node_ports()],
                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(dash, timeout=180)

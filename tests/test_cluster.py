@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import end, free_port, start, wait_for_port
+from tests.processes import end, free_port, node_ports, start, wait_for_port
 from tests.test_sweep_e2e import SPACE, emotune, synth_and_prepare
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def ray_head(tmp_path_factory):
     temp = tmp_path_factory.mktemp("raytmp")
     head = start([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                  "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats"],
+                  "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats", *node_ports()],
                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(dash, timeout=180)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from test_cluster import BIN, free_port, wait_for_port
-from tests.processes import end, start
+from tests.processes import end, node_ports, start
 from test_sweep_e2e import synth_and_prepare
 
 pytestmark = pytest.mark.slow
@@ -54,14 +54,14 @@ def two_nodes(tmp_path):
     # these nodes and everything they run: the worker node mid-sweep, as a machine that goes away, both at the end.
     head = start([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=1", "--include-dashboard=true",
-                  f"--temp-dir={temp}", '--resources={"head_node": 1}', "--disable-usage-stats"], env=env,
+                  f"--temp-dir={temp}", '--resources={"head_node": 1}', "--disable-usage-stats", *node_ports()], env=env,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker = None
     address = f"http://127.0.0.1:{dash}"
     try:
         wait_for_port(dash, timeout=180)
         worker = start([str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
-                        "--num-cpus=1", "--block", "--disable-usage-stats"], env=env,
+                        "--num-cpus=1", "--block", "--disable-usage-stats", *node_ports(head=False)], env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         worker_id = None
         deadline = time.time() + 120
