@@ -206,23 +206,15 @@ def test_split(index_path: str) -> tuple[list, dict[str, str]]:
 # ---------------------------------------------------------------------------------------------------------------------
 # the sweep and the registry
 def find_sweep(client, sweep: str):
-    """The parent run of sweep ``sweep`` (its name or its run id).
+    """The parent run of sweep ``sweep`` (its name or its run id), found as reports and comparisons find it
+    (:func:`analysis.sweeps.resolve_sweep`: never a promotion's or a retraining's run).
 
     Raises:
         UserError: no such sweep, or it has no best trial.
     """
-    run = None
-    try:
-        run = client.get_run(sweep)
-    except Exception:
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        found = client.search_runs(experiments, filter_string=f"tags.`emotune.sweep` = '{sweep}'",
-                                   order_by=["attributes.start_time DESC"]) if experiments else []
-        found = [r for r in found if "emotune.promotion" not in r.data.tags]
-        run = found[0] if found else None
-    if run is None or "emotune.sweep" not in run.data.tags or "emotune.promotion" in run.data.tags:
-        raise UserError(f"no sweep named {sweep!r} in the MLflow store (give the name `emotune sweep` printed, or its "
-                        f"parent run id)")
+    from analysis.sweeps import resolve_sweep
+
+    run = resolve_sweep(client, sweep)
     if not run.data.tags.get("emotune.best_run_id"):
         raise UserError(f"sweep {sweep!r} has no best trial (no trial finished without an error)")
     return run

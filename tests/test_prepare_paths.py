@@ -93,7 +93,10 @@ def test_per_second_labels_land_on_their_own_timeline(tmp_path):
 
 def test_target_fps_keeps_the_nearest_frames(tmp_path, prepared_index):
     assert kept_frame_indices(10, 25.0, None).tolist() == list(range(10))
-    assert kept_frame_indices(25, 25.0, 10.0).tolist() == [0, 2, 5, 8, 10, 12, 15, 18, 20, 22]
+    # times 0, 0.1, 0.2 ... s at 25 fps are frames 0, 2.5, 5, 7.5 ...: a half-way time goes to the later frame
+    assert kept_frame_indices(25, 25.0, 10.0).tolist() == [0, 3, 5, 8, 10, 13, 15, 18, 20, 23]
+    assert kept_frame_indices(30, 30.0, 20.0).tolist() == [0, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 23,
+                                                           24, 26, 27, 29]
     with pytest.raises(ValueError, match="exceeds"):
         kept_frame_indices(25, 25.0, 50.0)
     video = load_split(prepared_index, "train")[0]

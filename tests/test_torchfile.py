@@ -62,3 +62,6 @@ def test_one_of_each():
 
     assert definitions(r"^def git_commit\(") == ["trainables/provenance.py"]
     assert definitions(r"^def find_user_error\(") == ["trainables/errors.py"]
+    # one sweep lookup: promotion asks the same function as reports and comparisons
+    assert definitions(r"search_runs\(.*emotune\.sweep") == []
+    assert definitions(r"^def resolve_sweep\(") == ["analysis/sweeps.py"]

@@ -80,7 +80,9 @@ def open_entry(folder: str | Path, video_id: str | None = None) -> CachedVideo:
 
 
 def kept_frame_indices(num_frames: int, native_fps: float, target_fps: float | None) -> np.ndarray:
-    """Source frame indices kept at ``target_fps``: frame k of the output is the source frame nearest k / target_fps.
+    """Source frame indices kept at ``target_fps``: frame k of the output is the source frame nearest k / target_fps,
+    by the project's one time -> frame rule (:func:`trainables.data.labels.label_frame_index`: a time half-way between
+    two frames goes to the later one, whatever their parity).
 
     Raises:
         DataError: target_fps above the video's own rate (frames would have to be invented).
@@ -90,8 +92,9 @@ def kept_frame_indices(num_frames: int, native_fps: float, target_fps: float | N
     if target_fps > native_fps + 1e-6:
         raise DataError(f"target fps {target_fps} exceeds the video's {native_fps:.3f} fps")
     count = int(np.floor((num_frames - 1) * target_fps / native_fps + 1e-9)) + 1
-    idx = np.rint(np.arange(count) * native_fps / target_fps).astype(np.int64)
-    return np.minimum(idx, num_frames - 1)
+    from trainables.data.labels import label_frame_index
+
+    return label_frame_index(np.arange(count) / target_fps, native_fps, num_frames)
 
 
 def load_split(index_path: str | Path, split: str) -> list[CachedVideo]:

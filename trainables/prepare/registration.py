@@ -105,6 +105,10 @@ class Registration:
         ``precomputed`` faces (nothing is detected), so those entries keep the address they had before the settings
         existed."""
         settings = asdict(self)
+        if self.fps is not None:
+            # Resampled entries chose their frames by round-half-to-even before the one time -> frame rule
+            # (half up) applied here too: such entries get a new address rather than being served stale.
+            settings["frame_rule"] = "half_up"
         if self.detector == "precomputed":
             for name in DETECTION_SETTINGS:
                 settings.pop(name)
