@@ -7,6 +7,26 @@ from typing import Any, Iterable
 
 DIM_METRICS = ("val_ccc_valence", "val_ccc_arousal")
 
+#: Trial outcomes, in the order a sweep's summary counts them.
+STATUSES = ("complete", "stopped early", "diverged", "errored")
+
+
+def trial_status(*, errored: bool, diverged: bool, stopped_early: bool, finished: bool = True,
+                 reported: bool = True) -> str:
+    """The one rule for a trial's outcome, read from Tune's results (the sweep's own leaderboard) or from MLflow
+    (reports, comparisons): an error wins over everything (an errored trial is never ranked as a result), then no
+    report at all (stopped by a time budget before its first), a diverged loss, a stop before the last epoch (by ASHA
+    or a time budget); a trial with none of these that has not ended is running."""
+    if errored:
+        return "errored"
+    if not reported:
+        return "no report"
+    if diverged:
+        return "diverged"
+    if stopped_early:
+        return "stopped early"
+    return "complete" if finished else "running"
+
 
 @dataclass
 class Row:
@@ -29,15 +49,16 @@ def rows_from_results(results, metric: str, mode: str, params: Iterable[str], ma
         config = result.config or {}
         trial_id = (result.metrics or {}).get("trial_id", "?")
         if df is None or metric not in df or df[metric].dropna().empty:
-            status = "errored" if result.error else "no report"  # e.g. stopped by a time budget before its first report
+            status = trial_status(errored=result.error is not None, diverged=False, stopped_early=False,
+                                  reported=False)
             rows.append(Row(trial_id, {p: config.get(p) for p in params}, 0, 0, math.nan, {}, status))
             continue
         df = df.dropna(subset=[metric])
         best = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
         epochs = int(df[epoch_key].max())
         diverged = "diverged" in df and (df["diverged"] == 1).any()
-        status = ("errored" if result.error else "diverged" if diverged
-                  else "stopped early" if epochs < max_epochs else "complete")
+        status = trial_status(errored=result.error is not None, diverged=bool(diverged),
+                              stopped_early=epochs < max_epochs)
         rows.append(Row(trial_id, {p: config.get(p) for p in params}, epochs, int(best[epoch_key]), float(best[metric]),
                         {d: float(best[d]) for d in DIM_METRICS if d in best}, status))
     sign = -1.0 if mode == "max" else 1.0

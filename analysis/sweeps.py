@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from analysis.leaderboard import trial_status
 from trainables.errors import UserError
 
 #: Per-epoch metrics read from each trial's history besides the objective.
@@ -195,16 +196,9 @@ def _trial(client, run, metric: str) -> Trial:
     for key in (metric, *HISTORY_METRICS):
         if key in run.data.metrics and key not in history:
             history[key] = {int(m.step): float(m.value) for m in client.get_metric_history(run.info.run_id, key)}
-    if run.info.status == "FAILED":
-        status = "errored"
-    elif tags.get("emotune.diverged") == "true":
-        status = "diverged"
-    elif tags.get("emotune.stopped_early") == "true":
-        status = "stopped early"
-    elif run.info.status == "FINISHED":
-        status = "complete"
-    else:
-        status = "running"
+    status = trial_status(errored=run.info.status == "FAILED", diverged=tags.get("emotune.diverged") == "true",
+                          stopped_early=tags.get("emotune.stopped_early") == "true",
+                          finished=run.info.status == "FINISHED")
     times = history.get("epoch_time_s", {})
     if times:
         train_time = float(sum(times.values()))

@@ -368,7 +368,7 @@ def cmd_fetch_weights(a) -> int:
 
 
 def _print_outcome(outcome, max_epochs: int) -> dict[str, int]:
-    from analysis.leaderboard import format_leaderboard, rows_from_results
+    from analysis.leaderboard import STATUSES, format_leaderboard, rows_from_results
 
     params = list(outcome.space.params)
     key = "epoch" if outcome.space.fidelity["attr"] == "epoch" else "step"
@@ -389,10 +389,6 @@ def _print_outcome(outcome, max_epochs: int) -> dict[str, int]:
     counts = {status: sum(r.status == status for r in rows) for status in STATUSES}
     say("Trials:        " + ", ".join(f"{n} {status}" for status, n in counts.items()))
     return counts
-
-
-#: Trial outcomes as the leaderboard and the summary count them.
-STATUSES = ("complete", "stopped early", "diverged", "errored")
 
 
 def sweep_exit_status(counts: dict[str, int]) -> int:

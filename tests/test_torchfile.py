@@ -65,3 +65,20 @@ def test_one_of_each():
     # one sweep lookup: promotion asks the same function as reports and comparisons
     assert definitions(r"search_runs\(.*emotune\.sweep") == []
     assert definitions(r"^def resolve_sweep\(") == ["analysis/sweeps.py"]
+
+
+@pytest.mark.parametrize("flags, status", [
+    (dict(errored=True, diverged=True, stopped_early=True), "errored"),
+    (dict(errored=False, diverged=True, stopped_early=True), "diverged"),
+    (dict(errored=False, diverged=False, stopped_early=True), "stopped early"),
+    (dict(errored=False, diverged=False, stopped_early=False), "complete"),
+    (dict(errored=False, diverged=False, stopped_early=False, finished=False), "running"),
+    (dict(errored=False, diverged=False, stopped_early=False, reported=False), "no report"),
+])
+def test_one_trial_status_rule(flags, status):
+    from analysis.leaderboard import trial_status
+
+    assert trial_status(**flags) == status
+    code = subprocess.run(["git", "grep", "-n", "--untracked", "-E", r"status = \"(errored|diverged)\"", "--", "*.py",
+                           ":!tests"], cwd=REPO, capture_output=True, text=True).stdout
+    assert code == ""  # the sweep's leaderboard and the reports both ask trial_status
