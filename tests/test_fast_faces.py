@@ -213,7 +213,7 @@ def test_an_error_in_any_thread_reaches_the_caller_and_stops_the_others(monkeypa
     out = np.zeros((200, 16, 16, 3), np.uint8)
     entry = SimpleNamespace(video_id="v", path=tmp_path / "v.mp4", faces=None)
     with pytest.raises(VideoDecodeError if where == "decode" else _Boom):
-        build._detect_and_crop(entry, None, 200, np.arange(200), out, Registration(detector="opencv"), Detector())
+        build.detect_and_crop(entry, None, 200, np.arange(200), out, Registration(detector="opencv"), Detector())
     alive = [t.name for t in threading.enumerate() if t.name.startswith(("emotune-decode", "emotune-crop"))]
     assert alive == []
 

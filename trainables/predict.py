@@ -242,7 +242,7 @@ class Predictor:
         from trainables.data.clips import VideoView, predict_timeline
         from trainables.data.labels import label_frame_index
         from trainables.objectives.postprocess import PostProcess
-        from trainables.prepare.build import _detect_and_crop
+        from trainables.prepare.build import detect_and_crop
         from trainables.prepare.decode import open_video
 
         path = Path(path)
@@ -264,7 +264,7 @@ class Predictor:
             started = time.perf_counter()
             try:
                 entry = SimpleNamespace(video_id=path.stem, path=path, faces=None if faces is None else Path(faces))
-                valid, scores = _detect_and_crop(entry, metered, n, keep, frames, self.reg, self.detector)
+                valid, scores = detect_and_crop(entry, metered, n, keep, frames, self.reg, self.detector)
             finally:
                 bar.close()
             faces_done = time.perf_counter()
@@ -284,9 +284,10 @@ class Predictor:
             face = view.valid[view.label_pos].astype(bool)
             del video, view
         preds = PostProcess.from_dict(self.bundle.postprocess).apply(preds) if self.bundle.postprocess else preds
-        lo, hi = self.bundle.label_scale
-        if (lo, hi) != (-1.0, 1.0):
-            preds = lo + (preds + 1.0) / 2.0 * (hi - lo)
+        if tuple(self.bundle.label_scale) != (-1.0, 1.0):
+            from trainables.data.labels import from_unit
+
+            preds = from_unit(preds, tuple(self.bundle.label_scale))
         if self.cfg.faceless == "affwild2":
             from trainables.objectives.affwild2 import fill_faceless
 

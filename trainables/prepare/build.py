@@ -32,7 +32,7 @@ from trainables.prepare.manifest import ManifestError, VideoEntry
 from trainables.prepare.registration import Registration, coarse_crop, fine_align
 from trainables.prepare.sidecar import LabelFileError, read_face_sidecar
 
-__all__ = ["build_entry", "entry_key", "file_digest", "remove_stale_temporaries"]
+__all__ = ["build_entry", "detect_and_crop", "entry_key", "file_digest", "remove_stale_temporaries"]
 
 
 def file_digest(path: Path, block: int = 1 << 20) -> str:
@@ -150,7 +150,7 @@ def build_entry(entry: VideoEntry, cache_root: str | Path, reg: Registration, de
         if entry.faces is not None and Path(entry.faces).is_dir():
             valid, scores = _from_crops_folder(entry, n, keep, frames, reg)
         else:
-            valid, scores = _detect_and_crop(entry, reader, n, keep, frames, reg, detector)
+            valid, scores = detect_and_crop(entry, reader, n, keep, frames, reg, detector)
         frames.flush()
         del frames
         np.save(tmp / "valid.npy", valid)
@@ -276,8 +276,8 @@ class _Writer:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _detect_and_crop(entry: VideoEntry, reader, n: int, keep: np.ndarray, frames: np.ndarray, reg: Registration,
-                     detector: Any):
+def detect_and_crop(entry: VideoEntry, reader, n: int, keep: np.ndarray, frames: np.ndarray, reg: Registration,
+                    detector: Any):
     """Stream the kept frames in chunks: faces from the sidecar or a detector, boxes smoothed over +-``reg.smooth``
     frames (a frame is cropped once the boxes ``reg.smooth`` frames after it are known), crops written into
     ``frames``.
