@@ -110,14 +110,11 @@ def retrain_top(client, sweep_ref: str, tracking_uri: str, k: int, seeds: int, m
     Raises:
         UserError: ``k`` or ``seeds`` below 1; the sweep has no finished trial; every retrained run failed.
     """
-    from ray import tune
-
     from analysis.sweeps import load_sweep
     from cluster.resources import max_concurrent_trials
-    from cluster.sweep import init_ray, tune_loggers
+    from cluster.sweep import init_ray
     from cluster.tracking import MlflowTrialCallback
-    from cluster.retention import tune_checkpointing
-    from trainables.trial import run_trial, trial_resources
+    from cluster.tuner import build_tuner
 
     if k < 1 or seeds < 1:
         raise UserError(f"--retrain-top and --seeds must be >= 1 (got {k} and {seeds})")
@@ -145,17 +142,9 @@ def retrain_top(client, sweep_ref: str, tracking_uri: str, k: int, seeds: int, m
     step_key = "epoch" if int(first.get("reports_per_epoch", 1)) == 1 else "step"
     callback = MlflowTrialCallback(tracking_uri, parent.info.experiment_id, parent_id, step_key=step_key,
                                    max_steps=units, metric=sweep.metric, mode=sweep.mode)
-    checkpointing, retention = tune_checkpointing({**runtime, "metric": sweep.metric, "mode": sweep.mode})
-    tuner = tune.Tuner(
-        tune.with_resources(run_trial, trial_resources),
-        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=len(points),
-                                    search_alg=FixedConfigs(points),
-                                    max_concurrent_trials=concurrent,
-                                    reuse_actors=runtime.get("executor") == "inline"),
-        run_config=tune.RunConfig(name=name, storage_path=root, callbacks=[callback, retention, *tune_loggers()],
-                                  verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=int(runtime.get("max_failures", 2))),
-                                  checkpoint_config=checkpointing))
+    tuner = build_tuner(name=name, storage=root, runtime={**runtime, "metric": sweep.metric, "mode": sweep.mode},
+                        search_alg=FixedConfigs(points), num_samples=len(points), concurrent=concurrent,
+                        callbacks=[callback])
     status = "FAILED"
     try:
         results = tuner.fit()

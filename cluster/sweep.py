@@ -17,13 +17,14 @@ from search_spaces.schema import SearchSpace, finite_points, load_space, suggest
 from trainables import console
 from trainables.provenance import git_commit
 from trainables.errors import DataError, UserError
-from trainables.trial import choose_executor, run_trial, trial_resources
+from trainables.trial import choose_executor
 
 from cluster.preflight import PreflightReport, preflight
 from cluster.progress import ProgressPrinter
 from cluster.resources import max_concurrent_trials
 from cluster.records import data_fingerprint, package_versions
-from cluster.retention import SNAPSHOT_PERIOD_S, tune_checkpointing
+from cluster.retention import SNAPSHOT_PERIOD_S
+from cluster.tuner import build_tuner
 from cluster.tracking import MlflowTrialCallback, default_tracking_uri, open_experiment
 
 
@@ -169,14 +170,11 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     run, so no run is duplicated and exactly ``num_samples`` trials exist at the end.
     """
     import ray
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     storage = str(Path(opts.storage).resolve()) if "://" not in opts.storage else opts.storage
-    # Resources per trial follow its executor (in its config), so a restored sweep sizes its trials as it did.
-    trainable = tune.with_resources(run_trial, trial_resources)
     if opts.resume:
-        return _resume(opts, storage, trainable)
+        return _resume(opts, storage)
 
     space = cap_epochs(load_space(opts.space, opts.overrides), opts.epochs)
     data = resolve_data(opts.data_index, space)
@@ -231,21 +229,10 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                               reduction_factor=space.fidelity["reduction_factor"])
     callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=time_attr,
                                    max_steps=units, metric=space.metric, mode=space.mode)
-    checkpointing, retention = tune_checkpointing(runtime)
-    callbacks = [callback, retention, *tune_loggers()]
-    if opts.verbose == 0:
-        callbacks.append(ProgressPrinter(space.metric, time_attr, units))
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
-                                    num_samples=opts.num_samples, max_concurrent_trials=concurrent,
-                                    time_budget_s=opts.time_budget_s, trial_dirname_creator=_trial_dirname,
-                                    # inline trials: the next trial reuses a finished trial's process (imports done)
-                                    reuse_actors=executor == "inline"),
-        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                                  checkpoint_config=checkpointing, verbose=min(opts.verbose, 1)),
-    )
+    callbacks = [callback, *([ProgressPrinter(space.metric, time_attr, units)] if opts.verbose == 0 else [])]
+    tuner = build_tuner(name=name, storage=storage, runtime=runtime, search_alg=searcher,
+                        num_samples=opts.num_samples, concurrent=concurrent, callbacks=callbacks, scheduler=scheduler,
+                        time_budget_s=opts.time_budget_s, verbose=opts.verbose)
     return _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id, checked)
 
 
@@ -343,11 +330,6 @@ def default_optuna_storage(workdir: str | Path = ".") -> str:
     return f"sqlite:///{Path(workdir).resolve() / 'optuna.db'}"
 
 
-def _trial_dirname(trial) -> str:
-    # Tune's default folder name repeats the whole config and overflows path limits with long values.
-    return f"trial-{trial.trial_id}"
-
-
 def _experiment_exists(storage: str, name: str) -> bool:
     from ray import tune
 
@@ -379,8 +361,10 @@ def _start_parent_run(client, experiment_id: str, name: str, space: SearchSpace,
     return parent_id
 
 
-def _resume(opts: SweepOptions, storage: str, trainable) -> SweepOutcome:
+def _resume(opts: SweepOptions, storage: str) -> SweepOutcome:
     from ray import tune
+
+    from cluster.tuner import trainable
 
     name = opts.resume
     path = f"{storage}/{name}"
@@ -388,7 +372,7 @@ def _resume(opts: SweepOptions, storage: str, trainable) -> SweepOutcome:
         raise UserError(f"no sweep named {name!r} in {storage} to resume")
     console.log_to(sweep_log(storage, name))
     init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2)
-    tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    tuner = tune.Tuner.restore(path, trainable(), resume_unfinished=True, resume_errored=True)
     run_config = tuner._local_tuner.get_run_config()
     callback = next(c for c in run_config.callbacks if isinstance(c, MlflowTrialCallback))
     client = callback.client

@@ -82,3 +82,10 @@ def test_one_trial_status_rule(flags, status):
     code = subprocess.run(["git", "grep", "-n", "--untracked", "-E", r"status = \"(errored|diverged)\"", "--", "*.py",
                            ":!tests"], cwd=REPO, capture_output=True, text=True).stdout
     assert code == ""  # the sweep's leaderboard and the reports both ask trial_status
+
+
+def test_one_tuner_builder():
+    """A sweep and a retraining set up Tune the same way (cluster.tuner.build_tuner)."""
+    out = subprocess.run(["git", "grep", "-n", "--untracked", "tune.Tuner(", "--", "*.py", ":!tests"], cwd=REPO,
+                         capture_output=True, text=True).stdout
+    assert [line.split(":")[0] for line in out.splitlines()] == ["cluster/tuner.py"]
