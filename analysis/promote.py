@@ -239,12 +239,13 @@ class Outcome:
 
 
 def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emotune", margin: float = 0.0,
-            out_dir: str | Path = ".", retrain_top: int = 0, seeds: int = 1,
-            max_concurrent: int | None = None, ray_address: str | None = None) -> Outcome:
+            out_dir: str | Path = ".", retrained: Any = None) -> Outcome:
     """Evaluate the sweep's best trial on the test subjects and promote it if it beats production by ``margin``.
 
-    With ``retrain_top`` K > 0 the candidate is chosen by :func:`cluster.retrain.retrain_top` instead: the sweep's K
-    best configurations trained ``seeds`` times each, the best mean over seeds, its best-validating run.
+    ``retrained``: the outcome of :func:`cluster.retrain.retrain_top` (the sweep's K best configurations trained
+    again with fresh seeds, the best mean over seeds; ``emotune promote --retrain-top``), whose chosen run is the
+    candidate instead of the sweep's best trial. Retraining runs trials on Ray, so it is driven from ``cluster``; this
+    module only scores, registers and records.
 
     Raises:
         UserError: no such sweep or checkpoint; the production model was trained on another face registration
@@ -256,12 +257,7 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     parent = find_sweep(client, sweep)
     run_id, trial = parent.data.tags["emotune.best_run_id"], parent.data.tags.get("emotune.best_trial", "")
-    retrained = None
-    if retrain_top:
-        from cluster.retrain import retrain_top as retrain
-
-        retrained = retrain(client, parent.info.run_id, tracking_uri, retrain_top, seeds, max_concurrent,
-                            ray_address=ray_address)
+    if retrained is not None:
         run_id, trial = retrained.run_id, retrained.chosen.trial_id
     candidate = resolve_model(f"runs:/{run_id}", tracking_uri)
     index_path = candidate.config.get("data_index") or \

@@ -294,9 +294,18 @@ def _tracking_uri(uri: str | None) -> str:
 def cmd_promote(a) -> int:
     from analysis.promote import promote
 
-    outcome = promote(a.sweep, _existing_store(a.mlflow_uri), model_name=a.model_name, margin=a.margin, out_dir=a.out,
-                      retrain_top=a.retrain_top, seeds=a.seeds, max_concurrent=a.max_concurrent,
-                      ray_address=a.address)
+    uri = _existing_store(a.mlflow_uri)
+    retrained = None
+    if a.retrain_top:
+        from mlflow.tracking import MlflowClient
+
+        from analysis.promote import find_sweep
+        from cluster.retrain import retrain_top
+
+        client = MlflowClient(uri, registry_uri=uri)
+        retrained = retrain_top(client, find_sweep(client, a.sweep).info.run_id, uri, a.retrain_top, a.seeds,
+                                a.max_concurrent, ray_address=a.address)
+    outcome = promote(a.sweep, uri, model_name=a.model_name, margin=a.margin, out_dir=a.out, retrained=retrained)
     say(outcome.message)
     if not outcome.promoted:
         return 1

@@ -89,3 +89,16 @@ def test_one_tuner_builder():
     out = subprocess.run(["git", "grep", "-n", "--untracked", "tune.Tuner(", "--", "*.py", ":!tests"], cwd=REPO,
                          capture_output=True, text=True).stdout
     assert [line.split(":")[0] for line in out.splitlines()] == ["cluster/tuner.py"]
+
+
+def test_rooms_import_one_way():
+    """analysis reads what sweeps recorded and never imports cluster (retraining is driven from cluster, which may
+    import analysis); trainables and search_spaces import neither."""
+    def importers(room: str, of: str) -> list[str]:
+        out = subprocess.run(["git", "grep", "-l", "--untracked", "-E", rf"^\s*(from|import) {of}\b", "--", f"{room}/*.py"],
+                             cwd=REPO, capture_output=True, text=True).stdout
+        return out.split()
+
+    assert importers("analysis", "cluster") == []
+    assert importers("trainables", "(cluster|analysis)") == []
+    assert importers("search_spaces", "(cluster|analysis|trainables)") == []
