@@ -102,3 +102,15 @@ def test_rooms_import_one_way():
     assert importers("analysis", "cluster") == []
     assert importers("trainables", "(cluster|analysis)") == []
     assert importers("search_spaces", "(cluster|analysis|trainables)") == []
+
+
+def test_setting_names_are_listed_once():
+    from trainables.config import FUSION_CHOICES, SAMPLER_CHOICES
+    from trainables.data.sampling import SAMPLERS
+    from trainables.data.windows import FUSION_MODES
+    from trainables.names import FUSIONS, SAMPLERS as NAMES
+
+    assert SAMPLER_CHOICES is NAMES and tuple(SAMPLERS) == NAMES and FUSION_CHOICES is FUSIONS is FUSION_MODES
+    out = subprocess.run(["git", "grep", "-n", "--untracked", "-E", r"\(\"(ssts|mean)\", \"(uniform|extremum)\"", "--",
+                          "*.py", ":!tests"], cwd=REPO, capture_output=True, text=True).stdout
+    assert [line.split(":")[0] for line in out.splitlines()] == ["trainables/names.py"] * 2

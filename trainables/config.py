@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from trainables.errors import ConfigError
+from trainables.names import FUSIONS, SAMPLERS
 
 #: Groups of keys: ``runtime`` keys are written by the sweep, never by a study or ``--set``.
 GROUPS = ("model", "data", "optim", "loss", "augment", "runtime")
-FUSION_CHOICES = ("mean", "extremum", "median", "center", "last")
-SAMPLER_CHOICES = ("ssts", "uniform", "consecutive")
+FUSION_CHOICES = FUSIONS
+SAMPLER_CHOICES = SAMPLERS
 FACELESS_RULES = ("model", "affwild2")
 #: Backbones whose parameters have a layer-decay depth (``layer_id``); a test checks the registry against this list.
 LAYER_DECAY_BACKBONES = ("video_vit", "video_vit_tiny", "tpsbt", "tpsbt_base", "tpsbt_tiny")

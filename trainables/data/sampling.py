@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from trainables.checks import check_int as _check_int
+from trainables.names import SAMPLERS as SAMPLER_NAMES
 
 __all__ = [
     "SAMPLERS",
@@ -250,11 +251,8 @@ def uniform_clip_starts(n_frames: int, clip_len: int, clips: int = 2) -> list[in
 
 
 #: Config name -> sampler function (see the module docstring for dispatch).
-SAMPLERS: dict[str, Callable[..., NDArray[np.int64]]] = {
-    "ssts": ssts_indices,
-    "uniform": uniform_indices,
-    "consecutive": consecutive_indices,
-}
+SAMPLERS: dict[str, Callable[..., NDArray[np.int64]]] = dict(zip(
+    SAMPLER_NAMES, (ssts_indices, uniform_indices, consecutive_indices), strict=True))
 
 
 def get_sampler(name: str) -> Callable[..., NDArray[np.int64]]:

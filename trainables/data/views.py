@@ -15,8 +15,9 @@ from trainables.data.labels import label_frame_index, nearest_label_step
 from trainables.data.sampling import (consecutive_indices, ssts_indices, ssts_views, uniform_clip_starts,
                                       uniform_indices)
 from trainables.data.windows import FUSION_MODES, fuse_labels, window_starts
+from trainables.names import SAMPLERS as SAMPLER_NAMES
 
-SAMPLERS = ("ssts", "uniform", "consecutive")
+SAMPLERS = SAMPLER_NAMES
 TARGETS = ("window", "sequence")
 
 

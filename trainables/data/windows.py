@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from trainables.checks import check_int as _check_int
+from trainables.names import FUSIONS
 
 __all__ = [
     "FUSION_MODES",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`fuse_labels`.
-FUSION_MODES: tuple[str, ...] = ("mean", "extremum", "median", "center", "last")
+FUSION_MODES: tuple[str, ...] = FUSIONS
 
 
 
