@@ -1,0 +1,72 @@
+"""One way to do each thing: each shared rule has one definition, which every room asks (git grep and behaviour)."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_one_of_each():
+    """One definition of each shared rule (issue: one way to do each thing)."""
+    def definitions(pattern: str) -> list[str]:
+        out = subprocess.run(["git", "grep", "-n", "--untracked", "-E", pattern, "--", "*.py", ":!tests"], cwd=REPO,
+                             capture_output=True, text=True).stdout
+        return [line.split(":")[0] for line in out.splitlines()]
+
+    assert definitions(r"^def git_commit\(") == ["trainables/provenance.py"]
+    assert definitions(r"^def find_user_error\(") == ["trainables/errors.py"]
+    # one sweep lookup: promotion asks the same function as reports and comparisons
+    assert definitions(r"search_runs\(.*emotune\.sweep") == []
+    assert definitions(r"^def resolve_sweep\(") == ["analysis/sweeps.py"]
+
+
+@pytest.mark.parametrize("flags, status", [
+    (dict(errored=True, diverged=True, stopped_early=True), "errored"),
+    (dict(errored=False, diverged=True, stopped_early=True), "diverged"),
+    (dict(errored=False, diverged=False, stopped_early=True), "stopped early"),
+    (dict(errored=False, diverged=False, stopped_early=False), "complete"),
+    (dict(errored=False, diverged=False, stopped_early=False, finished=False), "running"),
+    (dict(errored=False, diverged=False, stopped_early=False, reported=False), "no report"),
+])
+def test_one_trial_status_rule(flags, status):
+    from analysis.leaderboard import trial_status
+
+    assert trial_status(**flags) == status
+    code = subprocess.run(["git", "grep", "-n", "--untracked", "-E", r"status = \"(errored|diverged)\"", "--", "*.py",
+                           ":!tests"], cwd=REPO, capture_output=True, text=True).stdout
+    assert code == ""  # the sweep's leaderboard and the reports both ask trial_status
+
+
+def test_one_tuner_builder():
+    """A sweep and a retraining set up Tune the same way (cluster.tuner.build_tuner)."""
+    out = subprocess.run(["git", "grep", "-n", "--untracked", "tune.Tuner(", "--", "*.py", ":!tests"], cwd=REPO,
+                         capture_output=True, text=True).stdout
+    assert [line.split(":")[0] for line in out.splitlines()] == ["cluster/tuner.py"]
+
+
+def test_rooms_import_one_way():
+    """analysis reads what sweeps recorded and never imports cluster (retraining is driven from cluster, which may
+    import analysis); trainables and search_spaces import neither."""
+    def importers(room: str, of: str) -> list[str]:
+        out = subprocess.run(["git", "grep", "-l", "--untracked", "-E", rf"^\s*(from|import) {of}\b", "--", f"{room}/*.py"],
+                             cwd=REPO, capture_output=True, text=True).stdout
+        return out.split()
+
+    assert importers("analysis", "cluster") == []
+    assert importers("trainables", "(cluster|analysis)") == []
+    assert importers("search_spaces", "(cluster|analysis|trainables)") == []
+
+
+def test_setting_names_are_listed_once():
+    from trainables.config import FUSION_CHOICES, SAMPLER_CHOICES
+    from trainables.data.sampling import SAMPLERS
+    from trainables.data.windows import FUSION_MODES
+    from trainables.names import FUSIONS, SAMPLERS as NAMES
+
+    assert SAMPLER_CHOICES is NAMES and tuple(SAMPLERS) == NAMES and FUSION_CHOICES is FUSIONS is FUSION_MODES
+    out = subprocess.run(["git", "grep", "-n", "--untracked", "-E", r"\(\"(ssts|mean)\", \"(uniform|extremum)\"", "--",
+                          "*.py", ":!tests"], cwd=REPO, capture_output=True, text=True).stdout
+    assert [line.split(":")[0] for line in out.splitlines()] == ["trainables/names.py"] * 2
