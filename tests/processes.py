@@ -144,15 +144,17 @@ def user_processes(min_age_s: float = 10.0) -> dict[int, tuple[str, str]]:
     """pid -> (start time, command name) of this user's processes older than ``min_age_s`` (younger ones come and go
     by themselves), read from ``ps`` for a liveness check at the end of the suite; nothing is ever chosen to be ended
     this way."""
-    out = subprocess.run(["ps", "-u", str(os.getuid()), "-o", "pid=,ppid=,stat=,etimes=,lstart=,comm="],
+    out = subprocess.run(["ps", "-u", str(os.getuid()), "-o", "pid=,ppid=,sid=,stat=,etimes=,lstart=,comm="],
                          capture_output=True, text=True, check=True).stdout
+    own_session = str(os.getsid(0))
     procs = {}
     for line in out.splitlines():
         words = line.split()
-        pid, ppid, state, age, started, command = *words[:4], " ".join(words[4:9]), " ".join(words[9:])
+        pid, ppid, sid, state, age, started, command = *words[:5], " ".join(words[5:10]), " ".join(words[10:])
         # A zombie is reaped by its parent at any time; the kernel's own threads (children of kthreadd, pid 2, seen
-        # as root's processes) come and go by themselves.
-        if float(age) >= min_age_s and not state.startswith("Z") and "2" not in (pid, ppid):
+        # as root's processes) come and go by themselves; so do the processes of the session that runs the suite
+        # (the shell or CI job around pytest, and its helpers). The user's other work runs in sessions of its own.
+        if float(age) >= min_age_s and not state.startswith("Z") and "2" not in (pid, ppid) and sid != own_session:
             procs[int(pid)] = (started, command)
     return procs
 
