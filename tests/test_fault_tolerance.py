@@ -54,8 +54,9 @@ EPOCHS = 12
 
 @pytest.mark.parametrize("executor", ["inline", "train"])
 def test_worker_killed_mid_trial_resumes_from_checkpoint(data, tmp_path, executor):
-    # Epochs of a fraction of a second: enough of them that the kill lands while the trial still trains.
-    (tmp_path / "ft.yaml").write_text(SPACE.format(epochs=EPOCHS, extra="initial_points: [{lr: 0.002}]"))
+    # Dense windows and a dozen epochs (about half a second each): the kill lands while the trial still trains.
+    (tmp_path / "ft.yaml").write_text(SPACE.format(epochs=EPOCHS, extra="initial_points: [{lr: 0.002}]").replace(
+        "window_overlap: 0.5", "window_overlap: 0.9"))
     proc = start_sweep(["sweep", "--space", "ft.yaml", "--data", str(data), "--trials", "1", "--name", "w",
                         "--executor", executor], cwd=tmp_path)
     try:

@@ -67,7 +67,9 @@ def two_nodes(tmp_path):
         deadline = time.time() + 120
         while worker_id is None and time.time() < deadline:
             listed = _ray("list", "nodes", "--format", "json", "--address", address, env=env)
-            nodes = json.loads(listed.stdout) if listed.returncode == 0 and listed.stdout.strip() else []
+            # "No resource in the cluster": the head's state service answers before its node has registered
+            text = listed.stdout.strip() if listed.returncode == 0 else ""
+            nodes = json.loads(text) if text.startswith("[") else []
             alive = [n for n in nodes if n.get("state") == "ALIVE"]
             if len(alive) == 2:
                 worker_id = next(n["node_id"] for n in alive if not n.get("is_head_node"))
