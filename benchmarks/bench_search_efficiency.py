@@ -151,8 +151,8 @@ def random_sampler():
 
 def sweep(work: Path, study: Path, index: str, name: str, trials: int, seed: int, method: str,
           retries: int = 2) -> dict:
-    """One real sweep, in a child process of its own (its own local Ray; this machine is shared, and a Ray killed
-    under a sweep by someone else's ``ray stop`` then costs a resume, not the benchmark). The child's output (one
+    """One real sweep, in a child process of its own (its own local Ray; this machine is shared, and a Ray shut
+    down under a sweep by someone else's command then costs a resume, not the benchmark). The child's output (one
     line per trial event, the leaderboard) goes to ``logs/<name>.log``. A sweep whose Ray died or whose trials
     errored is resumed with ``SweepOptions(resume=name)`` (finished trials kept, unfinished ones continue from their
     last checkpoint), at most ``retries`` times; the restarts are counted and their time is in the run's wall time.

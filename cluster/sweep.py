@@ -91,7 +91,7 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
 
     Never the machine's "latest" cluster by accident: ``ray.init()`` without an address joins the cluster ``ray
     start`` last wrote to Ray's temp folder, a bystander started for other work (the sweep then ran there, one trial
-    at a time) or one that died without ``ray stop`` (``ray.init`` then waited for it for minutes). So a sweep not
+    at a time) or one that died without being shut down (``ray.init`` then waited for it for minutes). So a sweep not
     given an address starts its own with ``address="local"``; ``auto`` or host:port joins a cluster on purpose.
 
     A local Ray gets the dashboard when ``dashboard``: Train V2 watches its controller through the State API, which

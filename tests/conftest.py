@@ -53,10 +53,11 @@ def _selects_slow(config) -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def neighbours(request):
-    """The suite is a good neighbour: the user's processes that run when it starts (older than a few seconds) still
-    run when it ends, and so do two bystanders it starts for the purpose, a ``sleep`` and, when slow tests run, a Ray
-    head started with ``ray start --head`` (the machine's latest cluster while the suite runs). A test that ends a
-    process it did not start (``ray stop``, a kill by command line) fails the run here."""
+    """The suite is a good neighbour: the user's processes that run when it starts (older than a minute, in sessions
+    other than the one running pytest) still run when it ends, and so do two bystanders it starts for the purpose, a
+    ``sleep`` and, when slow tests run, a Ray head started with ``ray start --head`` (the machine's latest cluster
+    while the suite runs). A test that ends a process it did not start (a shutdown of every Ray of the user, a kill
+    chosen by command line) fails the run here."""
     from tests.processes import bystander_ray, end, gone, start, user_processes
 
     before = user_processes(min_age_s=60)  # younger ones (another test run's sweeps) come and go by themselves

@@ -2,8 +2,8 @@
 
 A sweep's local Ray (GCS, raylet, dashboard, agents) is started by its driver and stays in the driver's process
 group; Ray's worker processes get groups of their own but end when their raylet does. So ending the driver's group
-ends the sweep and everything it started, as a crash of that machine would, and nothing else: no ``ray stop`` (it
-ends every Ray of the user), no matching of command lines.
+ends the sweep and everything it started, as a crash of that machine would, and nothing else: no shutdown of
+every Ray of the user, no matching of command lines.
 """
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def test_a_dead_cluster_does_not_hold_up_a_sweep(data, tmp_path):
 
     (tmp_path / "e2e.yaml").write_text(SPACE)
     with bystander_ray() as (head, gcs, _dashboard):
-        end(head)  # killed without `ray stop`: Ray's temp folder still names it as the latest cluster
+        end(head)  # killed, never shut down: Ray's temp folder still names it as the latest cluster
         assert Path(get_ray_address_file(None)).read_text().strip() == gcs
         started = time.time()
         proc = start_sweep(["sweep", "--space", "e2e.yaml", "--data", str(data), "--trials", "1", "--name", "after",
