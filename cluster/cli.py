@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None, *, quiet: bool = False) -> int:
              f"(the traceback is in {console.log_path()})")
         return 1
     finally:
-        if console.diverted() and console.log_path() is None and console.log_tail(1):
+        if console.diverted() and console.log_path() is None and console.has_output():
             console.log_to(Path.cwd() / "emotune.log")  # something was said: keep it where the user is
 
 

@@ -7,7 +7,7 @@ checkpoints since the last one. A trial on short epochs saves several a second, 
 Tune's own threshold and it warned, several times per demo, that "experiment state snapshotting has been triggered
 multiple times". Here Tune keeps every checkpoint (``num_to_keep=None``: it never forces a snapshot) and
 :class:`CheckpointRetention` deletes the ones a trial no longer needs once they have been superseded for
-``grace_s`` seconds: longer than the snapshot period (``cluster.sweep.SNAPSHOT_PERIOD_S``), so the snapshot that
+``grace_s`` seconds: longer than the snapshot period (:data:`SNAPSHOT_PERIOD_S`), so the snapshot that
 ``--resume`` reads already names a newer latest checkpoint. A checkpoint is kept while it is the trial's latest (a
 retry resumes from it) or among its ``keep`` best (the MLflow record logs the best one when the trial ends).
 

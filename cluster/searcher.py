@@ -91,8 +91,8 @@ class DistinctOptunaSearch(OptunaSearch):
         point = self._closest_untried(trial.params)
         if point is None:
             self.exhausted = True
-            console.say(f"search: every one of the study's {len(self._points)} configurations has been tried; the sweep "
-                  "ends here")
+            console.say(f"search: every one of the study's {len(self._points)} configurations has been tried; "
+                        "the sweep ends here")
             return Searcher.FINISHED
         self.neighbours_chosen += 1
         self._ot_study.enqueue_trial(point)

@@ -105,7 +105,7 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
     install_retry_policy()
     # Tune's default TensorBoard logger imports tensorboardX, which imports torch into the driver (about 3 s when the
     # first trial starts) and writes event files nobody reads here: MLflow holds the curves. Tune's JSON and CSV
-    # records (result.json, progress.csv) are kept: ``tune_loggers`` adds them back to every Tuner.
+    # records (result.json, progress.csv) are kept: ``cluster.tuner.tune_loggers`` adds them back to every Tuner.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     # Tune's experiment snapshot (trial states, searcher, callbacks: what --resume restores) every second instead of
     # every 10 s or more: a driver killed between two snapshots loses less (cluster.searcher and cluster.tracking
@@ -143,14 +143,6 @@ def sweep_log(storage: str, name: str) -> Path:
     """Where a sweep's log of other tools' output goes (``trainables.console``): its folder in a local ``--storage``,
     else ``./<name>.log`` (a log is appended to line by line, which object stores do not do)."""
     return Path(storage) / name / "emotune.log" if "://" not in storage else Path.cwd() / f"{name}.log"
-
-
-def tune_loggers() -> list:
-    """Tune's per-trial records, result.json and progress.csv (what ``ResultGrid`` and the benchmarks read), without
-    its TensorBoard logger (see :func:`init_ray`)."""
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-    return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
 def _free_port() -> int:
@@ -201,7 +193,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                                        autoscaling)
     if opts.dry_run:
         console.say(f"dry run: {opts.num_samples} trials of {workers} worker(s) x {cpus:g} CPU / {gpus:g} GPU, "
-              f"{concurrent} at a time ({executor} executor); nothing started")
+                    f"{concurrent} at a time ({executor} executor); nothing started")
         return SweepOutcome(name, None, space, storage, "", "", None, None, checked)
     if _experiment_exists(storage, name):
         raise UserError(f"a sweep named {name!r} already exists in {storage}; resume it with "

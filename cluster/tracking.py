@@ -74,6 +74,7 @@ class MlflowTrialCallback(Callback):
         self.awaiting_checkpoint: dict[str, tuple] = {}
         self.nodes: dict[str, str] = {}  # trial id -> node of its latest report
         self.node_history: dict[str, list[str]] = {}  # trial id -> every node it reported from, in order
+        self.restored = False  # set when Tune restores this state (--resume): lost runs are dropped at the next step
         self._client = None
 
     @property
@@ -94,6 +95,7 @@ class MlflowTrialCallback(Callback):
         state.setdefault("awaiting_checkpoint", {})  # a sweep pickled before inline trials existed
         state.setdefault("nodes", {})
         state.setdefault("node_history", {})
+        state.setdefault("restored", False)
         self.__dict__.update(state)
 
     # Tune saves this state with every experiment checkpoint and restores it on --resume (the pickled callback itself
@@ -111,7 +113,7 @@ class MlflowTrialCallback(Callback):
         self.restored = True
 
     def on_step_begin(self, iteration, trials, **info):
-        if getattr(self, "restored", False):
+        if self.restored:
             self.restored = False
             self.drop_lost_runs({t.trial_id for t in trials})
 

@@ -19,8 +19,6 @@ def build_tuner(*, name: str, storage: str, runtime: dict, search_alg: Any, num_
     """
     from ray import tune
 
-    from cluster.sweep import tune_loggers
-
     checkpointing, retention = tune_checkpointing(runtime)
     return tune.Tuner(
         trainable(),
@@ -34,6 +32,14 @@ def build_tuner(*, name: str, storage: str, runtime: dict, search_alg: Any, num_
                                   failure_config=tune.FailureConfig(max_failures=int(runtime.get("max_failures", 2))),
                                   checkpoint_config=checkpointing, verbose=min(verbose, 1)),
     )
+
+
+def tune_loggers() -> list:
+    """Tune's per-trial records, result.json and progress.csv (what ``ResultGrid`` and the benchmarks read), without
+    its TensorBoard logger (see ``cluster.sweep.init_ray``)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
 def trainable():

@@ -62,13 +62,14 @@ def _cpu_hogs(n: int = 2) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
-def _experiment_trials(folder: Path) -> dict[str, str]:
-    """trial id -> final Tune status, from the experiment state Tune wrote last."""
+def experiment_trials(folder: Path) -> dict[str, dict]:
+    """trial id -> Tune's record of the trial (``status``, ``config``, ...), from the experiment state Tune wrote
+    last."""
     state = max(folder.glob("experiment_state-*.json"))  # the newest by its name's time stamp, as Tune chooses
     trials = {}
     for trial_json, _run_metadata in json.loads(state.read_text())["trial_data"]:
         trial = json.loads(trial_json)
-        trials[trial["trial_id"]] = trial["status"]
+        trials[trial["trial_id"]] = trial
     return trials
 
 
@@ -97,7 +98,7 @@ def test_sweep_beside_cpu_hogs_finishes_every_trial(data, tmp_path):
     assert proc.returncode == 0, out[-4000:]
 
     results = tmp_path / "ray_results" / "load"
-    statuses = _experiment_trials(results)
+    statuses = {trial_id: t["status"] for trial_id, t in experiment_trials(results).items()}
     errors = sorted(p.parent.name for p in results.glob("trial-*/error.txt"))
     assert len(statuses) == TRIALS, statuses
     assert set(statuses.values()) == {"TERMINATED"} and not errors, f"errored trials: {statuses} {errors}\n{out[-3000:]}"

@@ -15,6 +15,7 @@ import pytest
 
 from tests.processes import BIN, bystander_ray, end, start_sweep, wait_for_line
 from tests.test_fault_tolerance import SPACE as FT_SPACE
+from tests.test_load import experiment_trials
 from tests.test_sweep_e2e import SPACE, emotune, synth_and_prepare
 
 pytestmark = pytest.mark.slow
@@ -102,16 +103,6 @@ def test_two_sweeps_started_at_once_share_a_new_store(data, tmp_path, round_):
         assert len([t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"]) == 2
 
 
-def _tune_trials(folder: Path) -> dict[str, dict]:
-    """trial id -> {status, config} from the experiment state Tune wrote last."""
-    state = max(folder.glob("experiment_state-*.json"))  # the newest by its name's time stamp, as Tune chooses
-    out = {}
-    for trial_json, _meta in json.loads(state.read_text())["trial_data"]:
-        trial = json.loads(trial_json)
-        out[trial["trial_id"]] = trial
-    return out
-
-
 def test_a_sweep_killed_three_times_just_after_a_trial_started_trains_every_configuration_once(data, tmp_path):
     """Kill the driver and its local Ray (their process group) 0.2, 0.5 and 0.9 s after a trial started, resuming in
     between, then let the last resume finish: Tune's trials, the MLflow child runs and Optuna's trials (closed
@@ -144,7 +135,7 @@ def test_a_sweep_killed_three_times_just_after_a_trial_started_trains_every_conf
     done = emotune(*resume, cwd=tmp_path, timeout=1200)
     assert "Leaderboard of sweep k" in done.stdout
 
-    trials = _tune_trials(tmp_path / "ray_results" / "k")
+    trials = experiment_trials(tmp_path / "ray_results" / "k")
     assert len(trials) == 6 and all(t["status"] == "TERMINATED" for t in trials.values()), trials
     tune_dropouts = sorted(float(t["config"]["dropout"]) for t in trials.values())
     assert tune_dropouts == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]  # every configuration, once

@@ -5,7 +5,7 @@ Ray (its token and start-up notices, Tune's tables and boxes), MLflow (database 
 below it. The ``emotune`` command (``cluster.cli.run``) therefore points file descriptors 1 and 2, and with them
 ``sys.stdout``, ``sys.stderr``, every logging handler and every child process, at a log file, and keeps duplicates of
 the console's descriptors for emotune's own lines: :func:`say` (stdout), :func:`warn` (stderr) and the progress bars
-(:data:`bar_stream`). Until a command knows its folder the log is an unnamed temporary file; :func:`log_to` gives it
+(:func:`bar_stream`). Until a command knows its folder the log is an unnamed temporary file; :func:`log_to` gives it
 its place (the sweep's folder, the demo's root, ...) with what it holds so far, and says where it is, once.
 
 Without :func:`divert` (library use, tests calling ``cluster.cli.main``, ``-v``) everything goes to ``sys.stdout``
@@ -99,16 +99,13 @@ def log_to(path: str | Path) -> None:
     say(f"log of other tools' output: {path}")
 
 
-def log_tail(lines: int = 20) -> str:
-    """The last ``lines`` lines of the log (a failure's traceback), or "" when not diverted."""
+def has_output() -> bool:
+    """Whether anything was written to the log (False when not diverted)."""
     if _log is None:
-        return ""
+        return False
+    sys.stdout.flush()
     sys.stderr.flush()
-    _log.flush()
-    _log.seek(0)
-    text = _log.read().decode(errors="replace")
-    _log.seek(0, os.SEEK_END)
-    return "\n".join(text.splitlines()[-lines:])
+    return os.fstat(_log.fileno()).st_size > 0
 
 
 def _point_at(file: IO[bytes]) -> None:
