@@ -12,7 +12,9 @@ import torch
 
 from trainables.models import backbone_arguments, create_backbone
 from trainables.models.mimamo import Mimamo
-from trainables.models.steerable_pyramid import ComplexSteerablePyramid, phase_difference, to_grayscale, wrap_phase
+from trainables.config import TrialConfig
+from trainables.models.steerable_pyramid import (ComplexSteerablePyramid, authors_unwrap_step, phase_difference,
+                                                 symmetric_extension, to_grayscale, wrap_phase)
 from trainables.objectives.affwild2 import fill_faceless, scored_mask
 
 B, T, C, H, W = 2, 6, 3, 32, 32
@@ -80,26 +82,34 @@ def test_integer_roll_matches_fourier_shift(dx: int, dy: int) -> None:
 
 
 def test_phase_difference_of_a_grating_is_two_pi_f_d() -> None:
-    """A horizontal grating of wavelength 8 px moved by 1 px: the band facing it turns its phase by 2*pi/8."""
+    """A horizontal grating of wavelength 8 px moved by 1 px: the band facing it turns its phase by 2*pi/8 everywhere.
+
+    Without the symmetric extension: the grating is periodic on the 64 px frame, the case the FFT's wrap-around handles
+    exactly. (Mirrored, the copy moves the other way, and bins within a wavelength of a border see both motions.)"""
     x = torch.arange(N, dtype=torch.float64)
     grating = torch.cos(2 * math.pi * x / 8).expand(N, N)
     moved = torch.cos(2 * math.pi * (x - 1) / 8).expand(N, N)
-    pyr = ComplexSteerablePyramid(height=2, orientations=4)
+    pyr = ComplexSteerablePyramid(height=2, orientations=4, symmetric_extension=False)
     diffs = phase_difference(pyr, torch.stack([grating, moved]).view(1, 2, 1, N, N))
     band = diffs[1][0, 1, 0]  # level 1 (peak wavelength 8 px), orientation 0 (horizontal frequencies)
     torch.testing.assert_close(band.abs(), torch.full_like(band, 2 * math.pi / 8), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("h", "w", "height"), [(32, 32, 2), (48, 40, 3), (33, 31, 3)])
-def test_pyramid_level_shapes_and_dtype(h: int, w: int, height: int) -> None:
-    pyr = ComplexSteerablePyramid(height=height, orientations=3)
+@pytest.mark.parametrize(("h", "w", "height", "extension", "expected"), [
+    (32, 32, 2, True, [(32, 32), (16, 16)]),
+    (48, 40, 3, True, [(48, 40), (24, 20), (12, 10)]),
+    # the authors' crop of the extended levels rounds down: rows 66, 33, 17 -> 33, 16, 8; columns 62, 31, 16 -> 31,
+    # 15, 8 (without the extension each level rounds up)
+    (33, 31, 3, True, [(33, 31), (16, 15), (8, 8)]),
+    (33, 31, 3, False, [(33, 31), (17, 16), (9, 8)]),
+])
+def test_pyramid_level_shapes_and_dtype(h: int, w: int, height: int, extension: bool, expected: list) -> None:
+    pyr = ComplexSteerablePyramid(height=height, orientations=3, symmetric_extension=extension)
     levels = pyr(torch.randn(5, 1, h, w))
-    assert len(levels) == height
-    assert [tuple(c.shape[-2:]) for c in levels] == pyr.level_shapes(h, w)
-    for level, c in enumerate(levels):
+    assert [tuple(c.shape[-2:]) for c in levels] == pyr.level_shapes(h, w) == expected
+    for c in levels:
         assert c.shape[:2] == (5, 3)
         assert c.dtype == torch.complex64
-        assert c.shape[-2:] == (math.ceil(h / 2 ** level), math.ceil(w / 2 ** level))
     assert pyr(torch.randn(2, 1, h, w, dtype=torch.float64))[0].dtype == torch.complex128
 
 
@@ -122,13 +132,189 @@ def test_phase_difference_layout_wrap_and_first_frame() -> None:
     assert [tuple(d.shape) for d in diffs] == [(B, T, 4, 32, 32), (B, T, 4, 16, 16)]
     for d in diffs:
         assert (d[:, 0] == 0).all()
-        assert (d > -math.pi).all() and (d <= math.pi).all()
+        # The authors' unwrap brings steps above pi down by 2*pi and keeps those below -pi: [-2*pi, pi].
+        assert (d >= -2 * math.pi).all() and (d <= math.pi).all() and (d < -math.pi).any()
     # RGB goes through luma: the same as passing the grayscale frames.
     gray = phase_difference(pyr, to_grayscale(frames))
     for a, b in zip(diffs, gray):
         torch.testing.assert_close(a, b)
     assert torch.equal(wrap_phase(torch.tensor([-math.pi, math.pi, 3 * math.pi, 0.5])),
                        torch.tensor([math.pi, math.pi, math.pi, 0.5]))
+
+
+# --- the authors' phase inputs ----------------------------------------------------------------------------------------
+
+def test_authors_unwrap_step_corrects_only_steps_above_pi() -> None:
+    """Their torch_unwrap with torch.fmod (truncated): a step above pi loses 2*pi, a step below -pi stays."""
+    tau = 2 * math.pi
+    steps = torch.tensor([-tau, -5.0, -math.pi, -1.0, 0.0, 1.0, math.pi, 4.0, tau - 0.25], dtype=torch.float64)
+    expected = torch.tensor([-tau, -5.0, -math.pi, -1.0, 0.0, 1.0, math.pi, 4.0 - tau, -0.25], dtype=torch.float64)
+    torch.testing.assert_close(authors_unwrap_step(steps), expected, rtol=0, atol=1e-12)
+
+
+def test_symmetric_extension_mirrors_into_four_quadrants() -> None:
+    image = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    expected = torch.tensor([[1, 2, 3, 3, 2, 1], [4, 5, 6, 6, 5, 4], [4, 5, 6, 6, 5, 4], [1, 2, 3, 3, 2, 1]],
+                            dtype=torch.float32)
+    assert torch.equal(symmetric_extension(image.expand(2, 1, 2, 3)), expected.expand(2, 1, 4, 6))
+
+
+S = 48  # the authors' phase crop
+
+
+def _moving_texture(t: int = 4, velocity: tuple[float, float] = (0.6, -0.35)) -> np.ndarray:
+    """(t, S, S) in [0, 1]: a smooth random texture moving by ``velocity`` px per frame, seen through a fixed S x S
+    window of a larger canvas, so content enters and leaves at the borders (not a circular shift)."""
+    big = 128
+    f = np.fft.fftfreq(big)
+    spectrum = np.fft.fft2(np.random.default_rng(0).standard_normal((big, big)))
+    spectrum *= np.exp(-(f[:, None] ** 2 + f[None, :] ** 2) / (2 * 0.12 ** 2))
+    frames = []
+    for k in range(t):
+        ramp = np.exp(-2j * np.pi * (f[None, :] * velocity[0] * k + f[:, None] * velocity[1] * k))
+        frames.append(np.fft.ifft2(spectrum * ramp).real[40:40 + S, 40:40 + S])
+    frames = np.stack(frames)
+    return (frames - frames.min()) / (frames.max() - frames.min())
+
+
+def _reference_bands(image: np.ndarray, levels: int, nbands: int) -> list[np.ndarray]:
+    """The complex steerable pyramid as the MIMAMO authors' SCFpyr builds it, in numpy (float64), for a square image
+    of even side: band-pass levels (nbands, m_l, m_l), residuals left out.
+
+    Their construction: a centred frequency grid in [-1, 1) with the DC radius replaced by its left neighbour's; radial
+    masks read by linear interpolation from a table of sqrt(cos^2) / sqrt(sin^2) over one octave (first low-pass
+    transition at log2 r in [-1, 0], each band-pass one octave lower); angular masks read from a 1024-per-pi table of
+    ``2 sqrt(c) cos(x)**(nbands-1)`` cut to |x| < pi/2; the low-pass spectrum cropped at their index formula and
+    multiplied by the next low-pass mask after every level."""
+    m = image.shape[0]
+    coords = (np.arange(m) - m // 2) / (m / 2)
+    xx, yy = np.meshgrid(coords, coords)
+    radius = np.hypot(xx, yy)
+    radius[m // 2, m // 2] = radius[m // 2, m // 2 - 1]
+    log_rad, angle = np.log2(radius), np.arctan2(yy, xx)
+    quarter = np.pi * np.arange(-257, 2) / 512  # 259 samples of [-pi/2, 0] (256 steps) with a flat end on each side
+    cos2 = np.cos(quarter) ** 2
+    cos2[0], cos2[-1] = cos2[1], cos2[-2]
+    knots = -0.5 + (2 / np.pi) * (quarter + np.pi / 4)  # log2 radius: -1 .. 0
+    high_table, low_table = np.sqrt(cos2), np.sqrt(1 - cos2)
+    lut = np.pi * np.arange(-2049, 1026) / 1024
+    order = nbands - 1
+    gain = 2 * np.sqrt(2.0 ** (2 * order) * math.factorial(order) ** 2 / (nbands * math.factorial(2 * order)))
+    angle_table = gain * np.cos(lut) ** order * (np.abs((lut + np.pi) % (2 * np.pi) - np.pi) < np.pi / 2)
+    low = np.fft.fftshift(np.fft.fft2(image)) * np.interp(log_rad, knots, low_table)
+    bands = []
+    for _ in range(levels):
+        knots = knots - 1
+        high = np.interp(log_rad, knots, high_table)
+        bands.append(np.stack([np.fft.ifft2(np.fft.ifftshift(
+            low * high * np.interp(angle, lut + np.pi * b / nbands, angle_table) * (-1j) ** order))
+            for b in range(nbands)]))
+        side = low.shape[0]
+        start = int(np.ceil((side + 0.5) / 2) - np.ceil((np.ceil((side - 0.5) / 2) + 0.5) / 2))
+        stop = start + int(np.ceil((side - 0.5) / 2))
+        log_rad, angle = log_rad[start:stop, start:stop], angle[start:stop, start:stop]
+        low = low[start:stop, start:stop] * np.interp(log_rad, knots, low_table)
+    return bands
+
+
+def _reference_phase_inputs(frames: np.ndarray, levels: int = 2,
+                            nbands: int = 2) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The authors' phase inputs of (T, S, S) frames, less their amplitude-weighted blur: per level the (T-1, nbands,
+    h, w) differences and the (T, nbands, h, w) cropped coefficients.
+
+    Each frame mirrored to 2S x 2S; the pyramid; the top-left quadrant of every level; atan2 phases; their unwrap over
+    time (steps, ``fmod(step + pi, 2 pi) - pi`` with fmod truncating like torch.fmod, -pi -> pi for positive steps,
+    no correction for |step| < pi, corrections summed over time); consecutive differences; each band's spatial mean
+    removed; clamp to +-5 pi."""
+    pyramids = []
+    for frame in frames:
+        top = np.concatenate([frame, frame[:, ::-1]], axis=1)
+        pyramids.append(_reference_bands(np.concatenate([top, top[::-1]], axis=0), levels, nbands))
+    diffs, coeffs = [], []
+    for level in range(levels):
+        c = np.stack([p[level] for p in pyramids])
+        c = c[..., :c.shape[-2] // 2, :c.shape[-1] // 2]
+        phase = np.arctan2(c.imag, c.real)
+        step = np.diff(phase, axis=0)
+        mod = np.fmod(step + np.pi, 2 * np.pi) - np.pi
+        mod[(mod == -np.pi) & (step > 0)] = np.pi
+        correction = np.where(np.abs(step) < np.pi, 0.0, mod - step)
+        unwrapped = phase.copy()
+        unwrapped[1:] += np.cumsum(correction, axis=0)
+        d = np.diff(unwrapped, axis=0)
+        diffs.append(np.clip(d - d.mean(axis=(-2, -1), keepdims=True), -5 * np.pi, 5 * np.pi))
+        coeffs.append(c)
+    return diffs, coeffs
+
+
+@pytest.fixture(scope="module")
+def texture_and_reference() -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    frames = _moving_texture()
+    return (frames, *_reference_phase_inputs(frames))
+
+
+def _project_phase_inputs(frames: np.ndarray, **kwargs) -> tuple[Mimamo, list[np.ndarray]]:
+    """The model's phase inputs of the frames from t = 1 on, as (T-1, orientations, h, w) per level."""
+    model = _tiny(in_chans=1, pyramid_levels=2, pyramid_orientations=2, **kwargs).eval()
+    t = frames.shape[0]
+    bands = model.phase_inputs(torch.from_numpy(frames).float().view(1, t, 1, S, S))
+    return model, [b.view(t, *b.shape[1:])[1:].double().numpy() for b in bands]
+
+
+def _well_conditioned(coeffs: np.ndarray) -> np.ndarray:
+    """Bins whose amplitude in both frames of a difference exceeds 5% of the band's largest: their phase is defined
+    to float32 precision (near-zero coefficients have an arbitrary phase in either implementation)."""
+    amplitude = np.abs(coeffs)
+    threshold = 0.05 * amplitude.max(axis=(0, -2, -1), keepdims=True)
+    return (amplitude[1:] > threshold) & (amplitude[:-1] > threshold)
+
+
+def test_phase_inputs_match_the_authors_procedure_on_a_moving_texture(texture_and_reference) -> None:
+    frames, reference, ref_coeffs = texture_and_reference
+    model, got = _project_phase_inputs(frames)
+    assert model.pyramid.symmetric_extension  # the default
+    coeffs = model.pyramid(torch.from_numpy(frames).float().view(-1, 1, S, S))
+    for level, (g, r, c) in enumerate(zip(got, reference, ref_coeffs)):
+        assert g.shape == r.shape == (3, 2, S // 2 ** level, S // 2 ** level)
+        # The pyramid itself: the same complex coefficients, to float32 precision.
+        ours = coeffs[level].to(torch.complex128).numpy()
+        assert np.abs(ours - c).max() < 1e-4 * np.abs(c).max()
+        good = _well_conditioned(c)
+        assert good.mean() > 0.9
+        assert np.abs(g - r)[good].max() < 1e-3, level
+        assert np.abs(g - r).max() < 1e-2  # every bin: the means agree too
+        # The texture crosses the branch cut both ways: steps below -pi occur and stay (the authors' unwrap), which
+        # a symmetric wrap would move by 2*pi.
+        assert (r[good] < -math.pi - 0.5).mean() > 0.01
+        assert (g >= -5 * math.pi).all() and (g <= 5 * math.pi).all()
+
+
+def test_without_the_extension_the_borders_wrap_around(texture_and_reference) -> None:
+    """The deviation the setting allows: the FFT of the frame as it is. Bins near a border then see the opposite
+    border's content, so the phase inputs leave the authors' (on this texture: a median of ~0.05 rad on the
+    well-conditioned bins, a quarter of them off by more than 0.1 rad), most of all within a wavelength of a border
+    (the errors elsewhere come mostly through each band's mean, which the border bins shift)."""
+    frames, reference, ref_coeffs = texture_and_reference
+    model, got = _project_phase_inputs(frames, pyramid_extension=False)
+    assert not model.pyramid.symmetric_extension
+    for level, (g, r, c) in enumerate(zip(got, reference, ref_coeffs)):
+        assert g.shape == r.shape
+        err = np.abs(g - r)
+        good = _well_conditioned(c)
+        assert np.median(err[good]) > 0.02, level
+        assert (err[good] > 0.1).mean() > 0.1, level
+        # Every band's peak wavelength is ~4 of its own pixels; the mean's shift taken out first.
+        centred = np.abs((g - r) - np.median(g - r, axis=(-2, -1), keepdims=True))
+        edge = np.ones(g.shape[-2:], dtype=bool)
+        edge[4:-4, 4:-4] = False
+        assert np.median(centred[..., edge]) > 3 * np.median(centred[..., ~edge]), level
+
+
+def test_the_extension_setting_reaches_the_model() -> None:
+    for value, expected in [(None, True), (True, True), (False, False)]:
+        settings = {"backbone": "mimamo_tiny"} | ({} if value is None else {"pyramid_extension": value})
+        kwargs = TrialConfig.from_dict(settings).model_kwargs()
+        assert create_backbone("mimamo_tiny", **kwargs).pyramid.symmetric_extension is expected
 
 
 # --- the backbone ---------------------------------------------------------------------------------------------------
@@ -233,7 +419,7 @@ def test_no_per_frame_protocol_and_trial_arguments() -> None:
     model = _tiny()
     # encode_frames of single frames cannot see the previous frame: evaluation must run whole clips.
     assert not hasattr(model, "encode_frames") and not hasattr(model, "decode_frames")
-    expected = {"cnn", "pyramid_levels", "pyramid_orientations", "phase_size", "temporal_channels",
+    expected = {"cnn", "pyramid_levels", "pyramid_orientations", "pyramid_extension", "phase_size", "temporal_channels",
                 "feature_dim", "hidden", "layers", "bidirectional", "dropout", "pretrained"}
     assert backbone_arguments("mimamo") == expected
     assert backbone_arguments("mimamo_tiny") == expected - {"cnn"}

@@ -106,6 +106,9 @@ class TrialConfig:
                                          arg="pyramid_levels")
     pyramid_orientations: int | None = setting(None, "model", "MIMAMO pyramid orientations per level (004)", low=1,
                                                arg="pyramid_orientations")
+    pyramid_extension: bool | None = setting(None, "model", "MIMAMO: mirror phase frames to 2H x 2W before the "
+                                             "pyramid, as the authors (default true; false is a deviation: borders "
+                                             "wrap around)", arg="pyramid_extension")
 
     # ---- data: which cache, how it is cut into windows and clips
     registration: str | None = setting(None, "data", "face registration: selects one of the sweep's dataset indexes")

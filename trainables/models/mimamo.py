@@ -3,10 +3,12 @@
 * Spatial stream (macro): a timm 2D CNN (ResNet-50 in the paper) embeds every RGB frame; a linear layer + ReLU
   projects its pooled features to ``feature_dim``.
 * Temporal stream (micro): the frames are converted to luma, optionally resized to ``phase_size`` x ``phase_size``
-  (the authors use 48x48 phase crops), decomposed by a complex steerable pyramid (``pyramid_levels`` band-pass levels x
-  ``pyramid_orientations`` orientations, :mod:`trainables.models.steerable_pyramid`) and turned into the wrapped phase
-  difference between each frame and the previous one (zero for the first frame of a clip). Each band's spatial mean is
-  removed (as in the authors' code: a global shift of the whole face moves every pixel's phase alike). A small CNN
+  (the authors use 48x48 phase crops), mirror-extended to twice the size (``pyramid_extension``, as the authors),
+  decomposed by a complex steerable pyramid (``pyramid_levels`` band-pass levels x ``pyramid_orientations``
+  orientations, :mod:`trainables.models.steerable_pyramid`), cropped back to the frame's quadrant and turned into the
+  phase difference between each frame and the previous one, unwrapped as the authors' ``torch_unwrap`` does (zero for
+  the first frame of a clip). As in the authors' code, each band's spatial mean is then removed (a global shift of the
+  whole face moves every pixel's phase alike) and the result clamped to [-5*pi, 5*pi]. A small CNN
   takes the finest level at its input and concatenates each coarser level where its resolution matches (after every
   stride-2 block), as the authors' PhaseNet does with their two levels; ``pyramid_levels + 1`` blocks of two 3x3
   convs (the second with stride 2) with ``temporal_channels * 2**i`` channels, global average pooling, a linear layer
@@ -24,12 +26,14 @@ sampling the "previous frame" of a clip position depends on the view, so the mod
 ``decode_frames`` and evaluation runs every clip through ``forward``.
 
 Deviations from the authors' code, for per-frame outputs on any clip: one phase difference per frame instead of 12
-per GRU step, no temporal unwrapping and no amplitude-weighted blur; BatchNorm only in the CNNs (not in the FC
+per GRU step, and no amplitude-weighted blur of the unwrapped phases; BatchNorm only in the CNNs (not in the FC
 layers); the spatial CNN is trained end to end (the authors used fixed pre-extracted ResNet-50 FER+ features).
+``pyramid_extension=False`` is a further deviation (the pyramid of the frame as it is: its borders wrap around).
 """
 from __future__ import annotations
 
 import logging
+import math
 
 import timm
 import torch
@@ -42,6 +46,9 @@ from trainables.models.steerable_pyramid import ComplexSteerablePyramid, phase_d
 __all__ = ["Mimamo", "PhaseNet"]
 
 log = logging.getLogger(__name__)
+
+#: The authors' bound on the mean-free phase differences.
+_CLAMP = 5 * math.pi
 
 
 def _block(in_c: int, out_c: int) -> nn.Sequential:
@@ -90,6 +97,10 @@ class Mimamo(nn.Module):
         cnn: timm model name of the spatial stream (``resnet50`` in the paper), built without classifier.
         pyramid_levels: band-pass levels of the steerable pyramid (paper code: 2).
         pyramid_orientations: orientations per level (paper code: 2; 4 is the usual pyramid default).
+        pyramid_extension: mirror the phase frames to 2H x 2W before the pyramid and crop every level back, as the
+            authors' code does (default). False deviates from them: 4x smaller FFTs, but bands near a border see the
+            opposite border (on a 48x48 moving texture the phase inputs then differ from the authors' by a median of
+            several hundredths of a radian, up to pi).
         phase_size: side the grayscale frames are resized to before the pyramid (paper code: 48); None keeps the
             frame size. Must leave the coarsest level at least 2x2.
         temporal_channels: first-block width of the temporal CNN (paper code: 64).
@@ -105,7 +116,8 @@ class Mimamo(nn.Module):
     """
 
     def __init__(self, cnn: str = "resnet50", pyramid_levels: int = 2, pyramid_orientations: int = 2,
-                 phase_size: int | None = None, temporal_channels: int = 64, feature_dim: int = 256,
+                 pyramid_extension: bool = True, phase_size: int | None = None, temporal_channels: int = 64,
+                 feature_dim: int = 256,
                  hidden: int = 128, layers: int = 2, bidirectional: bool = False, dropout: float = 0.3,
                  pretrained: bool | str | None = False, out_dims: int = 2, in_chans: int = 3, n_bins: int = 0):
         super().__init__()
@@ -113,7 +125,8 @@ class Mimamo(nn.Module):
             raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
         self.spatial = timm.create_model(cnn, pretrained=pretrained is True, num_classes=0, in_chans=in_chans)
         self.spatial_fc = nn.Sequential(nn.Linear(self.spatial.num_features, feature_dim), nn.ReLU(inplace=True))
-        self.pyramid = ComplexSteerablePyramid(pyramid_levels, pyramid_orientations)
+        self.pyramid = ComplexSteerablePyramid(pyramid_levels, pyramid_orientations,
+                                               symmetric_extension=pyramid_extension)
         self.phase_size = phase_size
         self.temporal = PhaseNet(pyramid_levels, pyramid_orientations, temporal_channels, feature_dim)
         self.feature_dropout = nn.Dropout(dropout)
@@ -127,14 +140,19 @@ class Mimamo(nn.Module):
 
     @torch.no_grad()
     def phase_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: (B, T, C, H, W) -> per level (B*T, orientations, h_l, w_l) mean-free wrapped phase differences."""
+        """x: (B, T, C, H, W) -> per level (B*T, orientations, h_l, w_l) phase differences (unwrapped as the authors
+        unwrap them, :func:`~trainables.models.steerable_pyramid.phase_difference`), each band's spatial mean removed,
+        clamped to [-5*pi, 5*pi] as the authors' code does after the mean. Without their amplitude-weighted blur the
+        differences lie in [-2*pi, pi] and the mean-free ones in [-3*pi, 3*pi], so the clamp does not bind here; it is
+        kept so the steps are theirs."""
         b, t = x.shape[:2]
         gray = to_grayscale(x.float())
         if self.phase_size is not None and tuple(gray.shape[-2:]) != (self.phase_size, self.phase_size):
             gray = F.interpolate(gray.flatten(0, 1), size=(self.phase_size, self.phase_size), mode="bilinear",
                                  align_corners=False, antialias=True).view(b, t, 1, self.phase_size, self.phase_size)
         bands = phase_difference(self.pyramid, gray)
-        return [(d - d.mean(dim=(-2, -1), keepdim=True)).flatten(0, 1).to(x.dtype) for d in bands]
+        return [(d - d.mean(dim=(-2, -1), keepdim=True)).clamp(-_CLAMP, _CLAMP).flatten(0, 1).to(x.dtype)
+                for d in bands]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (B, T, C, H, W) -> {"frames": (B, T, D), "window": (B, D)} (+ logits when ``n_bins``)."""
