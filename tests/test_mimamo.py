@@ -285,7 +285,7 @@ def test_phase_inputs_match_the_authors_procedure_on_a_moving_texture(texture_an
         assert np.abs(g - r).max() < 1e-2  # every bin: the means agree too
         # The texture crosses the branch cut both ways: steps below -pi occur and stay (the authors' unwrap), which
         # a symmetric wrap would move by 2*pi.
-        assert (r[good] < -math.pi - 0.5).mean() > 0.01
+        assert (r[good] < -math.pi - 0.5).mean() > 0.005
         assert (g >= -5 * math.pi).all() and (g <= 5 * math.pi).all()
 
 

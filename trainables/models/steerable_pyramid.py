@@ -124,9 +124,10 @@ class ComplexSteerablePyramid(torch.nn.Module):
         twidth: width of the radial transitions in octaves (1 as in Portilla & Simoncelli).
         symmetric_extension: mirror every image to 2H x 2W before the FFT and keep the top-left quadrant of every
             level, as the MIMAMO authors do (module docstring). False is a deviation from them: the FFT of the frame
-            as it is, four times cheaper, with bands near a border wrapping around to the opposite one.
+            as it is, over a quarter of the bins, with bands near a border wrapping around to the opposite one.
 
-    The masks depend only on the image size and are rebuilt on every call (a few element-wise ops on an H x W grid);
+    The masks depend only on the image size and are rebuilt on every call (a few element-wise ops on the spectrum's
+    grid, 2H x 2W when extending);
     no parameters, no gradients needed (the transform is linear, so autograd would work through it all the same).
     """
 
@@ -156,7 +157,7 @@ class ComplexSteerablePyramid(torch.nn.Module):
     def level_shapes(self, h: int, w: int) -> list[tuple[int, int]]:
         """(h_l, w_l) of every returned level for an h x w image: ``ceil(h / 2**l) x ceil(w / 2**l)`` without the
         extension; with it the top-left quadrant of the extended level, ``h_l // 2`` as the authors crop (the same
-        for sizes divisible by ``2**(height-1)``, one pixel less on a coarse level of other sizes)."""
+        for sizes divisible by ``2**(height-1)``, at most one pixel less on a coarse level of other sizes)."""
         shapes = self._spectrum_shapes(h, w)
         return [(h_l // 2, w_l // 2) for h_l, w_l in shapes] if self.symmetric_extension else shapes
 
@@ -201,14 +202,17 @@ class ComplexSteerablePyramid(torch.nn.Module):
             delta = wrap_phase(angle.unsqueeze(0) - centres.view(-1, 1, 1))  # (O, h, w)
             angmask = self._angle_gain * torch.cos(delta).clamp_min(0.0) ** (self.orientations - 1)
             angmask = torch.where(delta.abs() < math.pi / 2, angmask, torch.zeros_like(angmask))
-            band = low.unsqueeze(1) * (himask * angmask).unsqueeze(0) * phase_factor
-            coeffs = torch.fft.ifft2(torch.fft.ifftshift(band, dim=(-2, -1)))
+            # Shifting the masks and the low-pass once, rather than every orientation's band, and applying the constant
+            # phase factor to the (cropped) output: the same values, fewer full-size passes over the batch.
+            mask = torch.fft.ifftshift(himask * angmask, dim=(-2, -1))
+            band = torch.fft.ifftshift(low, dim=(-2, -1)).unsqueeze(1) * mask.unsqueeze(0)
+            coeffs = torch.fft.ifft2(band)
             if self.symmetric_extension:  # the quadrant that holds the frame itself
                 coeffs = coeffs[..., :shapes[level][0] // 2, :shapes[level][1] // 2]
-            out.append(coeffs)
+            out.append(coeffs * phase_factor)
             if level + 1 < self.height:
                 nh, nw = shapes[level + 1]
-                low = _centre_crop(low * lomask, nh, nw)
+                low = _centre_crop(low, nh, nw) * _centre_crop(lomask, nh, nw)
                 log_rad, angle = _centre_crop(log_rad, nh, nw), _centre_crop(angle, nh, nw)
         return out
 
