@@ -21,6 +21,11 @@ def test_one_of_each():
     # one sweep lookup: promotion asks the same function as reports and comparisons
     assert definitions(r"search_runs\(.*emotune\.sweep") == []
     assert definitions(r"^def resolve_sweep\(") == ["analysis/sweeps.py"]
+    # one checkpoint reader: one report, one prefix rule (the wrapper prefixes are spelled nowhere else)
+    assert definitions(r"^class LoadReport\b") == ["trainables/models/pretrained.py"]
+    assert definitions(r"^def strip_prefixes\(") == ["trainables/models/pretrained.py"]
+    assert definitions(r"[\"'](module|encoder|backbone)\.[\"']") == ["trainables/models/pretrained.py"]
+    assert definitions(r"^def (sinusoid_table|_sinusoid_table)\(") == ["trainables/models/positions.py"]
 
 
 @pytest.mark.parametrize("flags, status", [
