@@ -65,6 +65,22 @@ def test_rooms_import_one_way():
     assert importers("search_spaces", "(cluster|analysis|trainables)") == []
 
 
+def test_backbone_names_are_listed_once():
+    """Outside the constructor each name registers, a shipped backbone's name is written only in the catalog; the
+    settings table takes its default and the layer-decay backbones from there."""
+    from trainables import config
+    from trainables.backbone_catalog import DEFAULT_BACKBONE, LAYER_DECAY_BACKBONES, SHIPPED
+
+    assert config.LAYER_DECAY_BACKBONES is LAYER_DECAY_BACKBONES
+    assert config.SPECS["backbone"].default == DEFAULT_BACKBONE
+    names = "|".join(sorted(SHIPPED, key=len, reverse=True))
+    out = subprocess.run(["git", "grep", "-n", "--untracked", "-E", rf"[\"']({names})[\"']", "--", "*.py", ":!tests",
+                          ":!benchmarks"], cwd=REPO, capture_output=True, text=True).stdout.splitlines()
+    registrations = [line for line in out if line.split(":", 2)[2].startswith("@register_backbone(")]
+    assert sorted(line.split('"')[1] for line in registrations) == sorted(SHIPPED)
+    assert {line.split(":")[0] for line in out if line not in registrations} == {"trainables/backbone_catalog.py"}
+
+
 def test_setting_names_are_listed_once():
     from trainables.config import FUSION_CHOICES, SAMPLER_CHOICES
     from trainables.data.sampling import SAMPLERS

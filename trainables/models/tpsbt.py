@@ -411,9 +411,10 @@ def load_svfap_checkpoint(model: TPSBT, path: str | os.PathLike[str]) -> LoadRep
     the project's one reader (:mod:`trainables.models.pretrained`: file formats, the prefix rule, position tables, the
     mismatch policy).
 
-    Both layouts are what the authors' ``utils.save_model`` writes: the weights under ``model`` beside ``optimizer``,
-    ``epoch``, ``scaler`` and the run's ``args`` namespace. Pretraining: encoder keys under ``encoder.`` (stripped by the
-    reader's prefix rule), plus the decoder, ``encoder_to_decoder``, ``mask_token`` (ignored). Fine-tuned: the
+    Both layouts are what the authors' ``utils.save_model`` writes: the weights under ``model`` beside
+    ``optimizer``, ``epoch``, ``scaler`` and the run's ``args`` namespace. Pretraining: encoder keys under
+    ``encoder.`` (stripped by the reader's prefix rule), plus the decoder, ``encoder_to_decoder``, ``mask_token``
+    (ignored). Fine-tuned: the
     encoder's own keys. The head (``head``, ``cls_head``) is never loaded: its file keys are reported as ignored and the
     model's as missing. ``fc_norm`` is loaded when the file has it (a fine-tuned checkpoint); a pretraining
     checkpoint's ``encoder.norm`` (the norm before the decoder) has no place in this model and is reported as
