@@ -53,7 +53,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, DataError
+from trainables.models.positions import sinusoid_table
+from trainables.torchfile import load_torch_file
 
 __all__ = ["ACCEPTED_LAYOUTS", "LoadReport", "PREFIXES", "checkpoint_path", "load_checkpoint_into", "load_plan",
            "match_state_dict", "read_state_dict", "strip_prefixes"]
@@ -213,9 +215,6 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
             raise ConfigError(f"checkpoint {path} is not a readable safetensors file ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}); accepted: {ACCEPTED_LAYOUTS}") \
                 from None
-    from trainables.errors import DataError
-    from trainables.torchfile import load_torch_file
-
     try:
         obj = load_torch_file(path)
     except DataError as exc:  # names the file and, for a refused pickle, the class
@@ -262,8 +261,6 @@ def strip_prefixes(key: str, model_keys: Mapping[str, object] | set[str]) -> str
 
 def _position_table_reason(path: str, file_key: str, tensor: torch.Tensor, model: nn.Module) -> str:
     """Why a file's position table can be ignored; raises when it cannot (module docstring)."""
-    from trainables.models.positions import sinusoid_table
-
     table = tensor.detach().to("cpu", torch.float64)
     while table.ndim > 2 and table.shape[0] == 1:
         table = table[0]
