@@ -9,9 +9,10 @@ import timm
 import torch
 import torch.nn as nn
 
+from trainables.errors import ConfigError
 from trainables.models import create_backbone, list_backbones
 from trainables.models.inflate import masked_convs
-from trainables.models.pretrained import LoadReport, load_checkpoint_into, read_state_dict
+from trainables.models.pretrained import LoadReport, load_checkpoint_into, match_state_dict, read_state_dict
 
 B, T, H, W = 2, 4, 32, 32
 TINY = ("i3d_tiny", "conv3d_resnet_gru_tiny")
@@ -248,23 +249,32 @@ def test_conv3d_pretrained_checkpoint_reproduces_the_model(tmp_path: Path) -> No
 
 # --- load_checkpoint_into -------------------------------------------------------------------------------------------
 
-def test_load_report_lists_missing_unexpected_and_mismatched(tmp_path: Path) -> None:
+def test_matching_reports_every_key_and_loading_refuses_a_shape_mismatch(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     state = {"backbone.0.weight": torch.ones(3, 4), "backbone.0.bias": torch.ones(5), "extra": torch.ones(1)}
     path = tmp_path / "partial.pt"
     torch.save(state, path)
-    report = load_checkpoint_into(model, path)
-    assert report.loaded == ["0.weight"]
+    plan, report = match_state_dict(model, read_state_dict(path), path=path)
+    assert report.loaded == ["0.weight"] and list(plan) == ["0.weight"]
     assert report.mismatched == ["0.bias"]
     assert report.shapes["0.bias"] == ((5,), (3,))
     assert report.unexpected == ["extra"]
     assert report.missing == ["1.weight", "1.bias"]
-    assert torch.equal(model[0].weight, torch.ones(3, 4))
+    assert report.mapping == {"backbone.0.weight": "0.weight"}
     assert not report.ok and "shape-mismatched 1" in report.summary()
 
+    before = model[0].weight.detach().clone()
+    with pytest.raises(ConfigError, match=r"partial.pt does not fit Sequential .*0.bias file \[5\] vs model \[3\]"):
+        load_checkpoint_into(model, path)
+    assert torch.equal(model[0].weight, before)  # a refused load leaves the model untouched
+
+    del state["backbone.0.bias"]
+    torch.save(state, path)
+    report = load_checkpoint_into(model, path)
+    assert torch.equal(model[0].weight, torch.ones(3, 4)) and report.missing == ["0.bias", "1.weight", "1.bias"]
     fresh = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     before = fresh[0].weight.detach().clone()
-    with pytest.raises(RuntimeError, match="strict checkpoint load failed"):
+    with pytest.raises(ConfigError, match="strict checkpoint load failed"):
         load_checkpoint_into(fresh, path, strict=True)
     assert torch.equal(fresh[0].weight, before)  # strict failure leaves the model untouched
 
@@ -282,7 +292,7 @@ def test_exact_key_wins_over_a_stripped_one(tmp_path: Path) -> None:
 def test_missing_file_and_non_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
     model = nn.Linear(2, 2)
     missing = tmp_path / "nope.pt"
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(ConfigError, match="not found: .*nope.pt"):
         load_checkpoint_into(model, missing)
     garbage = tmp_path / "notes.txt"
     garbage.write_text("not a checkpoint")
@@ -294,7 +304,7 @@ def test_missing_file_and_non_checkpoint_errors_name_the_file(tmp_path: Path) ->
         read_state_dict(no_tensors)
     with pytest.raises(ValueError, match="local checkpoint"):
         create_backbone("conv3d_resnet_gru_tiny", pretrained=True)
-    with pytest.raises(FileNotFoundError, match="absent.pth"):
+    with pytest.raises(ConfigError, match="absent.pth"):
         create_backbone("i3d_tiny", pretrained=str(tmp_path / "absent.pth"))
 
 

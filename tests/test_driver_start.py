@@ -20,7 +20,7 @@ def test_the_catalog_is_the_registry_of_the_shipped_backbones():
                if registry._BACKBONES.get(name).__module__.startswith("trainables.models.")}
     assert set(SHIPPED) == shipped, "a backbone was added or removed: update trainables/backbone_catalog.py"
     for name in shipped:
-        assert SHIPPED[name] == registry.backbone_arguments(name), (
+        assert SHIPPED[name].arguments == registry.backbone_arguments(name), (
             f"{name}'s constructor changed: update trainables/backbone_catalog.py")
 
 
@@ -36,7 +36,7 @@ def test_once_the_models_are_loaded_the_registry_answers():
 
     try:
         assert "driver_start_probe" in list_backbones()
-        assert backbone_arguments("driver_start_probe") == SHIPPED["cnn_rnn_tiny"]
+        assert backbone_arguments("driver_start_probe") == SHIPPED["cnn_rnn_tiny"].arguments
         assert TrialConfig.from_dict({"backbone": "driver_start_probe"}).backbone == "driver_start_probe"
     finally:
         from trainables.models.registry import _BACKBONES

@@ -21,6 +21,11 @@ def test_one_of_each():
     # one sweep lookup: promotion asks the same function as reports and comparisons
     assert definitions(r"search_runs\(.*emotune\.sweep") == []
     assert definitions(r"^def resolve_sweep\(") == ["analysis/sweeps.py"]
+    # one checkpoint reader: one report, one prefix rule (the wrapper prefixes are spelled nowhere else)
+    assert definitions(r"^class LoadReport\b") == ["trainables/models/pretrained.py"]
+    assert definitions(r"^def strip_prefixes\(") == ["trainables/models/pretrained.py"]
+    assert definitions(r"[\"'](module|encoder|backbone)\.[\"']") == ["trainables/models/pretrained.py"]
+    assert definitions(r"^def (sinusoid_table|_sinusoid_table)\(") == ["trainables/models/positions.py"]
 
 
 @pytest.mark.parametrize("flags, status", [
@@ -58,6 +63,22 @@ def test_rooms_import_one_way():
     assert importers("analysis", "cluster") == []
     assert importers("trainables", "(cluster|analysis)") == []
     assert importers("search_spaces", "(cluster|analysis|trainables)") == []
+
+
+def test_backbone_names_are_listed_once():
+    """Outside the constructor each name registers, a shipped backbone's name is written only in the catalog; the
+    settings table takes its default and the layer-decay backbones from there."""
+    from trainables import config
+    from trainables.backbone_catalog import DEFAULT_BACKBONE, LAYER_DECAY_BACKBONES, SHIPPED
+
+    assert config.LAYER_DECAY_BACKBONES is LAYER_DECAY_BACKBONES
+    assert config.SPECS["backbone"].default == DEFAULT_BACKBONE
+    names = "|".join(sorted(SHIPPED, key=len, reverse=True))
+    out = subprocess.run(["git", "grep", "-n", "--untracked", "-E", rf"[\"']({names})[\"']", "--", "*.py", ":!tests",
+                          ":!benchmarks"], cwd=REPO, capture_output=True, text=True).stdout.splitlines()
+    registrations = [line for line in out if line.split(":", 2)[2].startswith("@register_backbone(")]
+    assert sorted(line.split('"')[1] for line in registrations) == sorted(SHIPPED)
+    assert {line.split(":")[0] for line in out if line not in registrations} == {"trainables/backbone_catalog.py"}
 
 
 def test_setting_names_are_listed_once():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.config import LAYER_DECAY_BACKBONES, TrialConfig
+from trainables.backbone_catalog import LAYER_DECAY_BACKBONES
+from trainables.config import TrialConfig
 from trainables.data.cache import CachedVideo
 from trainables.loop import build_model, faceless_rule, optimizer_groups
 from trainables.models import create_backbone, list_backbones

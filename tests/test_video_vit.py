@@ -1,4 +1,4 @@
-"""Tests for trainables.models.video_vit (paper 000's VideoMAE backbone) and trainables.models.checkpoints.
+"""Tests for trainables.models.video_vit (paper 000's VideoMAE backbone) and its use of the one checkpoint reader.
 
 The reference is a tiny random ``transformers`` VideoMAE. Its weights are written in the three layouts VideoMAE is
 published in; the official layouts are converted here, key by key, independently of the loader's own mapping.
@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 
 from trainables.errors import ConfigError
 from trainables.models import backbone_arguments, create_backbone
-from trainables.models.checkpoints import LoadReport, read_state_dict
+from trainables.models.positions import sinusoid_table
+from trainables.models.pretrained import LoadReport, read_state_dict
 from trainables.models.video_vit import VideoViT, layer_decay_groups, load_videomae_checkpoint
 
 transformers = pytest.importorskip("transformers")
@@ -89,7 +90,8 @@ def _official_pretraining(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.
     out["encoder.norm.weight"], out["encoder.norm.bias"] = torch.ones(DIM), torch.zeros(DIM)
     out["mask_token"] = torch.zeros(1, 1, 24)
     out["encoder_to_decoder.weight"] = torch.randn(24, DIM)
-    out["pos_embed"] = torch.randn(1, 32, 24)
+    # The decoder's fixed table (the authors keep it out of the state dict; other code saves it as a buffer).
+    out["pos_embed"] = sinusoid_table(32, 24).float()[None]
     out["decoder.blocks.0.attn.qkv.weight"] = torch.randn(72, 24)
     out["decoder.norm.weight"], out["decoder.head.weight"] = torch.ones(24), torch.randn(1536, 24)
     return out
@@ -181,7 +183,7 @@ def test_missing_and_unexpected_keys_are_reported_and_logged(hf_model, tmp_path:
         report = load_videomae_checkpoint(model, path)
     assert "blocks.1.mlp.fc2.bias" in report.missing
     assert report.unexpected == ["blocks.0.gamma_1"]
-    line = report.text()
+    line = report.summary()
     assert str(path) in line and "blocks.0.gamma_1" in line and "blocks.1.mlp.fc2.bias" in line
     assert "\n" not in line
     assert any("blocks.0.gamma_1" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)

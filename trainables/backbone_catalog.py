@@ -3,40 +3,70 @@
 The sweep's driver checks every configuration before Ray starts (``cluster.preflight``): that a ``backbone`` is
 registered and which model settings apply to it. Asking the registry itself (``trainables.models``) imports torch, timm
 and torchvision, about 3 s of the driver's start-up that no training needs. This table answers instead; a test checks it
-against the registry (``tests/test_backbone_catalog.py``), so a new backbone or a changed constructor fails there until
+against the registry (``tests/test_driver_start.py``), so a new backbone or a changed constructor fails there until
 the table is updated. Once the registry is loaded in this process (a trial, a test that registers its own backbone), it
 is the one asked.
+
+This is also the one place the project names its backbones outside the models themselves (where each constructor
+registers under its name): the settings table takes its default and the backbones that accept ``layer_decay`` from
+here.
 """
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple
 
-#: name -> the constructor arguments a trial config may set (``trainables.models.backbone_arguments``).
-SHIPPED: dict[str, frozenset[str]] = {
-    "cnn_rnn": frozenset({"cnn", "dropout", "hidden", "layers", "pretrained", "rnn"}),
-    "cnn_rnn_tiny": frozenset({"dropout", "hidden", "layers", "pretrained", "rnn"}),
-    "conv3d_resnet_gru": frozenset({"bidirectional", "blocks", "dropout", "freeze", "hidden", "layers",
-        "pretext_checkpoint", "pretrained", "stem_channels", "widths"}),
-    "conv3d_resnet_gru_tiny": frozenset({"bidirectional", "dropout", "freeze", "hidden", "layers",
-        "pretext_checkpoint", "pretrained"}),
-    "i3d": frozenset({"cnn", "cnn_kwargs", "dilation", "dropout", "head_hidden", "masking", "mode", "pretrained",
-        "surround", "surround_std", "time_kernel", "time_padding"}),
-    "i3d_tiny": frozenset({"cnn_kwargs", "dilation", "dropout", "head_hidden", "masking", "mode", "pretrained",
-        "surround", "surround_std", "time_kernel", "time_padding"}),
-    "mimamo": frozenset({"bidirectional", "cnn", "dropout", "feature_dim", "hidden", "layers", "phase_size",
-        "pretrained", "pyramid_extension", "pyramid_levels", "pyramid_orientations", "temporal_channels"}),
-    "mimamo_tiny": frozenset({"bidirectional", "dropout", "feature_dim", "hidden", "layers", "phase_size",
-        "pretrained", "pyramid_extension", "pyramid_levels", "pyramid_orientations", "temporal_channels"}),
-    "tpsbt": frozenset({"bottleneck_tokens", "checkpoint", "depths", "drop_path", "embed_dim", "img_size",
-        "mlp_ratio", "num_frames", "num_heads", "patch_size", "tubelet_size"}),
-    "tpsbt_base": frozenset({"bottleneck_tokens", "checkpoint", "drop_path", "img_size", "num_frames", "patch_size",
-        "tubelet_size"}),
-    "tpsbt_tiny": frozenset({"bottleneck_tokens", "checkpoint", "drop_path", "img_size", "mlp_ratio", "num_frames",
-        "patch_size", "tubelet_size"}),
-    "video_vit": frozenset({"checkpoint", "depth", "drop", "drop_path", "embed_dim", "img_size", "mlp_ratio",
-        "num_frames", "num_heads", "patch_size", "tubelet_size"}),
-    "video_vit_tiny": frozenset({"checkpoint", "drop", "drop_path", "mlp_ratio", "num_frames", "tubelet_size"}),
+
+class Shipped(NamedTuple):
+    """What the driver knows of a shipped backbone without building it."""
+
+    #: The constructor arguments a trial config may set (``trainables.models.backbone_arguments``).
+    arguments: frozenset[str]
+    #: Whether its parameters have a layer-decay depth (``layer_id``): the video transformers (papers 000, 002).
+    layer_decay: bool = False
+
+
+#: name -> what a trial may set and whether ``layer_decay`` applies. A test checks both against the registry.
+SHIPPED: dict[str, Shipped] = {
+    "cnn_rnn": Shipped(frozenset({"cnn", "dropout", "hidden", "layers", "pretrained", "rnn"})),
+    "cnn_rnn_tiny": Shipped(frozenset({"dropout", "hidden", "layers", "pretrained", "rnn"})),
+    "conv3d_resnet_gru": Shipped(frozenset({
+        "bidirectional", "blocks", "dropout", "freeze", "hidden", "layers", "pretext_checkpoint", "pretrained",
+        "stem_channels", "widths"})),
+    "conv3d_resnet_gru_tiny": Shipped(frozenset({
+        "bidirectional", "dropout", "freeze", "hidden", "layers", "pretext_checkpoint", "pretrained"})),
+    "i3d": Shipped(frozenset({
+        "cnn", "cnn_kwargs", "dilation", "dropout", "head_hidden", "masking", "mode", "pretrained", "surround",
+        "surround_std", "time_kernel", "time_padding"})),
+    "i3d_tiny": Shipped(frozenset({
+        "cnn_kwargs", "dilation", "dropout", "head_hidden", "masking", "mode", "pretrained", "surround",
+        "surround_std", "time_kernel", "time_padding"})),
+    "mimamo": Shipped(frozenset({
+        "bidirectional", "cnn", "dropout", "feature_dim", "hidden", "layers", "phase_size", "pretrained",
+        "pyramid_extension", "pyramid_levels", "pyramid_orientations", "temporal_channels"})),
+    "mimamo_tiny": Shipped(frozenset({
+        "bidirectional", "dropout", "feature_dim", "hidden", "layers", "phase_size", "pretrained", "pyramid_extension",
+        "pyramid_levels", "pyramid_orientations", "temporal_channels"})),
+    "tpsbt": Shipped(frozenset({
+        "bottleneck_tokens", "checkpoint", "depths", "drop_path", "embed_dim", "img_size", "mlp_ratio", "num_frames",
+        "num_heads", "patch_size", "tubelet_size"}), layer_decay=True),
+    "tpsbt_base": Shipped(frozenset({
+        "bottleneck_tokens", "checkpoint", "drop_path", "img_size", "num_frames", "patch_size", "tubelet_size"}),
+        layer_decay=True),
+    "tpsbt_tiny": Shipped(frozenset({
+        "bottleneck_tokens", "checkpoint", "drop_path", "img_size", "mlp_ratio", "num_frames", "patch_size",
+        "tubelet_size"}), layer_decay=True),
+    "video_vit": Shipped(frozenset({
+        "checkpoint", "depth", "drop", "drop_path", "embed_dim", "img_size", "mlp_ratio", "num_frames", "num_heads",
+        "patch_size", "tubelet_size"}), layer_decay=True),
+    "video_vit_tiny": Shipped(frozenset({
+        "checkpoint", "drop", "drop_path", "mlp_ratio", "num_frames", "tubelet_size"}), layer_decay=True),
 }
+
+#: The backbone a trial builds when its config names none: the tiny CNN-RNN, which trains on CPU in seconds.
+DEFAULT_BACKBONE = "cnn_rnn_tiny"
+#: Backbones that accept the ``layer_decay`` setting.
+LAYER_DECAY_BACKBONES: tuple[str, ...] = tuple(name for name, item in SHIPPED.items() if item.layer_decay)
 
 
 def _registry():
@@ -61,4 +91,4 @@ def backbone_arguments(name: str) -> frozenset[str]:
         return registry.backbone_arguments(name)
     if name not in SHIPPED:
         raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(sorted(SHIPPED))}")
-    return SHIPPED[name]
+    return SHIPPED[name].arguments

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from trainables.backbone_catalog import DEFAULT_BACKBONE, LAYER_DECAY_BACKBONES
 from trainables.errors import ConfigError
 from trainables.names import FUSIONS, SAMPLERS
 
@@ -36,8 +37,6 @@ GROUPS = ("model", "data", "optim", "loss", "augment", "runtime")
 FUSION_CHOICES = FUSIONS
 SAMPLER_CHOICES = SAMPLERS
 FACELESS_RULES = ("model", "affwild2")
-#: Backbones whose parameters have a layer-decay depth (``layer_id``); a test checks the registry against this list.
-LAYER_DECAY_BACKBONES = ("video_vit", "video_vit_tiny", "tpsbt", "tpsbt_base", "tpsbt_tiny")
 
 
 def setting(default: Any, group: str, help: str, *, low: float | None = None, high: float | None = None,
@@ -65,7 +64,7 @@ class TrialConfig:
     """One trial's settings. Build it with :meth:`from_dict`; see the module docstring for the rules."""
 
     # ---- model: which backbone, and its constructor arguments
-    backbone: str = setting("cnn_rnn_tiny", "model", "registered backbone name (trainables.models.list_backbones)")
+    backbone: str = setting(DEFAULT_BACKBONE, "model", "registered backbone name (trainables.models.list_backbones)")
     cnn: str | None = setting(None, "model", "timm model name of the per-frame / inflated 2D CNN", arg="cnn")
     rnn: str | None = setting(None, "model", "recurrent layer of a CNN-RNN", choices=("gru", "lstm"), arg="rnn")
     rnn_hidden: int | None = setting(None, "model", "RNN hidden size", low=1, arg="hidden")

@@ -1,4 +1,5 @@
-"""Backbones chosen by name: ``create_backbone("cnn_rnn", ...)``."""
+"""Backbones chosen by name: ``create_backbone(name, **kwargs)``; the shipped names are listed in
+``trainables.backbone_catalog``."""
 from trainables.models.registry import backbone_arguments, create_backbone, list_backbones, register_backbone
 
 # Importing the family modules registers their backbones.

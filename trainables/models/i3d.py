@@ -12,7 +12,6 @@ divides the model's predictions before metrics — not part of the model.
 """
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 
@@ -21,13 +20,10 @@ import torch
 import torch.nn as nn
 
 from trainables.models.inflate import RANDOM_SURROUND_STD, Mode, Surround, TimePadding, inflate
-from trainables.models.pretrained import (LoadReport, apply_state_dict, checkpoint_path, match_state_dict,
-                                          read_state_dict)
+from trainables.models.pretrained import LoadReport, checkpoint_path, load_plan, match_state_dict, read_state_dict
 from trainables.models.registry import register_backbone
 
 __all__ = ["I3D"]
-
-log = logging.getLogger(__name__)
 
 
 class I3D(nn.Module):
@@ -92,16 +88,14 @@ class I3D(nn.Module):
         plan3d, report3d = match_state_dict(self, state, path=path)
         plan2d, report2d = match_state_dict(cnn2d, state, path=path)
         if len(report2d.loaded) > len(report3d.loaded):
-            # A 2D checkpoint: load it where it fits, then inflate again so the 3D kernels start from it.
-            apply_state_dict(cnn2d, plan2d)
+            # A 2D checkpoint: load it where it fits, then inflate again so the 3D kernels start from it. This is the
+            # model's own adaptation of the keys the 3D match reports as shape-mismatched.
+            load_plan(cnn2d, plan2d, report2d, what="the 2D CNN (inflated)")
             self.encoder = inflate(cnn2d, **self.inflation)
-            report, kind = report2d, "2D (inflated)"
+            report = report2d
         else:
-            apply_state_dict(self, plan3d)
-            report, kind = report3d, "3D"
+            report = load_plan(self, plan3d, report3d)
         self.load_reports["pretrained"] = report
-        level = logging.WARNING if (not report.loaded or report.mismatched) else logging.INFO
-        log.log(level, "i3d %s checkpoint %s", kind, report.summary())
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (B, T, C, H, W) -> {"frames": (B, T, D), "window": (B, D)[, "logits", "frame_logits"]}."""

@@ -32,7 +32,6 @@ layers); the spatial CNN is trained end to end (the authors used fixed pre-extra
 """
 from __future__ import annotations
 
-import logging
 import math
 
 import timm
@@ -45,7 +44,6 @@ from trainables.models.steerable_pyramid import ComplexSteerablePyramid, phase_d
 
 __all__ = ["Mimamo", "PhaseNet"]
 
-log = logging.getLogger(__name__)
 
 #: The authors' bound on the mean-free phase differences.
 _CLAMP = 5 * math.pi
@@ -174,7 +172,7 @@ def _build(**kwargs) -> Mimamo:
     model = Mimamo(**kwargs)
     path = kwargs.get("pretrained")
     if isinstance(path, str) and path:
-        from trainables.models.pretrained import apply_state_dict, match_state_dict, read_state_dict
+        from trainables.models.pretrained import load_plan, match_state_dict, read_state_dict
 
         state = read_state_dict(path)
         whole, whole_report = match_state_dict(model, state, path=path)
@@ -182,13 +180,9 @@ def _build(**kwargs) -> Mimamo:
         # A checkpoint of the whole MIMAMO model fits the model; a plain ResNet-50 (ImageNet / FER+) fits the spatial
         # CNN's own keys only. Take whichever loads more tensors; ties go to the whole model.
         if len(spatial_report.loaded) > len(whole_report.loaded):
-            apply_state_dict(model.spatial, spatial)
-            model.load_report, target = spatial_report, "spatial CNN"
+            model.load_report = load_plan(model.spatial, spatial, spatial_report, what="the spatial CNN")
         else:
-            apply_state_dict(model, whole)
-            model.load_report, target = whole_report, "whole model"
-        level = logging.WARNING if (not model.load_report.loaded or model.load_report.mismatched) else logging.INFO
-        log.log(level, "checkpoint into the %s: %s", target, model.load_report.summary())
+            model.load_report = load_plan(model, whole, whole_report)
     return model
 
 

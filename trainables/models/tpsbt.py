@@ -59,7 +59,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from trainables.errors import ConfigError
-from trainables.models.checkpoints import LoadReport, load_mapped, read_state_dict
+from trainables.models.positions import sinusoid_table
+from trainables.models.pretrained import LoadReport, load_plan, match_state_dict, read_state_dict
 from trainables.models.registry import register_backbone
 
 __all__ = ["TPSBT", "StageOutput", "fuse_stages", "load_svfap_checkpoint"]
@@ -73,17 +74,8 @@ TIME_STRIDE = 2
 EVAL_CLIPS = 2
 
 
-@functools.lru_cache(maxsize=16)
-def _sinusoid_table(n_positions: int, dim: int) -> torch.Tensor:
-    """(n_positions, dim) fixed sin/cos table of "Attention is all you need", as VideoMAE builds it (float64)."""
-    pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
-    # Channels 2i and 2i+1 share the frequency 1 / 10000^(2i / dim).
-    rates = torch.pow(10000.0, -2.0 * (torch.arange(dim, dtype=torch.float64) // 2) / dim)
-    angles = pos * rates
-    table = torch.empty_like(angles)
-    table[:, 0::2] = torch.sin(angles[:, 0::2])
-    table[:, 1::2] = torch.cos(angles[:, 1::2])
-    return table
+# The fixed table per (positions, width), float64: built once per clip size, not per forward pass.
+_sinusoid_table = functools.lru_cache(maxsize=16)(sinusoid_table)
 
 
 class Mlp(nn.Module):
@@ -400,45 +392,45 @@ class TPSBT(nn.Module):
 
 
 # File keys of the pretraining model that are not part of the encoder (decoder, its input projection, mask token).
-_PRETRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "pos_embed")
+_PRETRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
 # The model's task-specific heads: never taken from a checkpoint (another task's classes, or fresh for ours).
 _HEADS = ("head.", "cls_head.")
 
 
-def load_svfap_checkpoint(model: TPSBT, path: str | os.PathLike[str]) -> LoadReport:
-    """Load an SVFAP encoder into ``model``, in place, from the authors' pretraining or fine-tuning checkpoint.
+def _ignore_reason(key: str) -> str | None:
+    """Why a (prefix-stripped) checkpoint key is left out on purpose, or None when it should be loaded."""
+    if key.startswith(_PRETRAIN_ONLY):
+        return "pretraining decoder"
+    if key.startswith(_HEADS):
+        return "head for other targets (the model's head stays fresh)"
+    return None
 
-    Pretraining layout: encoder keys under ``encoder.``, plus the decoder, ``encoder_to_decoder``, ``mask_token``
-    (ignored). Fine-tuned layout: the encoder's own keys, usually under ``model`` or ``module`` (unwrapped by
-    :func:`trainables.models.checkpoints.read_state_dict`). The head (``head``, ``cls_head``) is never loaded: its
-    file keys are reported as ignored and the model's as missing. ``fc_norm`` is loaded when the file has it (a
-    fine-tuned checkpoint); a pretraining checkpoint's ``encoder.norm`` (the norm before the decoder) has no place in
-    this model and is reported as unexpected, as the authors' fine-tuning does.
+
+def load_svfap_checkpoint(model: TPSBT, path: str | os.PathLike[str]) -> LoadReport:
+    """Load an SVFAP encoder into ``model``, in place, from the authors' pretraining or fine-tuning checkpoint, through
+    the project's one reader (:mod:`trainables.models.pretrained`: file formats, the prefix rule, position tables, the
+    mismatch policy).
+
+    Both layouts are what the authors' ``utils.save_model`` writes: the weights under ``model`` beside
+    ``optimizer``, ``epoch``, ``scaler`` and the run's ``args`` namespace. Pretraining: encoder keys under
+    ``encoder.`` (stripped by the reader's prefix rule), plus the decoder, ``encoder_to_decoder``, ``mask_token``
+    (ignored). Fine-tuned: the
+    encoder's own keys. The head (``head``, ``cls_head``) is never loaded: its file keys are reported as ignored and the
+    model's as missing. ``fc_norm`` is loaded when the file has it (a fine-tuned checkpoint); a pretraining
+    checkpoint's ``encoder.norm`` (the norm before the decoder) has no place in this model and is reported as
+    unexpected, as the authors' fine-tuning does.
 
     Returns:
-        The :class:`~trainables.models.checkpoints.LoadReport` (also logged).
+        The :class:`~trainables.models.pretrained.LoadReport` (also logged).
 
     Raises:
-        ConfigError: the path is missing or unreadable, a tensor's shape differs (another model size), or the file has
-            no TPSBT encoder tensor at all; the message names the path.
+        ConfigError: the path is missing or unreadable, a tensor's shape differs (another model size), the file holds a
+            learned position table, or it has no TPSBT encoder tensor at all; the message names the path.
     """
-    state = read_state_dict(path)
-    mapped: dict[str, torch.Tensor] = {}
-    ignored: list[str] = []
-    for key, tensor in state.items():
-        name = key[len("module."):] if key.startswith("module.") else key
-        if name.startswith(_PRETRAIN_ONLY):
-            ignored.append(key)
-            continue
-        name = name[len("encoder."):] if name.startswith("encoder.") else name
-        if name.startswith(_HEADS):
-            ignored.append(key)
-            continue
-        mapped[name] = tensor
-    report = load_mapped(model, mapped, path, ignored=ignored)
-    if not report.loaded:
-        raise ConfigError(f"checkpoint {path} holds no TPSBT (SVFAP) encoder weights: {report.text()}")
-    return report
+    to_load, report = match_state_dict(model, read_state_dict(path), path=path, ignore=_ignore_reason)
+    if not report.loaded and not report.mismatched:
+        raise ConfigError(f"checkpoint {path} holds no TPSBT (SVFAP) encoder weights: {report.summary()}")
+    return load_plan(model, to_load, report)
 
 
 @register_backbone("tpsbt")

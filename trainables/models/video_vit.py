@@ -23,7 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 
-from trainables.models.checkpoints import LoadReport, load_mapped, read_state_dict
+from trainables.models.positions import sinusoid_table
+from trainables.models.pretrained import LoadReport, load_plan, match_state_dict, read_state_dict
 from trainables.models.registry import register_backbone
 
 __all__ = ["VideoViT", "layer_decay_groups", "load_videomae_checkpoint", "sinusoid_table"]
@@ -31,21 +32,6 @@ __all__ = ["VideoViT", "layer_decay_groups", "load_videomae_checkpoint", "sinuso
 # Official VideoMAE builds every LayerNorm with eps=1e-6 (transformers' port has 1e-12 in the blocks, 1e-5 in fc_norm;
 # the tests show the outputs agree to 1e-4 all the same).
 _NORM_EPS = 1e-6
-
-
-def sinusoid_table(n_position: int, dim: int) -> torch.Tensor:
-    """The fixed 1-D sine/cosine table of VideoMAE: (n_position, dim), float32.
-
-    Entry (p, j) is ``sin`` (even j) or ``cos`` (odd j) of ``p / 10000 ** (2 * (j // 2) / dim)``. VideoMAE indexes it by
-    the token's place in the flattened (t, h, w) order, so the same formula serves any frame count and resolution.
-    """
-    # float64 for the angles, as VideoMAE's numpy original, so large token indices keep their precision.
-    position = torch.arange(n_position, dtype=torch.float64)[:, None]
-    exponent = 2 * (torch.arange(dim) // 2).to(torch.float64) / dim
-    angles = position / torch.pow(10000.0, exponent)[None, :]
-    table = torch.empty_like(angles)
-    table[:, 0::2], table[:, 1::2] = angles[:, 0::2].sin(), angles[:, 1::2].cos()
-    return table.float()
 
 
 class Attention(nn.Module):
@@ -286,8 +272,6 @@ def _ignore_reason(key: str) -> str | None:
         return "pretraining decoder"
     if key.startswith(("head.", "classifier.")):
         return "classifier for other targets (the head is re-initialised)"
-    if "pos_embed" in key or "position_embeddings" in key:
-        return "position table (fixed sinusoid, rebuilt for the input)"
     if key.startswith(("norm.", "layernorm.")):
         return "encoder's final norm (unused with mean pooling + fc_norm)"
     return None
@@ -325,7 +309,9 @@ def _from_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def load_videomae_checkpoint(model: VideoViT, path: str | os.PathLike[str]) -> LoadReport:
-    """Load VideoMAE encoder weights into ``model``; the head is re-initialised and the position table is never loaded.
+    """Load VideoMAE encoder weights into ``model`` through the project's one reader
+    (:mod:`trainables.models.pretrained`: file formats, the prefix rule, position tables, the mismatch policy); the head
+    is re-initialised.
 
     Accepted layouts (told apart by their keys):
 
@@ -333,38 +319,26 @@ def load_videomae_checkpoint(model: VideoViT, path: str | os.PathLike[str]) -> L
       ``VideoMAEForVideoClassification`` or ``VideoMAEForPreTraining`` (``videomae.embeddings.patch_embeddings...``,
       ``...attention.attention.query/key/value.weight``: fused into ``qkv``; ``attention.attention.q_bias`` /
       ``v_bias``, or ``query.bias`` / ``value.bias`` as in memory, become ``q_bias`` / ``v_bias``).
-    * official fine-tuned ``.pth`` (weights under ``model`` or ``module``): our own key names.
-    * official pretraining ``.pth``: the same under ``encoder.``; ``decoder.*``, ``mask_token``,
-      ``encoder_to_decoder.*`` and the decoder's ``pos_embed`` are ignored, as is the encoder's final ``norm``, which
+    * official fine-tuned ``.pth`` as ``utils.save_model`` writes it (weights under ``model`` or ``module``, beside
+      ``optimizer``, ``epoch``, ``scaler`` and the run's ``args``): our own key names.
+    * official pretraining ``.pth``: the same under ``encoder.`` (stripped by the reader's prefix rule);
+      ``decoder.*``, ``mask_token`` and ``encoder_to_decoder.*`` are ignored, as is the encoder's final ``norm``, which
       mean pooling does not use (``fc_norm`` then stays freshly initialised and is reported missing).
 
-    A ``module.`` prefix (DataParallel) is stripped in every layout.
-
     Returns:
-        The :class:`~trainables.models.checkpoints.LoadReport` (also logged): ``missing`` model keys (the heads always,
+        The :class:`~trainables.models.pretrained.LoadReport` (also logged): ``missing`` model keys (the heads always,
         ``fc_norm`` after a pretraining checkpoint), ``unexpected`` file keys nothing took, ``ignored`` ones with
         their reason.
 
     Raises:
-        ConfigError: unreadable file or layout (message names the path and the accepted layouts), or tensors of another
-            model size.
+        ConfigError: unreadable file or layout (message names the path and the accepted layouts), a learned position
+            table, or tensors of another model size.
     """
-    state = {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
+    state = read_state_dict(path)
     if any("patch_embeddings.projection" in k or ".attention.attention." in k for k in state):
         state = _from_transformers(state)
-    else:
-        # Official pretraining nests the encoder under "encoder."; the decoder's keys sit beside it and stay as they
-        # are.
-        state = {k.removeprefix("encoder."): v for k, v in state.items()}
-    keep: dict[str, torch.Tensor] = {}
-    ignored: list[str] = []
-    for key, value in state.items():
-        reason = _ignore_reason(key)
-        if reason is None:
-            keep[key] = value
-        else:
-            ignored.append(f"{key} ({reason})")
-    report = load_mapped(model, keep, path, ignored=ignored)
+    to_load, report = match_state_dict(model, state, path=path, ignore=_ignore_reason)
+    load_plan(model, to_load, report)
     model.reset_head()
     return report
 
