@@ -343,12 +343,12 @@ def test_layer_decay_groups_follow_videomae_rule(backbone, depth_of, wd) -> None
         e_lr, e_wd, e_layer = expected[name]
         assert (g_layer, g_wd) == (e_layer, e_wd), name
         assert g_lr == pytest.approx(e_lr, rel=1e-12), name
+    params = dict(model.named_parameters())
     for group in groups:
         assert group["lr_scale"] == pytest.approx(group["lr"] / lr, rel=1e-12)
-        assert [p for p in group["params"]] == [dict(model.named_parameters())[n] for n in group["param_names"]]
+        assert all(p is params[n] for p, n in zip(group["params"], group["param_names"], strict=True))
     # Order: layers from the head down, and within a layer the no-decay group (1-D parameters) first.
-    order = [(g["layer_id"], all(dict(model.named_parameters())[n].ndim > 1 for n in g["param_names"]))
-             for g in groups]
+    order = [(g["layer_id"], all(params[n].ndim > 1 for n in g["param_names"])) for g in groups]
     assert order == sorted(order, key=lambda k: (-k[0], k[1]))
     assert groups[0]["layer_id"] == model.depth + 1 and groups[0]["lr"] == lr
     assert "head.weight" not in got and "fc_norm.weight" in got
