@@ -125,6 +125,50 @@ def test_moving_average_and_median_hand_values() -> None:
         moving_average(x, 4)
 
 
+def _padded_windows(x: np.ndarray, w: int) -> np.ndarray:
+    """Reference: the edge-padded windows, one row per step (1-D series)."""
+    h = w // 2
+    ext = np.concatenate([np.repeat(x[:1], h), x, np.repeat(x[-1:], h)])
+    return np.stack([ext[i:i + w] for i in range(len(x))])
+
+
+def test_smoothing_edges_and_long_windows_match_the_padded_rule() -> None:
+    """Edge outputs by hand, windows longer than the series, and agreement with np.mean / np.median over the
+    edge-padded windows on a seeded series, per column of a (T, D) input and on a 1-D input."""
+    x = np.array([5.0, 1.0, 2.0, 3.0, 9.0])
+    # w=3: [5 | 5 1 2 3 9 | 9]: first (5+5+1)/3, last (3+9+9)/3; medians 5 and 9 (what replicate padding keeps)
+    assert moving_average(x, 3).tolist() == pytest.approx([11 / 3, 8 / 3, 2.0, 14 / 3, 7.0], rel=1e-15)
+    assert median_filter(x, 3).tolist() == [5.0, 2.0, 2.0, 3.0, 9.0]
+    # w=7 over 5 steps: [5 5 5 | 5 1 2 3 9 | 9 9 9]
+    assert moving_average(x, 7).tolist() == pytest.approx([26 / 7, 30 / 7, 34 / 7, 38 / 7, 6.0], rel=1e-15)
+    assert median_filter(x, 7).tolist() == [5.0, 5.0, 5.0, 5.0, 9.0]
+    assert median_filter(x[:1], 9).tolist() == [5.0] and moving_average(x[:0], 3).shape == (0,)
+
+    rng = np.random.default_rng(0)
+    y = np.round(rng.normal(size=(40, 2)), 1)  # rounded: ties in the medians
+    for w in (3, 5, 9, 15, 61):
+        for j in range(2):
+            windows = _padded_windows(y[:, j], w)
+            np.testing.assert_allclose(moving_average(y, w)[:, j], windows.mean(axis=1), rtol=0, atol=1e-14)
+            np.testing.assert_array_equal(median_filter(y, w)[:, j], np.median(windows, axis=1))
+            np.testing.assert_array_equal(median_filter(y[:, j], w), np.median(windows, axis=1))
+
+
+def test_smoothing_keeps_non_finite_values_inside_their_windows() -> None:
+    """A NaN or infinity reaches only the outputs whose window holds it; every other output is the finite one."""
+    x = np.array([1.0, 2.0, np.nan, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    mean3, med3 = moving_average(x, 3), median_filter(x, 3)
+    assert np.isnan(mean3[1:4]).all() and np.isnan(med3[1:4]).all()
+    assert mean3[[0, 4, 5, 8]].tolist() == pytest.approx([4 / 3, 5.0, 6.0, 26 / 3], rel=1e-15)
+    assert med3[[0, 4, 5, 6, 7, 8]].tolist() == [1.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    inf = np.array([0.0, 1.0, 2.0, np.inf, 4.0, 5.0, 6.0, 7.0])
+    assert moving_average(inf, 3).tolist() == pytest.approx([1 / 3, 1.0, np.inf, np.inf, np.inf, 5.0, 6.0, 20 / 3])
+    assert median_filter(inf, 3).tolist() == [0.0, 1.0, 2.0, 4.0, 5.0, 5.0, 6.0, 7.0]
+    # the same per column of a (T, D) input
+    both = np.stack([x, x[::-1]], axis=1)
+    assert np.array_equal(median_filter(both, 3)[:, 1], med3[::-1], equal_nan=True)
+
+
 def test_affine_steps_hand_values() -> None:
     y = np.array([[0.0, 1.0], [2.0, 3.0]])
     # scale: (y - pm)/ps * ls + lm with pm=(1, 2), ps=(1, 1), ls=(0.5, 0.2), lm=(0.1, -0.1)

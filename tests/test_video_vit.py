@@ -300,6 +300,62 @@ def test_layer_decay_one_is_a_single_learning_rate() -> None:
     assert {g["lr"] for g in groups} == {2e-4}
 
 
+def _videomae_reference(model: torch.nn.Module, lr: float, wd: float, decay: float, depth_of) -> dict:
+    """VideoMAE's fine-tuning rule, per trainable parameter: (lr, weight decay, layer), from the name alone."""
+    top = model.depth + 1
+    out = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            layer = depth_of(name, top)
+            no_decay = param.ndim == 1 or name.endswith(".bias")
+            out[name] = (lr * decay ** (top - layer), 0.0 if no_decay else wd, layer)
+    return out
+
+
+def _vit_depth(name: str, top: int) -> int:
+    if name.startswith("patch_embed."):
+        return 0
+    return int(name.split(".")[1]) + 1 if name.startswith("blocks.") else top
+
+
+def _tpsbt_depth(name: str, top: int) -> int:
+    # tpsbt_tiny: stage depths (1, 2, 2); stage k's downsampling goes with the stage's first block (blocks 1 and 3)
+    first_block = {"0": 2, "1": 4}
+    parts = name.split(".")
+    if parts[0] == "patch_embed":
+        return 0
+    if parts[0] == "blocks":
+        return int(parts[1]) + 1
+    return first_block[parts[1]] if parts[0].endswith("_downsamples") else top
+
+
+@pytest.mark.parametrize("backbone, depth_of", [("video_vit_tiny", _vit_depth), ("tpsbt_tiny", _tpsbt_depth)])
+@pytest.mark.parametrize("wd", [0.05, 0.0])
+def test_layer_decay_groups_follow_videomae_rule(backbone, depth_of, wd) -> None:
+    """Every parameter's learning rate and weight decay as VideoMAE's fine-tuning assigns them, with a frozen regression
+    head left out, and the same group order (head first, no-decay before decay) whatever the weight decay."""
+    model = create_backbone(backbone, n_bins=4) if backbone == "video_vit_tiny" else create_backbone(backbone)
+    model.head.requires_grad_(False)
+    lr, decay = 1e-3, 0.5
+    expected = _videomae_reference(model, lr, wd, decay, depth_of)
+    groups = layer_decay_groups(model, lr=lr, weight_decay=wd, layer_decay=decay)
+    got = {name: (g["lr"], g["weight_decay"], g["layer_id"]) for g in groups for name in g["param_names"]}
+    assert got.keys() == expected.keys()
+    for name, (g_lr, g_wd, g_layer) in got.items():
+        e_lr, e_wd, e_layer = expected[name]
+        assert (g_layer, g_wd) == (e_layer, e_wd), name
+        assert g_lr == pytest.approx(e_lr, rel=1e-12), name
+    params = dict(model.named_parameters())
+    for group in groups:
+        assert group["lr_scale"] == pytest.approx(group["lr"] / lr, rel=1e-12)
+        assert all(p is params[n] for p, n in zip(group["params"], group["param_names"], strict=True))
+    # Order: layers from the head down, and within a layer the no-decay group (1-D parameters) first.
+    order = [(g["layer_id"], all(params[n].ndim > 1 for n in g["param_names"])) for g in groups]
+    assert order == sorted(order, key=lambda k: (-k[0], k[1]))
+    assert groups[0]["layer_id"] == model.depth + 1 and groups[0]["lr"] == lr
+    assert "head.weight" not in got and "fc_norm.weight" in got
+
+
 def test_trial_settable_arguments() -> None:
     settable = {"embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size", "img_size",
                 "num_frames", "drop_path", "drop", "checkpoint"}

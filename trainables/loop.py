@@ -126,11 +126,36 @@ class Diverged(FloatingPointError):
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+    """Linear warmup over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``.
+
+    Step ``s`` (counted in optimizer steps) trains at ``(s + 1) / warmup`` of each group's lr while ``s < warmup``
+    (so the last warmup step is at the full lr), then at ``min_ratio + (1 - min_ratio) (1 + cos(pi p)) / 2`` with
+    ``p = (s - warmup) / (total - warmup)``, held at ``min_ratio`` past ``total``. A factor, so every layer-decay
+    group ends at ``min_ratio`` of its own lr.
+
+    Kept by hand inside ``torch.optim.lr_scheduler.LambdaLR`` because neither library schedule gives these numbers
+    (measured with lr 1e-3, 100 steps, warmup 10, min_ratio 0.01, groups at lr scale 1 and 0.25):
+
+    - ``SequentialLR(LinearLR(1 / warmup -> 1 over warmup - 1 steps), CosineAnnealingLR(T_max=total - warmup,
+      eta_min=min_ratio * lr))``: the head group agrees to 4e-15 (relative), but ``eta_min`` is one absolute floor
+      for every group: the 0.25 group ends at 1.0e-5 instead of 2.5e-6 and is 3 % high half-way (1.300e-4 against
+      1.2625e-4).
+    - timm's ``CosineLRScheduler(t_initial=total - warmup, lr_min=min_ratio * lr, warmup_t=warmup,
+      warmup_lr_init=lr / warmup, warmup_prefix=True, t_in_epochs=False)``, with the groups' ``lr_scale``: the cosine
+      agrees, but its warmup ``init + s (lr - init) / warmup`` reaches lr only at step ``warmup``: step ``warmup - 1``
+      trains at 0.91 lr instead of lr. No ``warmup_t`` / ``warmup_lr_init`` gives ``(s + 1) / warmup`` and then a
+      cosine that starts at step ``warmup``.
+    """
     if warmup and step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int,
+                  min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """The trial's schedule: every parameter group's lr times :func:`lr_factor`, stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, min_ratio))
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -234,8 +259,7 @@ def build_trial(config: TrialConfig, session) -> Trial:
                                   weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(loader))
     warmup = int(config.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
-        s, config.epochs * steps_per_epoch, warmup, config.min_lr_ratio))
+    scheduler = warmup_cosine(optimizer, config.epochs * steps_per_epoch, warmup, config.min_lr_ratio)
     ema = None
     if config.ema_decay:
         from timm.utils import ModelEmaV3

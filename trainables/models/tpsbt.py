@@ -334,6 +334,10 @@ class TPSBT(nn.Module):
             return sum(self.depths[:int(parts[1]) + 1]) + 1
         return self.depth + 1
 
+    def group_matcher(self, coarse: bool = False):
+        """timm's layer grouping hook: :meth:`layer_id` as the matcher (``timm.optim.param_groups_layer_decay``)."""
+        return self.layer_id
+
     def forward_stages(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> list[StageOutput]:
         """Run every stage and return each one's output (the pretraining path needs all of them).
 

@@ -210,41 +210,61 @@ class VideoViT(nn.Module):
         found = re.match(r"blocks\.(\d+)\.", name)
         return int(found.group(1)) + 1 if found else self.depth + 1
 
+    def group_matcher(self, coarse: bool = False):
+        """timm's layer grouping hook: :meth:`layer_id` as the matcher, so ``timm.optim.param_groups_layer_decay``
+        (and ``create_optimizer_v2(..., layer_decay=...)``) group parameters by the same depths. ``coarse`` is accepted
+        for timm's signature; the grouping is per block either way."""
+        return self.layer_id
+
 
 def layer_decay_groups(model: VideoViT, lr: float, weight_decay: float,
                        layer_decay: float) -> list[dict]:
-    """AdamW parameter groups with layer-wise learning-rate decay (BEiT / VideoMAE fine-tuning).
+    """AdamW parameter groups with layer-wise learning-rate decay (BEiT / VideoMAE fine-tuning), built by
+    ``timm.optim.param_groups_layer_decay``.
 
     A parameter in layer ``i`` (:meth:`VideoViT.layer_id`: 0 patch embedding, 1..depth blocks, depth + 1 the pooling
     norm and heads) trains at ``lr * layer_decay ** (depth + 1 - i)``: the head at ``lr``, each block below it a factor
     ``layer_decay`` slower, so pretrained low-level features move least. Biases, norms and every other 1-D parameter
-    (``q_bias``, ``v_bias`` too) get no weight decay, as decaying a scale or offset towards 0 only hurts.
+    (``q_bias``, ``v_bias`` too) get no weight decay, as decaying a scale or offset towards 0 only hurts. This is
+    VideoMAE's fine-tuning rule (``get_num_layer_for_vit`` with scale ``decay ** (depth + 1 - i)``; no decay for 1-D
+    parameters, names ending in ``.bias`` and the model's ``no_weight_decay()`` names).
+
+    How timm is made to follow it: the model's ``group_matcher`` returns :meth:`layer_id`, and timm numbers the
+    distinct ids in order, which leaves them unchanged as every depth 0..depth + 1 holds a parameter; timm exempts
+    1-D parameters from decay, and ``"*.bias"`` in its no-decay list adds VideoMAE's bias-name rule (the same set
+    here, as every bias is 1-D). timm's groups carry only ``lr_scale`` (its own schedulers multiply it in); the
+    groups here also carry ``lr = lr * lr_scale``, because the trial's ``LambdaLR`` scales each group's own lr.
 
     Args:
-        model: a :class:`VideoViT` (anything with ``layer_id(name)`` and ``depth`` works).
+        model: a :class:`VideoViT` (anything with ``layer_id(name)`` and a ``group_matcher`` returning it works).
         lr: the base (head) learning rate; weight_decay: for matrices and kernels; layer_decay: in (0, 1], 1 = off.
 
     Returns:
         One group per (layer, decay or not) that has trainable parameters, head first, each
         ``{"params", "lr", "weight_decay", "lr_scale", "layer_id", "param_names"}``; ``torch.optim.AdamW(groups)``
         takes them as they are, and ``LambdaLR`` scales every group's own lr. A scheduler that sets learning rates
-        itself should set ``lr = base * lr_scale``. Call it on the bare model, not a DDP wrapper.
+        itself should set ``lr = base * lr_scale``; timm's schedulers multiply ``lr_scale`` into each group's initial
+        lr, which here already holds it, so they would scale twice. Call it on the bare model, not a DDP wrapper.
     """
-    groups: dict[tuple[int, bool], dict] = {}
-    top = model.depth + 1
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        layer = model.layer_id(name)
-        decay = param.ndim > 1 and not name.endswith(".bias")
-        if (layer, decay) not in groups:
-            scale = layer_decay ** (top - layer)
-            groups[layer, decay] = {"params": [], "param_names": [], "lr": lr * scale, "lr_scale": scale,
-                                    "weight_decay": weight_decay if decay else 0.0, "layer_id": layer}
-        groups[layer, decay]["params"].append(param)
-        groups[layer, decay]["param_names"].append(name)
-    # Head first, so groups[0]["lr"] is the base learning rate (what a log of "the" lr shows).
-    return [groups[key] for key in sorted(groups, key=lambda k: (-k[0], k[1]))]
+    from timm.optim import param_groups_layer_decay
+
+    skip = tuple(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else ()
+    # Asked with weight decay 1: timm tells its decay groups apart only by a non-zero weight_decay, and the split (and
+    # the group order below) must not depend on whether the trial's weight_decay is 0.
+    groups = param_groups_layer_decay(model, weight_decay=1.0, no_weight_decay_list=("*.bias", *skip),
+                                      layer_decay=layer_decay)
+    names = {id(param): name for name, param in model.named_parameters()}
+    keyed = []
+    for group in groups:
+        decays = group["weight_decay"] > 0
+        group["weight_decay"] = weight_decay if decays else 0.0
+        group["param_names"] = [names[id(param)] for param in group["params"]]
+        group["layer_id"] = model.layer_id(group["param_names"][0])
+        group["lr"] = lr * group["lr_scale"]
+        keyed.append(((-group["layer_id"], decays), group))
+    # Head first, so groups[0]["lr"] is the base learning rate (what a log of "the" lr shows); within a depth the
+    # no-decay group first. The order is fixed so the optimizer state a trial saved loads into the same groups.
+    return [group for _, group in sorted(keyed, key=lambda kg: kg[0])]
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------------
