@@ -163,7 +163,7 @@ class TrialConfig:
     w_ncce_valence: float | None = setting(None, "loss", "w_ncce for valence", low=0.0)
     w_ncce_arousal: float | None = setting(None, "loss", "w_ncce for arousal", low=0.0)
 
-    # ---- augmentations (trainables.data.augment validates each value against its augmentation)
+    # ---- augmentations (trainables.data.augment_settings validates each value against its augmentation)
     aug_random_crop: Any = setting(0, "augment", "random crop size in pixels or fraction (0 = off)")
     aug_hflip: Any = setting(0.0, "augment", "horizontal flip probability")
     aug_randaugment: Any = setting(False, "augment", "RandAugment per clip")
