@@ -215,8 +215,9 @@ def test_pyfunc_in_a_fresh_process_and_the_readme_lines(swept, baseline, tmp_pat
 
 
 def test_promotion_leaves_the_process_mlflow_settings_alone(swept, baseline, tmp_path):
-    """Promotion and registry downloads point MLflow at the given store only while they run: no MLFLOW_* variable is
-    left behind for later subprocesses (they would talk to this test's server after it stopped)."""
+    """Promotion and registry downloads name their store on each call and never set MLflow's process-wide URIs: no
+    MLFLOW_* variable is left behind for later subprocesses (they would talk to this test's server after it stopped),
+    and a registered model is found on the given store while the process's own tracking URI points elsewhere."""
     import mlflow
 
     from analysis.models import download_registered
@@ -224,7 +225,9 @@ def test_promotion_leaves_the_process_mlflow_settings_alone(swept, baseline, tmp
     work, uri, _ = swept
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     tracking = mlflow.get_tracking_uri()
+    assert tracking != uri
     assert download_registered(f"models:/emotune/{baseline}", uri, tmp_path).is_file()
+    assert download_registered("models:/emotune@production", uri, tmp_path / "alias").is_file()
     assert {k: os.environ.get(k) for k in before} == before and mlflow.get_tracking_uri() == tracking
     # the tests above promoted in this process
     assert uri not in (os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI"))
