@@ -14,6 +14,7 @@ import yaml
 
 from analysis.leaderboard import trial_status
 from trainables.errors import UserError
+from trainables.provenance import KIND_TAG, SWEEP_KIND
 
 #: Per-epoch metrics read from each trial's history besides the objective.
 HISTORY_METRICS = ("val_ccc_valence", "val_ccc_arousal", "val_rmse_valence", "val_rmse_arousal", "epoch_time_s")
@@ -87,10 +88,23 @@ class Sweep:
         return ranked[0] if ranked else None
 
 
+def is_sweep_parent(run) -> bool:
+    """Whether ``run`` is a sweep's parent run: its kind (tag ``emotune.kind``) is ``sweep``.
+
+    A promotion's run carries its sweep's ``emotune.sweep`` tag as lineage and has no parent run, so the name alone
+    does not tell it from the sweep; the kind does. Judgment call for stores written before runs had a kind: a run
+    without one is a sweep's parent when it has an ``emotune.sweep`` tag, no parent run and none of the marks the
+    other top-level runs had then (``emotune.promotion``, ``emotune.retrain_of``).
+    """
+    tags = run.data.tags
+    if KIND_TAG in tags:
+        return tags[KIND_TAG] == SWEEP_KIND
+    return bool(tags.get("emotune.sweep")) and not any(
+        mark in tags for mark in ("mlflow.parentRunId", "emotune.promotion", "emotune.retrain_of"))
+
+
 def find_parent_runs(client, experiment: str | None = None) -> list:
-    """Every sweep parent run of the tracking store (or of ``experiment``), newest first. A promotion's run carries
-    its sweep's ``emotune.sweep`` tag as lineage (and no parent run) but is no sweep: it is left out, or the report
-    of a promoted sweep would read the promotion run."""
+    """Every sweep parent run of the tracking store (or of ``experiment``), newest first (:func:`is_sweep_parent`)."""
     if experiment is not None:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -101,8 +115,8 @@ def find_parent_runs(client, experiment: str | None = None) -> list:
         ids = [e.experiment_id for e in client.search_experiments()]
     if not ids:
         return []
-    return [r for r in _search_all(client, ids, "tags.`emotune.sweep` != ''")
-            if "mlflow.parentRunId" not in r.data.tags and "emotune.promotion" not in r.data.tags]
+    # Every sweep parent has the tag ``emotune.sweep`` (those written before the kind too); the kind decides.
+    return [r for r in _search_all(client, ids, "tags.`emotune.sweep` != ''") if is_sweep_parent(r)]
 
 
 def resolve_sweep(client, ref: str, experiment: str | None = None):
@@ -117,8 +131,7 @@ def resolve_sweep(client, ref: str, experiment: str | None = None):
             run = client.get_run(ref)
         except Exception:  # MlflowException: no run with that id; fall through to names
             run = None
-        if run is not None and "emotune.sweep" in run.data.tags and "mlflow.parentRunId" not in run.data.tags \
-                and "emotune.promotion" not in run.data.tags:
+        if run is not None and is_sweep_parent(run):
             return run
     parents = find_parent_runs(client, experiment)
     matches = [r for r in parents if r.data.tags["emotune.sweep"] == ref]

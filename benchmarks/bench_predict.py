@@ -67,8 +67,8 @@ def main() -> None:
         subprocess.run([str(Path(sys.executable).with_name("emotune")), "demo", "--root", str(root)], check=True,
                        stdout=subprocess.DEVNULL)
 
-    from analysis.promote import resolve_model
-    from cluster.tracking import default_tracking_uri
+    from analysis.models import resolve_model
+    from trainables.storage import default_tracking_uri
     from trainables.predict import Predictor
 
     bundle = resolve_model("models:/emotune@production", default_tracking_uri(root))

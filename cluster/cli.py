@@ -1,4 +1,7 @@
-"""The ``emotune`` command line: data synth | data prepare | data manifest | sweep | settings | demo.
+"""The ``emotune`` command line: its parser, and the dispatch of each command to its handler, which lives with the room
+that does the work (:data:`HANDLERS`): ``data ...`` in ``trainables.prepare.commands``; ``sweep``, ``settings`` and
+``promote`` (which may retrain on Ray) in ``cluster.commands``; ``demo`` in ``cluster.demo``; ``report``, ``compare``
+and ``predict`` in ``analysis.commands``.
 
 A user error (a setting, a file, a resource request; ``trainables.errors.UserError`` and
 ``search_spaces.schema.SpaceError``) is printed as one line, ``emotune: error: <message>``, with exit status 2. A sweep
@@ -9,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import yaml
 
 from trainables import console
-from trainables.console import say, warn
+from trainables.console import warn
 from trainables.errors import UserError
 
 
@@ -243,272 +245,6 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default=None, help="MLflow experiment to look in (default: every experiment)")
 
 
-def _mlflow_client(uri: str | None):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(_existing_store(uri))
-
-
-def _existing_store(uri: str | None) -> str:
-    """The tracking URI a reading command uses (``--mlflow-uri``, $MLFLOW_TRACKING_URI, ./mlflow.db), refused when it
-    names a SQLite file that does not exist: MLflow would create an empty store there and then find nothing in it."""
-    from cluster.stores import sqlite_path
-
-    uri = _tracking_uri(uri)
-    path = sqlite_path(uri)
-    if path is not None and not path.is_file():
-        raise UserError(f"no MLflow store at {uri}; give --mlflow-uri (the sweep's --mlflow-uri)")
-    return uri
-
-
-def cmd_report(a) -> int:
-    from analysis.report import write_report
-    from cluster.sweep import default_optuna_storage
-    from cluster.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
-
-    client = _mlflow_client(a.mlflow_uri)
-    report, sweep = write_report(client, a.sweep, a.out, a.optuna_storage or default_optuna_storage(),
-                                 experiment=a.experiment)
-    # The report is logged into the sweep's experiment: one created before emotune tagged experiments gets the tag
-    # now, so MLflow's UI opens it on its runs.
-    client.set_experiment_tag(client.get_run(sweep.parent_run_id).info.experiment_id, EXPERIMENT_KIND_TAG,
-                              EXPERIMENT_KIND)
-    say(f"report: {report}")
-    say(f"logged to MLflow parent run {sweep.parent_run_id} under report/")
-    return 0
-
-
-def cmd_compare(a) -> int:
-    from analysis.compare import compare
-
-    say(compare(_mlflow_client(a.mlflow_uri), a.sweeps, a.out, experiment=a.experiment))
-    return 0
-
-
-def _tracking_uri(uri: str | None) -> str:
-    from cluster.tracking import default_tracking_uri
-
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-
-
-def cmd_promote(a) -> int:
-    from analysis.promote import promote
-
-    uri = _existing_store(a.mlflow_uri)
-    retrained = None
-    if a.retrain_top:
-        from mlflow.tracking import MlflowClient
-
-        from analysis.promote import find_sweep
-        from cluster.retrain import retrain_top
-
-        client = MlflowClient(uri, registry_uri=uri)
-        retrained = retrain_top(client, find_sweep(client, a.sweep).info.run_id, uri, a.retrain_top, a.seeds,
-                                a.max_concurrent, ray_address=a.address)
-    outcome = promote(a.sweep, uri, model_name=a.model_name, margin=a.margin, out_dir=a.out, retrained=retrained)
-    say(outcome.message)
-    if not outcome.promoted:
-        return 1
-    say(f"production.yaml: {outcome.yaml_path}")
-    return 0
-
-
-def cmd_predict(a) -> int:
-    from analysis.promote import resolve_model
-    from trainables.predict import predict_files
-
-    remote = a.model.startswith(("runs:/", "models:/"))
-    bundle = resolve_model(a.model, _existing_store(a.mlflow_uri) if remote else _tracking_uri(a.mlflow_uri))
-    for csv, png, table in predict_files(bundle, a.videos, a.out, detector=a.detector, faces=a.faces):
-        say(f"{csv}  {png}  ({len(table)} label steps, face on {100 * table['face'].mean():.1f}%)")
-    return 0
-
-
-def cmd_synth(a) -> int:
-    from trainables.prepare.synth import synthesize
-
-    try:
-        manifest = synthesize(a.out, subjects=a.subjects, videos_per_subject=a.videos_per_subject, frames=a.frames,
-                              fps=a.fps, size=a.size, lag_frames=a.lag_frames, variant=a.variant, seed=a.seed)
-    except (ValueError, FileExistsError) as err:  # a setting out of range, or --out holds something else
-        raise UserError(f"data synth: {err}") from None
-    say(f"manifest: {manifest}")
-    return 0
-
-
-def cmd_prepare(a) -> int:
-    from trainables.prepare.registration import Registration
-    from trainables.prepare.run import prepare
-
-    if a.weights_dir:
-        os.environ["EMOTUNE_FACE_WEIGHTS"] = str(Path(a.weights_dir).resolve())  # read by the detector (and workers)
-    reg = Registration(size=a.size, margin=a.margin, min_score=a.min_score, grayscale=a.grayscale,
-                       detector=a.detector, align=a.align, fps=a.fps, smooth=a.smooth, face_detector=a.face_detector,
-                       detect_width=a.detect_width, detect_every=a.detect_every)
-    index, summary = prepare(a.manifest, a.cache, reg, workers=a.workers, index_path=a.index,
-                             min_face_share=a.min_face_share, warn_face_share=a.warn_face_share)
-    say("\n".join(summary.lines()))
-    say(f"dataset index: {index}")
-    return 0
-
-
-def cmd_manifest(a) -> int:
-    import warnings
-
-    from trainables.prepare.splits import build_manifest
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = build_manifest(a.videos, a.labels, label_format=a.format, subject_pattern=a.subject_pattern, out=a.out,
-                             seed=a.seed, val_fraction=a.val_fraction, test_fraction=a.test_fraction,
-                             faces_dir=a.faces)
-    for w in caught:
-        warn(f"warning: {w.message}")
-    say(f"manifest: {out}")
-    return 0
-
-
-def cmd_fetch_weights(a) -> int:
-    from trainables.prepare.faces import fetch_weights
-
-    for path in fetch_weights(a.to, detector=a.face_detector):
-        say(path)
-    return 0
-
-
-def _print_outcome(outcome, max_epochs: int) -> dict[str, int]:
-    from analysis.leaderboard import STATUSES, format_leaderboard, rows_from_results
-
-    params = list(outcome.space.params)
-    key = "epoch" if outcome.space.fidelity["attr"] == "epoch" else "step"
-    rows = rows_from_results(outcome.results, outcome.space.metric, outcome.space.mode, params, max_epochs,
-                             epoch_key=key)
-    say()
-    say(f"Leaderboard of sweep {outcome.name} ({len(rows)} trials, objective {outcome.space.metric}):")
-    say(format_leaderboard(rows, outcome.space.metric, steps_label="epochs" if key == "epoch" else "reports"))
-    say()
-    say(f"MLflow store:  {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
-    if outcome.tracking_uri.startswith("sqlite:///"):
-        say(f"  open it with: mlflow ui --backend-store-uri {outcome.tracking_uri} --port 5000")
-    say(f"Ray results:   {outcome.storage}/{outcome.name}")
-    if outcome.best_trial_id:
-        say(f"Best trial:    {outcome.best_trial_id} (checkpoint logged to MLflow run {outcome.best_run_id})")
-    else:
-        say("Best trial:    none (no trial finished without an error)")
-    counts = {status: sum(r.status == status for r in rows) for status in STATUSES}
-    say("Trials:        " + ", ".join(f"{n} {status}" for status, n in counts.items()))
-    return counts
-
-
-def sweep_exit_status(counts: dict[str, int]) -> int:
-    """1 when any trial errored or none finished (complete or stopped early), else 0."""
-    finished = counts["complete"] + counts["stopped early"]
-    return 1 if counts["errored"] or not finished else 0
-
-
-def cmd_sweep(a) -> int:
-    from cluster.sweep import SweepOptions, run_sweep
-
-    if not a.resume and not a.data:
-        raise UserError("sweep: --data is required (the dataset index from `emotune data prepare`)")
-
-    data = a.data or []
-    if len(data) == 1 and "=" not in data[0]:
-        data = data[0]
-    else:
-        data = dict(item.split("=", 1) for item in data) if all("=" in d for d in data) else data
-        if isinstance(data, list):
-            raise UserError("sweep: several --data need NAME=INDEX each (e.g. --data coarse=a.json --data fine=b.json)")
-    opts = SweepOptions(space=a.space, data_index=data, num_samples=a.trials, max_concurrent=a.max_concurrent,
-                        workers=a.workers, cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
-                        storage=a.storage, name=a.name, seed=a.seed, time_budget_s=a.time_budget,
-                        tracking_uri=a.mlflow_uri, experiment=a.experiment, overrides=dict(a.overrides),
-                        resume=a.resume, optuna_storage=a.optuna_storage, keep_checkpoints=a.keep_checkpoints,
-                        max_failures=a.max_failures, executor=a.executor, verbose=a.verbose, dry_run=a.dry_run,
-                        epochs=a.epochs, ray_address=a.address)
-    outcome = run_sweep(opts)
-    if a.dry_run:
-        return 0
-    return sweep_exit_status(_print_outcome(outcome, int(outcome.space.fidelity["max"])))
-
-
-def cmd_settings(a) -> int:
-    from trainables.config import describe
-
-    rows = [("setting", "group", "default", "allowed"), *describe()]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        say("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
-    return 0
-
-
-def cmd_demo(a) -> int:
-    """Synthesise, prepare, sweep, then the way to production: the sweep's report, promotion of its best trial (gated
-    on the test subjects) and a prediction on a video of a subject the dataset does not hold."""
-    from cluster.sweep import SweepOptions, default_optuna_storage, run_sweep
-    from cluster.tracking import default_tracking_uri
-    from trainables.prepare.registration import Registration
-    from trainables.prepare.run import prepare
-    from trainables.prepare.synth import synthesize
-
-    root = Path(a.root).resolve()
-    t0 = time.time()
-    say(f"[1/6] synthetic face videos -> {root / 'data'}")
-    manifest = synthesize(root / "data", seed=a.seed)
-    say(f"[2/6] prepare (decode once, crop faces) -> {root / 'cache'}")
-    index, summary = prepare(manifest, root / "cache", Registration())
-    say("\n".join("      " + line for line in summary.lines()))
-    say("[3/6] sweep on search_spaces/smoke.yaml")
-    tracking_uri, optuna_storage = default_tracking_uri(root), default_optuna_storage(root)
-    opts = SweepOptions(space="smoke", data_index=str(index), num_samples=a.trials, max_concurrent=a.max_concurrent,
-                        storage=str(root / "ray_results"), name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
-                        seed=a.seed, tracking_uri=tracking_uri, experiment="emotune-demo",
-                        artifact_root=str(root / "mlartifacts"), optuna_storage=optuna_storage,
-                        ray_address=a.address, verbose=a.verbose)
-    outcome = run_sweep(opts)
-    status = sweep_exit_status(_print_outcome(outcome, int(outcome.space.fidelity["max"])))
-    if status == 0:
-        _demo_to_production(root, manifest, outcome.name, tracking_uri, optuna_storage)
-    say(f"Demo finished in {time.time() - t0:.0f} s")
-    return status
-
-
-def _demo_to_production(root: Path, manifest: Path, sweep: str, tracking_uri: str, optuna_storage: str) -> None:
-    import pandas as pd
-
-    from analysis.promote import ALIAS, promote, resolve_model
-    from analysis.report import write_report
-    from trainables.objectives.metrics import regression_report
-    from trainables.predict import predict_files
-    from trainables.prepare.synth import synthesize_heldout
-
-    say(f"[4/6] report of sweep {sweep}")
-    report, _ = write_report(_mlflow_client(tracking_uri), sweep, root / "report", optuna_storage)
-    say(f"      report: {report}")
-    say("[5/6] promote the best trial (scored on the test subjects, which no trial has seen)")
-    # A demo run again in the same folder meets the model an earlier run promoted: a refusal is an answer here, and
-    # the prediction below uses whichever model holds the alias.
-    outcome = promote(sweep, tracking_uri, model_name="emotune", out_dir=root)
-    say(f"      {outcome.message}")
-    if outcome.promoted:
-        say(f"      registered model: models:/emotune@{ALIAS} (version {outcome.version}) in {tracking_uri}")
-        say(f"      production.yaml: {outcome.yaml_path}")
-    say("[6/6] predict a video of a subject outside the dataset")
-    held = synthesize_heldout(root / "heldout", manifest)
-    bundle = resolve_model(f"models:/emotune@{ALIAS}", tracking_uri)
-    # The synthetic faces come with their sidecar (as the training cache did); on real footage the model's
-    # registration runs a detector instead (`emotune predict --detector opencv`).
-    (csv, png, table), = predict_files(bundle, [held["video"]], root / "predictions", detector="precomputed",
-                                       faces=[held["faces"]], progress=False)
-    labels = pd.read_csv(held["labels"])[["valence", "arousal"]].to_numpy()
-    ccc = regression_report(labels, table[["valence", "arousal"]].to_numpy()) if len(labels) == len(table) else None
-    say(f"      prediction: {csv}")
-    say(f"      plot:       {png}")
-    if ccc is not None:
-        say(f"      CCC against its synthetic labels: valence {ccc['ccc_valence']:.3f}, arousal "
-              f"{ccc['ccc_arousal']:.3f}, mean {ccc['ccc_mean']:.3f}")
-
-
 def main(argv: list[str] | None = None, *, quiet: bool = False) -> int:
     """Parse ``argv`` and run the command; returns its exit status. ``quiet`` (the ``emotune`` command without
     ``-v``): other tools' output goes to a log file, the console carries emotune's own lines (``trainables.console``).
@@ -538,16 +274,8 @@ def main(argv: list[str] | None = None, *, quiet: bool = False) -> int:
 def _dispatch(args) -> int:
     from search_spaces.schema import SpaceError
 
-    handlers = {"synth": cmd_synth, "prepare": cmd_prepare, "manifest": cmd_manifest,
-                "fetch-weights": cmd_fetch_weights}
     try:
-        if args.command == "data":
-            return handlers[args.data_command](args)
-        if args.command in ("report", "compare"):
-            return {"report": cmd_report, "compare": cmd_compare}[args.command](args)
-        if args.command in ("promote", "predict"):
-            return {"promote": cmd_promote, "predict": cmd_predict}[args.command](args)
-        return {"sweep": cmd_sweep, "demo": cmd_demo, "settings": cmd_settings}[args.command](args)
+        return _handler(args)(args)
     except (UserError, SpaceError) as err:
         # One line, no traceback: the message names what is wrong and what is allowed.
         warn(f"emotune: error: {' '.join(str(err).split())}")
@@ -555,6 +283,31 @@ def _dispatch(args) -> int:
     except BrokenPipeError:  # the output went into a pipe that closed early (`emotune settings | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), console.out().fileno())
         return 0
+
+
+#: Where each command's handler lives (module, function): with the room that does its work. Imported when the
+#: command runs, so a command loads only its own room's modules.
+HANDLERS: dict[str, tuple[str, str]] = {
+    "data synth": ("trainables.prepare.commands", "cmd_synth"),
+    "data prepare": ("trainables.prepare.commands", "cmd_prepare"),
+    "data manifest": ("trainables.prepare.commands", "cmd_manifest"),
+    "data fetch-weights": ("trainables.prepare.commands", "cmd_fetch_weights"),
+    "sweep": ("cluster.commands", "cmd_sweep"),
+    "settings": ("cluster.commands", "cmd_settings"),
+    "promote": ("cluster.commands", "cmd_promote"),
+    "demo": ("cluster.demo", "cmd_demo"),
+    "report": ("analysis.commands", "cmd_report"),
+    "compare": ("analysis.commands", "cmd_compare"),
+    "predict": ("analysis.commands", "cmd_predict"),
+}
+
+
+def _handler(args):
+    import importlib
+
+    command = f"data {args.data_command}" if args.command == "data" else args.command
+    module, name = HANDLERS[command]
+    return getattr(importlib.import_module(module), name)
 
 
 def run() -> None:

@@ -165,7 +165,7 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
         DataError: an index without training or validation videos.
     """
     # None of these imports torch: the driver checks before Ray starts, and a trial process imports the models.
-    from trainables.data.augment import crop_output_size
+    from trainables.data.augment_settings import crop_output_size
     from trainables.data.cache import load_split
     from trainables.data.views import VideoView, training_windows
     from trainables.reports import DIMS, reported_metrics

@@ -23,6 +23,7 @@ from pathlib import Path
 from ray.tune.search import Searcher
 
 from trainables.errors import UserError
+from trainables.provenance import KIND_TAG, RETRAIN_KIND
 
 
 @dataclass
@@ -136,7 +137,7 @@ def retrain_top(client, sweep_ref: str, tracking_uri: str, k: int, seeds: int, m
                                        float(runtime.get("gpus_per_worker", 0)), max_concurrent, False)
     parent = client.get_run(sweep.parent_run_id)
     parent_id = client.create_run(parent.info.experiment_id, run_name=name, tags={
-        "emotune.retrain_of": sweep.name, "emotune.retrain_of_run_id": sweep.parent_run_id,
+        KIND_TAG: RETRAIN_KIND, "emotune.retrain_of": sweep.name, "emotune.retrain_of_run_id": sweep.parent_run_id,
         "emotune.space": sweep.space}).info.run_id
     units = int(first.get("max_units") or first.get("epochs", 1))
     step_key = "epoch" if int(first.get("reports_per_epoch", 1)) == 1 else "step"

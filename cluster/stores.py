@@ -10,16 +10,8 @@ schema complete and need no lock. Stores behind a server (``http://``, PostgreSQ
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (MLflow's or SQLAlchemy's), or None for any other store."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return None
-    path = uri[len(prefix):].split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
+from trainables.storage import sqlite_path
 
 
 @contextlib.contextmanager

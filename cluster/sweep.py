@@ -15,7 +15,8 @@ from typing import Any
 
 from search_spaces.schema import SearchSpace, finite_points, load_space, suggest
 from trainables import console
-from trainables.provenance import git_commit
+from trainables.provenance import KIND_TAG, SWEEP_KIND, git_commit
+from trainables.storage import default_optuna_storage, default_tracking_uri
 from trainables.errors import DataError, UserError
 from trainables.trial import choose_executor
 
@@ -25,7 +26,7 @@ from cluster.resources import max_concurrent_trials
 from cluster.records import data_fingerprint, package_versions
 from cluster.retention import SNAPSHOT_PERIOD_S
 from cluster.tuner import build_tuner
-from cluster.tracking import MlflowTrialCallback, default_tracking_uri, open_experiment
+from cluster.tracking import MlflowTrialCallback, open_experiment
 
 
 @dataclass
@@ -318,10 +319,6 @@ def _values_of(space: SearchSpace, key: str) -> list:
     return spec["choices"] if spec["type"] == "categorical" else [spec.get("value")]
 
 
-def default_optuna_storage(workdir: str | Path = ".") -> str:
-    return f"sqlite:///{Path(workdir).resolve() / 'optuna.db'}"
-
-
 def _experiment_exists(storage: str, name: str) -> bool:
     from ray import tune
 
@@ -336,7 +333,7 @@ def _start_parent_run(client, experiment_id: str, name: str, space: SearchSpace,
     from mlflow.entities import Param
 
     parent = client.create_run(experiment_id, run_name=name, tags={
-        "emotune.sweep": name, "emotune.space": space.name, "emotune.space_file": space.path.name,
+        KIND_TAG: SWEEP_KIND, "emotune.sweep": name, "emotune.space": space.name, "emotune.space_file": space.path.name,
         "emotune.overrides": json.dumps(opts.overrides, default=str),
         "emotune.epochs": str(opts.epochs or ""),
         "emotune.git_commit": git_commit(),

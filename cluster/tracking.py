@@ -12,14 +12,10 @@ from typing import Any
 
 from ray.tune import Callback
 
+from trainables.provenance import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from trainables.storage import is_local, storage_uri
 
 SKIP_CONFIG_KEYS = ("runtime",)
-
-
-def default_tracking_uri(workdir: str | Path = ".") -> str:
-    """A SQLite store under ``workdir`` (MLflow 3 refuses the plain file store)."""
-    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
 
 
 def trial_params(config: dict) -> dict[str, Any]:
@@ -52,11 +48,6 @@ def open_experiment(tracking_uri: str, name: str, artifact_root: str | Path | No
         return client, client.create_experiment(name, artifact_location=location,
                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
-
-# MLflow 3's UI opens an experiment without this tag on its GenAI traces overview, which is empty for a sweep; with it,
-# the experiment opens on its runs.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
 
 
 class MlflowTrialCallback(Callback):

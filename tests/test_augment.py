@@ -1,5 +1,5 @@
-"""Tests of the clip augmentations (trainables/data/augment.py): shapes, one draw per clip, the papers' rules,
-determinism and config errors."""
+"""Tests of the clip augmentations (trainables/data/augment.py, their settings in augment_settings.py): shapes, one draw
+per clip, the papers' rules, determinism and config errors."""
 from __future__ import annotations
 
 import pickle
@@ -9,17 +9,15 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from trainables.data.augment import (
-    CONFIG_KEYS,
     ClipAugmentation,
     RandAugmentClip,
     build_eval_transform,
     build_train_transform,
     create_augmentation,
-    crop_output_size,
     draw_seed,
     list_augmentations,
-    parse_augment_config,
 )
+from trainables.data.augment_settings import CONFIG_KEYS, crop_output_size, parse_augment_config
 
 T, S = 8, 96
 RANDOM_AUGS = ["hflip", "random_crop", "cropout", "missing_frames", "solarize", "salt_pepper", "randaugment",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trainables.config import KEYS, SPECS, USER_KEYS, TrialConfig, check_user_key, check_value
-from trainables.data.augment import CONFIG_KEYS as AUG_KEYS
+from trainables.data.augment_settings import CONFIG_KEYS as AUG_KEYS
 from trainables.errors import ConfigError, UserError
 from trainables.loop import worst_value
 from trainables.reports import metric_names, reported_metrics

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def _scored_videos(subjects: int, videos_per_subject: int = 2, seed: int = 0):
 @pytest.mark.parametrize("subjects", [1, 2, 3])
 def test_fewer_than_four_test_subjects_give_no_interval(subjects):
     """A bootstrap over 1-3 subjects has 1-10 distinct resamples: no interval is computed, and the text says why."""
-    from analysis.promote import MIN_SUBJECTS_FOR_INTERVAL, score
+    from analysis.scoring import MIN_SUBJECTS_FOR_INTERVAL, score
 
     assert MIN_SUBJECTS_FOR_INTERVAL == 4
     videos, owner, preds = _scored_videos(subjects)
@@ -84,7 +85,7 @@ def test_fewer_than_four_test_subjects_give_no_interval(subjects):
 
 @pytest.mark.parametrize("subjects", [4, 7])
 def test_four_or_more_test_subjects_give_a_bootstrap_interval(subjects):
-    from analysis.promote import score
+    from analysis.scoring import score
 
     videos, owner, preds = _scored_videos(subjects)
     result = score(videos, owner, preds, "ccc_mean", draws=200)
@@ -99,7 +100,9 @@ def baseline(swept):
     """A model that predicts a constant (all weights zero: test CCC 0) holds the alias before the first promotion."""
     import torch
 
-    from analysis.promote import force_production, resolve_model, find_sweep
+    from analysis.models import resolve_model
+    from analysis.promote import find_sweep
+    from analysis.registry import force_production
 
     work, uri, _ = swept
     best = find_sweep(_client(uri), "sw").data.tags["emotune.best_run_id"]
@@ -152,7 +155,9 @@ def test_a_better_model_moves_the_alias_an_equal_one_is_refused(swept, baseline,
 def test_predict_a_synthetic_test_video_with_the_best_trial(swept, capsys, tmp_path):
     """The best trial's checkpoint (runs:/) predicts the raw test video; its CCC against the synthetic labels is the
     one promotion measures on the cached test split, and above the stated threshold."""
-    from analysis.promote import find_sweep, predict_cached, resolve_model, score, test_split
+    from analysis.models import resolve_model
+    from analysis.promote import find_sweep
+    from analysis.scoring import predict_cached, score, test_split
     from trainables.objectives.metrics import regression_report
 
     work, uri, index = swept
@@ -210,22 +215,109 @@ def test_pyfunc_in_a_fresh_process_and_the_readme_lines(swept, baseline, tmp_pat
 
 
 def test_promotion_leaves_the_process_mlflow_settings_alone(swept, baseline, tmp_path):
-    """Promotion and registry downloads point MLflow at the given store only while they run: no MLFLOW_* variable is
-    left behind for later subprocesses (they would talk to this test's server after it stopped)."""
+    """Promotion and registry downloads name their store on each call and never set MLflow's process-wide URIs: no
+    MLFLOW_* variable is left behind for later subprocesses (they would talk to this test's server after it stopped),
+    and a registered model is found on the given store while the process's own tracking URI points elsewhere."""
     import mlflow
 
-    from analysis.promote import download_registered
+    from analysis.models import download_registered
 
     work, uri, _ = swept
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     tracking = mlflow.get_tracking_uri()
+    assert tracking != uri
     assert download_registered(f"models:/emotune/{baseline}", uri, tmp_path).is_file()
+    assert download_registered("models:/emotune@production", uri, tmp_path / "alias").is_file()
     assert {k: os.environ.get(k) for k in before} == before and mlflow.get_tracking_uri() == tracking
     # the tests above promoted in this process
     assert uri not in (os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI"))
 
 
-def test_retrain_top_k_with_seeds_reports_mean_and_spread_and_promotes_the_chosen_run(swept, tmp_path):
+@pytest.fixture(scope="module")
+def retrained(swept, tmp_path_factory):
+    """``emotune promote sw --retrain-top 2 --seeds 2`` once, by the installed command (it starts Ray, which this test
+    process must not keep running): (its output, the folder of its production.yaml)."""
+    work, uri, _ = swept
+    out_dir = tmp_path_factory.mktemp("retrained")
+    out = emotune("promote", "sw", "--mlflow-uri", uri, "--model-name", "emotune-retrained", "--out", str(out_dir),
+                  "--retrain-top", "2", "--seeds", "2", cwd=out_dir).stdout
+    return out, out_dir
+
+
+def _copy_without_kind(client, parent, name: str):
+    """A copy of the sweep ``parent`` and its trials under the sweep name ``name``, recorded as emotune recorded sweeps
+    before runs had a kind (no ``emotune.kind`` tag anywhere)."""
+    from mlflow.entities import Metric, Param
+
+    def own_tags(run) -> dict:
+        return {k: v for k, v in run.data.tags.items() if k != "emotune.kind" and not k.startswith("mlflow.")}
+
+    experiment = parent.info.experiment_id
+    copy = client.create_run(experiment, run_name=name, tags={**own_tags(parent), "emotune.sweep": name}).info.run_id
+    client.log_batch(copy, params=[Param(k, v) for k, v in parent.data.params.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        client.log_artifact(copy, client.download_artifacts(parent.info.run_id, parent.data.tags["emotune.space_file"],
+                                                            tmp))
+    for child in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"):
+        trial = client.create_run(experiment, run_name=child.info.run_name,
+                                  tags={**own_tags(child), "mlflow.parentRunId": copy}).info.run_id
+        history = [Metric(key, m.value, m.timestamp, m.step) for key in child.data.metrics
+                   for m in client.get_metric_history(child.info.run_id, key)]
+        client.log_batch(trial, metrics=history, params=[Param(k, v) for k, v in child.data.params.items()])
+        client.set_terminated(trial, child.info.status)
+    client.set_terminated(copy, parent.info.status)
+    return client.get_run(copy)
+
+
+def test_a_sweep_name_means_its_sweep_after_promotion_and_retraining(swept, tmp_path, capsys, request):
+    """A promotion's run carries its sweep's name as lineage (``emotune.sweep``) and a retraining records a parent run
+    of its own: ``emotune report`` and ``emotune compare`` still read the sweep (its parent run is the one of kind
+    ``sweep``), after ``emotune promote`` and after ``emotune promote --retrain-top``. The second sweep compared is
+    a copy recorded without any kind, as stores written before the kind tag hold sweeps."""
+    work, uri, _ = swept
+    client = _client(uri)
+    experiment = client.get_experiment_by_name("emotune").experiment_id
+    parent, = client.search_runs([experiment], "tags.`emotune.sweep` = 'sw' and tags.`emotune.kind` = 'sweep'")
+    trials = {r.data.tags["emotune.trial_id"]
+              for r in client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    best = client.get_run(parent.data.tags["emotune.best_run_id"]).data.metrics["best_val_ccc_mean"]
+    legacy = _copy_without_kind(client, parent, "sw-legacy")
+    assert "emotune.kind" not in legacy.data.tags and len(trials) == 2
+
+    def report_and_compare(stage: str) -> None:
+        assert main(["report", "sw", "--mlflow-uri", uri, "--out", str(tmp_path / stage),
+                     "--optuna-storage", f"sqlite:///{work / 'optuna.db'}"]) == 0
+        assert f"logged to MLflow parent run {parent.info.run_id} under report/" in capsys.readouterr().out, stage
+        board = (tmp_path / stage / "report.html").read_text().split("<h3>Leaderboard</h3>")[1].split("</table>")[0]
+        assert set(re.findall(r"<tr><td>\d+</td><td>([0-9a-f]+)</td>", board)) == trials, stage
+
+        assert main(["compare", "sw", "sw-legacy", "--mlflow-uri", uri]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split() == ["sw", "sw-legacy"], stage
+        width = lines[0].index("sw")
+        row = {line[:width].strip(): line[width:].split() for line in lines[1:] if line.startswith("  ")}
+        assert row["trials"] == ["2", "2"] and row["study"] == ["e2e", "e2e"], (stage, row)
+        assert row["best objective"] == [f"{best:.4f}"] * 2, (stage, row)
+
+    # a new model name: nothing holds its alias, so this promotion registers a model (a promotion run named after sw)
+    assert main(["promote", "sw", "--mlflow-uri", uri, "--model-name", "emotune-lookup", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    promotions = client.search_runs([experiment], "tags.`emotune.sweep` = 'sw' and tags.`emotune.kind` = 'promotion'")
+    assert promotions and all("mlflow.parentRunId" not in r.data.tags for r in promotions)
+    report_and_compare("after-promote")
+
+    request.getfixturevalue("retrained")
+    retrain, = client.search_runs([experiment], "tags.`emotune.retrain_of` = 'sw'")
+    assert retrain.data.tags["emotune.kind"] == "retrain"
+    report_and_compare("after-retrain-top")
+    # the sweep's run id names it too; a promotion's run id names no sweep
+    assert main(["compare", parent.info.run_id, legacy.info.run_id, "--mlflow-uri", uri]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == ["sw", "sw-legacy"]
+    assert main(["report", promotions[0].info.run_id, "--mlflow-uri", uri]) == 2
+    assert capsys.readouterr().err.startswith("emotune: error: no sweep ")
+
+
+def test_retrain_top_k_with_seeds_reports_mean_and_spread_and_promotes_the_chosen_run(swept, retrained, tmp_path):
     """``--retrain-top 2 --seeds 2``: the sweep's 2 configurations trained twice each in a real Tune run recorded under
     a retrain parent run; the seed the sweep used reproduces the sweep's value (CPU training is deterministic), the
     printed mean and spread are those of the recorded runs, and the promoted version's lineage names the retraining."""
@@ -236,9 +328,7 @@ def test_retrain_top_k_with_seeds_reports_mean_and_spread_and_promotes_the_chose
     sweep_runs = client.search_runs([find_sweep(client, "sw").info.experiment_id],
                                     f"tags.`mlflow.parentRunId` = '{find_sweep(client, 'sw').info.run_id}'")
     sweep_values = {r.data.tags["emotune.trial_id"]: r.data.metrics["best_val_ccc_mean"] for r in sweep_runs}
-    # The installed command (it starts Ray, which this test process must not keep running)
-    out = emotune("promote", "sw", "--mlflow-uri", uri, "--model-name", "emotune-retrained", "--out", str(tmp_path),
-                  "--retrain-top", "2", "--seeds", "2", cwd=tmp_path).stdout
+    out, out_dir = retrained
     rows = re.findall(r"trial (\w+): sweep (-?\d\.\d{4}); retrained (-?\d\.\d{4}) \+- (\d\.\d{4}) \(n=2\)", out)
     assert len(rows) == 2, out
     retrain = client.search_runs([find_sweep(client, "sw").info.experiment_id], "tags.`emotune.retrain_of` = 'sw'")
@@ -260,7 +350,7 @@ def test_retrain_top_k_with_seeds_reports_mean_and_spread_and_promotes_the_chose
         assert float(std) == pytest.approx(np.std(list(values.values()), ddof=1), abs=1e-4)
     chosen = max(rows, key=lambda r: float(r[2]))[0]
     assert re.search(rf"trial {chosen}: .*<- chosen", out)
-    produced = yaml.safe_load((tmp_path / "production.yaml").read_text())
+    produced = yaml.safe_load((out_dir / "production.yaml").read_text())
     assert produced["trial"] == chosen and produced["retrain"]["run_id"] == retrain[0].info.run_id
     version = client.get_model_version_by_alias("emotune-retrained", "production")
     assert version.tags["emotune.retrain_run_id"] == retrain[0].info.run_id

@@ -165,7 +165,7 @@ class TrialConfig:
     w_ncce_valence: float | None = setting(None, "loss", "w_ncce for valence", low=0.0)
     w_ncce_arousal: float | None = setting(None, "loss", "w_ncce for arousal", low=0.0)
 
-    # ---- augmentations (trainables.data.augment validates each value against its augmentation)
+    # ---- augmentations (trainables.data.augment_settings validates each value against its augmentation)
     aug_random_crop: Any = setting(0, "augment", "random crop size in pixels or fraction (0 = off)")
     aug_hflip: Any = setting(0.0, "augment", "horizontal flip probability")
     aug_randaugment: Any = setting(False, "augment", "RandAugment per clip")
@@ -238,7 +238,7 @@ class TrialConfig:
         if self.checkpoint is not None and not Path(self.checkpoint).expanduser().exists():
             raise ConfigError(f"checkpoint={self.checkpoint!r}: no such file or folder (a .pth/.pt/.safetensors file or "
                               f"a transformers save_pretrained folder, at a path on every node that runs trials)")
-        from trainables.data.augment import parse_augment_config  # validates every aug_* value
+        from trainables.data.augment_settings import parse_augment_config  # validates every aug_* value
 
         try:
             parse_augment_config(self.augmentations())
@@ -251,7 +251,8 @@ class TrialConfig:
         return dataclasses.asdict(self)
 
     def augmentations(self) -> dict[str, Any]:
-        """The ``aug_*`` settings (for ``trainables.data.augment``)."""
+        """The ``aug_*`` settings (checked by ``trainables.data.augment_settings``, applied by
+        ``trainables.data.augment``)."""
         return {k: v for k, v in self.to_dict().items() if SPECS[k].metadata["group"] == "augment" and v is not None}
 
     def loss_weights(self) -> dict[str, float]:

@@ -20,3 +20,18 @@ def git_commit(where: str | Path = PROJECT) -> str:
         return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+# MLflow 3's UI opens an experiment without this tag on its GenAI traces overview, which is empty for a sweep; with it,
+# the experiment opens on its runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+#: The tag that says what an emotune MLflow run is. A sweep's parent run is ``sweep`` (the only kind ``emotune report``,
+#: ``compare`` and ``promote`` take for a sweep name), a retraining's parent run ``retrain``, a promotion's run
+#: ``promotion``. The other runs carry lineage tags such as ``emotune.sweep`` too, so a name alone cannot tell them
+#: apart. Written by ``cluster`` and ``analysis``, read by ``analysis``: it is defined here, below both.
+KIND_TAG = "emotune.kind"
+SWEEP_KIND = "sweep"
+RETRAIN_KIND = "retrain"
+PROMOTION_KIND = "promotion"

@@ -27,28 +27,9 @@ name                parameters                             rule
 ``grayscale``       ``p=0.0``                              with probability ``p`` turn gray, keeping ``C`` channels
 ==================  =====================================  ===========================================================
 
-Trial-config keys (flat, so a search space can sweep each one; other keys of the config are ignored, unknown ``aug_*``
-keys are an error):
-
-=============================  =========  ====================================================================
-key                            default    meaning
-=============================  =========  ====================================================================
-``aug_hflip``                  0 (off)    flip probability in [0, 1]
-``aug_random_crop``            0 (off)    crop side in pixels (integer >= 1) or a fraction of the side in (0, 1)
-``aug_cropout``                false      turn crop-out on
-``aug_cropout_n``              5          number of squares, integer >= 1
-``aug_cropout_area``           0.25       total covered fraction of the frame, in (0, 1)
-``aug_missing_frames``         0 (off)    fraction of frames set black, in [0, 1]
-``aug_solarize``               0 (off)    probability per clip, in [0, 1]
-``aug_salt_pepper``            0 (off)    fraction of noisy pixels, in [0, 1]
-``aug_randaugment``            false      turn RandAugment on
-``aug_randaugment_ops``        2          number of ops per clip, integer >= 0
-``aug_randaugment_magnitude``  9          magnitude bin, integer in [0, 30] (31 bins, as torchvision)
-``aug_grayscale``              0 (off)    probability per clip, in [0, 1]
-=============================  =========  ====================================================================
-
-A numeric switch key also accepts a bool: ``true`` means the paper default of its parameter, ``false`` means off.
-Parameter keys (``aug_cropout_n`` ...) are validated even while their switch is off, so a bad value is never silent.
+The trial-config keys (``aug_*``) that choose them, and every parameter's rule, are in
+:mod:`trainables.data.augment_settings` (torch-free, for the sweep's driver); each augmentation here inherits its
+settings class from there and adds the transform.
 
 The pipeline order is fixed: geometric (random crop, flip) -> photometric (RandAugment, solarize, grayscale) ->
 occlusion (crop-out, missing frames, salt & pepper), so occluders stay black and noise stays pure 0/255 instead of
@@ -62,21 +43,33 @@ one process.
 """
 from __future__ import annotations
 
-import inspect
 import math
-import numbers
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from trainables.data.augment_settings import (
+    CropoutSettings,
+    GrayscaleSettings,
+    HFlipSettings,
+    MissingFramesSettings,
+    RandAugmentSettings,
+    RandomCropSettings,
+    SaltPepperSettings,
+    SolarizeSettings,
+    check_parameters,
+    crop_hw,
+    crop_output_size,
+    parameters,
+    parse_augment_config,
+    resolve_size,
+)
 from trainables.registry import Registry
-
-if TYPE_CHECKING:  # annotations only
-    import torch
-    from torch import Tensor
-
-# torch and torchvision are imported where a clip is transformed, not here: the sweep's driver parses and checks every
-# configuration's ``aug_*`` settings with this module before Ray starts, and needs neither (about 3 s of start-up).
 
 __all__ = [
     "ClipAugmentation",
@@ -85,10 +78,7 @@ __all__ = [
     "create_augmentation",
     "build_train_transform",
     "build_eval_transform",
-    "parse_augment_config",
-    "crop_output_size",
     "draw_seed",
-    "CONFIG_KEYS",
     "HFlip",
     "RandomCrop",
     "CenterCrop",
@@ -118,7 +108,6 @@ _T = TypeVar("_T", bound=type)
 
 def register_augmentation(name: str) -> Callable[[_T], _T]:
     """Class decorator: make the augmentation constructible by ``create_augmentation(name, **params)``."""
-
     def deco(cls: _T) -> _T:
         _REGISTRY.add(name, cls)
         cls.name = name  # type: ignore[attr-defined]
@@ -140,37 +129,15 @@ def create_augmentation(name: str, **params: Any) -> ClipAugmentation:
             allowed ones) or a parameter outside its allowed range (the message names it and the range).
     """
     cls = _REGISTRY.get(name)
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"{name}: unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed) or 'none'}")
+    check_parameters(name, cls, params)
     return cls(**params)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Validation helpers: every message names the parameter, the value and what is allowed.
-
-
-def _probability(aug: str, param: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{aug}: {param}={value!r} is not allowed; expected a number in [0, 1]")
-    return float(value)
-
-
-def _integer(aug: str, param: str, value: Any, lo: int, hi: int | None = None) -> int:
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and float(value).is_integer()
-    if ok:
-        ok = int(value) >= lo and (hi is None or int(value) <= hi)
-    if not ok:
-        allowed = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
-        raise ValueError(f"{aug}: {param}={value!r} is not allowed; expected {allowed}")
-    return int(value)
+# Random draws, all from the given generator
 
 
 def _check_clip(clip: Tensor) -> None:
-    import torch
-    from torch import Tensor
-
     if not isinstance(clip, Tensor) or clip.dtype != torch.uint8 or clip.ndim != 4 or clip.shape[1] not in (1, 3):
         desc = f"{tuple(clip.shape)} {clip.dtype}" if isinstance(clip, Tensor) else type(clip).__name__
         raise ValueError(f"expected a uint8 clip of shape (T, C, H, W) with C in {{1, 3}}, got {desc}")
@@ -178,22 +145,16 @@ def _check_clip(clip: Tensor) -> None:
 
 def _coin(p: float, generator: torch.Generator) -> bool:
     """One Bernoulli(p) draw. Always consumes one number, so later draws do not shift with ``p``."""
-    import torch
-
     return bool(torch.rand((), generator=generator).item() < p)
 
 
 def _randint(high_inclusive: int, generator: torch.Generator) -> int:
-    import torch
-
     return int(torch.randint(0, high_inclusive + 1, (), generator=generator).item())
 
 
 def draw_seed(generator: torch.Generator) -> int:
     """A 63-bit seed drawn from ``generator`` (one ``torch.randint`` call); used to seed torchvision's global-RNG
     transforms reproducibly. Public so tests can replay a draw from a copy of the generator state."""
-    import torch
-
     return int(torch.randint(0, 2**63 - 1, (), generator=generator, dtype=torch.int64).item())
 
 
@@ -202,59 +163,22 @@ def draw_seed(generator: torch.Generator) -> int:
 
 
 @register_augmentation("hflip")
-class HFlip:
+class HFlip(HFlipSettings):
     """Horizontal flip of the whole clip with probability ``p`` (001 / LiRA: ``p = 0.5``)."""
 
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = _probability("hflip", "p", p)
-
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
         return TF.horizontal_flip(clip) if _coin(self.p, generator) else clip
 
 
-def _resolve_size(aug: str, size: Any) -> int | float:
-    """``size`` as pixels (int >= 1) or a fraction of the frame side (float in (0, 1))."""
-    if not isinstance(size, bool) and isinstance(size, numbers.Real):
-        if 0.0 < float(size) < 1.0:
-            return float(size)
-        if float(size) >= 1.0 and float(size).is_integer():
-            return int(size)
-    raise ValueError(f"{aug}: size={size!r} is not allowed; expected pixels (an integer >= 1) "
-                     "or a fraction of the frame side in (0, 1)")
-
-
-def _crop_hw(aug: str, size: int | float, height: int, width: int) -> tuple[int, int]:
-    """Crop height and width for a ``height x width`` frame; a fraction applies to each side (square frames give a
-    square crop)."""
-    if isinstance(size, float):
-        ch, cw = max(1, round(size * height)), max(1, round(size * width))
-    else:
-        ch = cw = size
-    if ch > height or cw > width:
-        raise ValueError(f"{aug}: size={size!r} gives a {ch}x{cw} crop, larger than the {height}x{width} frame; "
-                         f"allowed: 1..{min(height, width)} pixels or a fraction in (0, 1)")
-    return ch, cw
-
-
 @register_augmentation("random_crop")
-class RandomCrop:
+class RandomCrop(RandomCropSettings):
     """One random ``size x size`` box per clip (001: 80 x 80 of 96 x 96 for RECOLA, 110 of the SEWA crops).
 
     ``size`` is pixels (integer >= 1) or a fraction of the frame side in (0, 1). The top-left corner is uniform over
     all positions that keep the box inside the frame. Evaluation uses :class:`CenterCrop` of the same size so that
     the model sees the same input size in training and testing."""
 
-    def __init__(self, size: int | float = 80) -> None:
-        self.size = _resolve_size("random_crop", size)
-
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        return _crop_hw("random_crop", self.size, height, width)
-
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
         height, width = clip.shape[-2:]
         ch, cw = self.output_size(height, width)
         top = _randint(height - ch, generator)
@@ -269,12 +193,10 @@ class CenterCrop:
     augmentation); the generator is accepted and ignored so it still fits the :class:`ClipAugmentation` protocol."""
 
     def __init__(self, size: int | float = 80) -> None:
-        self.size = _resolve_size("center_crop", size)
+        self.size = resolve_size("center_crop", size)
 
     def __call__(self, clip: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
-        ch, cw = _crop_hw("center_crop", self.size, *clip.shape[-2:])
+        ch, cw = crop_hw("center_crop", self.size, *clip.shape[-2:])
         return TF.center_crop(clip, [ch, cw])
 
 
@@ -283,7 +205,7 @@ class CenterCrop:
 
 
 @register_augmentation("randaugment")
-class RandAugmentClip:
+class RandAugmentClip(RandAugmentSettings):
     """torchvision v2 RandAugment (Cubuk et al. 2020) with ONE draw per clip (000: RandAugment per clip).
 
     ``num_ops`` operations are drawn uniformly (with replacement) from torchvision's 14-op space, all at magnitude bin
@@ -296,17 +218,11 @@ class RandAugmentClip:
     and the caller's global RNG is left untouched. Rotations and shears fill with black, interpolation is nearest.
     """
 
-    NUM_MAGNITUDE_BINS = 31
-
-    def __init__(self, num_ops: int = 2, magnitude: int = 9) -> None:
-        self.num_ops = _integer("randaugment", "num_ops", num_ops, 0)
-        self.magnitude = _integer("randaugment", "magnitude", magnitude, 0, self.NUM_MAGNITUDE_BINS - 1)
-        self._transform = None  # torchvision's transform, built on first use
+    _transform = None  # torchvision's transform, built on first use (per instance)
 
     @property
     def transform(self):
         if self._transform is None:
-            from torchvision.transforms import v2
 
             self._transform = v2.RandAugment(num_ops=self.num_ops, magnitude=self.magnitude,
                                              num_magnitude_bins=self.NUM_MAGNITUDE_BINS)
@@ -314,9 +230,6 @@ class RandAugmentClip:
 
     def apply_seeded(self, clip: Tensor, seed: int) -> Tensor:
         """Apply RandAugment with torch's global RNG seeded by ``seed`` (restored afterwards)."""
-        import torch
-        from torchvision import tv_tensors
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             out = self.transform(tv_tensors.Video(clip))
@@ -330,19 +243,14 @@ class RandAugmentClip:
 
 
 @register_augmentation("solarize")
-class Solarize:
+class Solarize(SolarizeSettings):
     """With probability ``p`` per clip, invert the values above the clip's mean intensity: ``x -> 255 - x`` where
     ``x > mean(clip)``, others unchanged (001: "we solarize above the average lightness", applied to 20% of clips).
 
     The threshold is the mean over the whole clip (all frames, pixels and channels), so every frame of a clip uses the
     same threshold; for RGB each channel value is compared with it, as torchvision's solarize does."""
 
-    def __init__(self, p: float = 0.2) -> None:
-        self.p = _probability("solarize", "p", p)
-
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
-        import torch
-
         if not _coin(self.p, generator):
             return clip
         mean = clip.float().mean()
@@ -350,16 +258,11 @@ class Solarize:
 
 
 @register_augmentation("grayscale")
-class Grayscale:
+class Grayscale(GrayscaleSettings):
     """With probability ``p`` per clip, convert RGB to gray (ITU-R 601 luma, torchvision) and repeat it over the 3
     channels so the model's input shape does not change. A 1-channel clip is returned as is."""
 
-    def __init__(self, p: float = 0.0) -> None:
-        self.p = _probability("grayscale", "p", p)
-
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
         if not _coin(self.p, generator) or clip.shape[1] == 1:
             return clip
         return TF.rgb_to_grayscale(clip, num_output_channels=clip.shape[1])
@@ -370,7 +273,7 @@ class Grayscale:
 
 
 @register_augmentation("cropout")
-class Cropout:
+class Cropout(CropoutSettings):
     """``n`` black squares covering ``area`` of the frame in total, at the same positions on every frame (001: 5
     squares, 25%).
 
@@ -379,12 +282,6 @@ class Cropout:
     side. When no free spot is found (large ``area``), the last draw is kept and squares may overlap."""
 
     MAX_TRIES = 100
-
-    def __init__(self, n: int = 5, area: float = 0.25) -> None:
-        self.n = _integer("cropout", "n", n, 1)
-        if isinstance(area, bool) or not isinstance(area, numbers.Real) or not 0.0 < float(area) < 1.0:
-            raise ValueError(f"cropout: area={area!r} is not allowed; expected a fraction in (0, 1)")
-        self.area = float(area)
 
     def boxes(self, height: int, width: int, generator: torch.Generator) -> list[tuple[int, int, int]]:
         """The squares as ``(top, left, side)``."""
@@ -409,20 +306,11 @@ class Cropout:
 
 
 @register_augmentation("missing_frames")
-class MissingFrames:
+class MissingFrames(MissingFramesSettings):
     """Set ``k = floor(fraction * T + 0.5)`` frames, chosen uniformly without replacement per clip, to black (001:
     20% of frames). The frames' labels are untouched: the model must carry the estimate over the gap."""
 
-    def __init__(self, fraction: float = 0.2) -> None:
-        self.fraction = _probability("missing_frames", "fraction", fraction)
-
-    def num_missing(self, num_frames: int) -> int:
-        # Half-up rounding (not Python's half-to-even) so the count grows monotonically with the clip length.
-        return min(num_frames, math.floor(self.fraction * num_frames + 0.5))
-
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
-        import torch
-
         k = self.num_missing(clip.shape[0])
         if k == 0:
             return clip
@@ -433,17 +321,12 @@ class MissingFrames:
 
 
 @register_augmentation("salt_pepper")
-class SaltPepper:
+class SaltPepper(SaltPepperSettings):
     """Salt & pepper noise: every pixel of every frame independently, with probability ``amount``, becomes white (255)
     or black (0) with equal chance, in all channels (001: "classic noise with 50% salt vs pepper split"; the paper
     gives no amount, 0.02 is the default here)."""
 
-    def __init__(self, amount: float = 0.02) -> None:
-        self.amount = _probability("salt_pepper", "amount", amount)
-
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
-        import torch
-
         t, _c, h, w = clip.shape
         u = torch.rand((t, 1, h, w), generator=generator).to(clip.device)
         # One uniform per pixel decides both: u < amount/2 -> pepper, amount/2 <= u < amount -> salt.
@@ -457,101 +340,6 @@ class SaltPepper:
 # Config -> pipeline
 
 
-@dataclass(frozen=True)
-class _Switch:
-    """A config key that turns augmentation ``name`` on. ``param`` is the parameter its numeric value feeds (``None``
-    for bool switches); ``extras`` maps parameter keys to parameter names."""
-
-    key: str
-    name: str
-    param: str | None
-    extras: dict[str, str] = field(default_factory=dict)
-
-
-# In pipeline order: geometric -> photometric -> occlusion.
-_SWITCHES: tuple[_Switch, ...] = (
-    _Switch("aug_random_crop", "random_crop", "size"),
-    _Switch("aug_hflip", "hflip", "p"),
-    _Switch("aug_randaugment", "randaugment", None,
-            {"aug_randaugment_ops": "num_ops", "aug_randaugment_magnitude": "magnitude"}),
-    _Switch("aug_solarize", "solarize", "p"),
-    _Switch("aug_grayscale", "grayscale", "p"),
-    _Switch("aug_cropout", "cropout", None, {"aug_cropout_n": "n", "aug_cropout_area": "area"}),
-    _Switch("aug_missing_frames", "missing_frames", "fraction"),
-    _Switch("aug_salt_pepper", "salt_pepper", "amount"),
-)
-
-#: Every ``aug_*`` key the config may hold.
-CONFIG_KEYS: tuple[str, ...] = tuple(k for s in _SWITCHES for k in (s.key, *s.extras))
-
-
-def _switch_value(sw: _Switch, value: Any) -> tuple[bool, dict[str, Any]]:
-    """(on, params) for the switch key's value."""
-    if sw.param is None:
-        if isinstance(value, bool) or (isinstance(value, numbers.Integral) and int(value) in (0, 1)):
-            return bool(value), {}
-        raise ValueError(f"{sw.key}={value!r} is not allowed; expected true or false")
-    if value is None or value is False:
-        return False, {}
-    if value is True:
-        return True, {}  # the paper default of the parameter
-    if isinstance(value, numbers.Real) and float(value) == 0.0:
-        return False, {}
-    return True, {sw.param: value}
-
-
-def parse_augment_config(config: Mapping[str, Any]) -> list[tuple[str, ClipAugmentation]]:
-    """Validate the ``aug_*`` keys of ``config`` and return the enabled augmentations as ``(key, augmentation)``
-    pairs in pipeline order. Keys not starting with ``aug_`` are ignored.
-
-    Raises:
-        ValueError: an unknown ``aug_*`` key (the message lists the known keys) or a value outside its allowed range
-            (the message names the key, the value and the range).
-    """
-    unknown = sorted(k for k in config if str(k).startswith("aug_") and k not in CONFIG_KEYS)
-    if unknown:
-        raise ValueError(f"unknown augmentation key(s) {', '.join(unknown)}; known: {', '.join(CONFIG_KEYS)}")
-    enabled: list[tuple[str, ClipAugmentation]] = []
-    for sw in _SWITCHES:
-        on, params = _switch_value(sw, config.get(sw.key, False))
-        for key, param in sw.extras.items():
-            if key in config and config[key] is not None:
-                params[param] = config[key]
-        try:
-            # Built even when off, so a bad parameter key fails now rather than when someone switches it on.
-            aug = create_augmentation(sw.name, **params)
-        except ValueError as err:
-            keys = [sw.key] + [k for k in sw.extras if k in config]
-            shown = ", ".join(f"{k}={config.get(k, False)!r}" for k in keys)
-            raise ValueError(f"{shown}: {err}") from err
-        if on:
-            enabled.append((sw.key, aug))
-    return enabled
-
-
-def _frame_hw(frame_size: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(frame_size, numbers.Integral):
-        return int(frame_size), int(frame_size)
-    height, width = frame_size
-    return int(height), int(width)
-
-
-def crop_output_size(config: Mapping[str, Any], frame_size: int | tuple[int, int]) -> tuple[int, int]:
-    """Frame ``(H, W)`` the model sees after the train / eval transform of ``config`` for ``frame_size`` inputs.
-
-    Raises:
-        ValueError: invalid config, or a crop larger than the frame (naming ``aug_random_crop``).
-    """
-    height, width = _frame_hw(frame_size)
-    for key, aug in parse_augment_config(config):
-        if isinstance(aug, RandomCrop):
-            try:
-                return aug.output_size(height, width)
-            except ValueError as err:
-                raise ValueError(f"{key}={config[key]!r}: {err}") from err
-    return height, width
-
-
 class ClipPipeline:
     """The training transform: the enabled augmentations in order, all drawing from one generator.
 
@@ -561,8 +349,6 @@ class ClipPipeline:
         self.steps = list(steps)
 
     def __call__(self, clip: Tensor, generator: torch.Generator) -> Tensor:
-        import torch
-
         _check_clip(clip)
         if not isinstance(generator, torch.Generator):
             raise ValueError(f"expected a torch.Generator, got {type(generator).__name__}")
@@ -614,7 +400,8 @@ def build_train_transform(
     Raises:
         ValueError: unknown ``aug_*`` key or invalid value (naming the key and the allowed range).
     """
-    steps = parse_augment_config(config)
+    steps = [(key, create_augmentation(settings.name, **parameters(settings)))
+             for key, settings in parse_augment_config(config)]
     if frame_size is not None:
         crop_output_size(config, frame_size)
     return ClipPipeline(steps)
@@ -631,7 +418,7 @@ def build_eval_transform(config: Mapping[str, Any], *,
     steps = parse_augment_config(config)
     if frame_size is not None:
         crop_output_size(config, frame_size)
-    for key, aug in steps:
-        if isinstance(aug, RandomCrop):
-            return EvalTransform(CenterCrop(aug.size), key)
+    for key, settings in steps:
+        if isinstance(settings, RandomCropSettings):
+            return EvalTransform(CenterCrop(settings.size), key)
     return EvalTransform(None)

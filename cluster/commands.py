@@ -1,0 +1,101 @@
+"""The commands that run on Ray: ``emotune sweep``, ``emotune settings`` (the trial settings a sweep can set) and
+``emotune promote`` (with ``--retrain-top``, the top configurations are trained again here before
+:func:`analysis.promote.promote` decides). Each takes the parsed arguments of :mod:`cluster.cli`'s parser and returns
+the exit status."""
+from __future__ import annotations
+
+from trainables.console import say
+from trainables.errors import UserError
+
+
+def print_outcome(outcome, max_epochs: int) -> dict[str, int]:
+    """The sweep's leaderboard, where its records are, its best trial; returns the number of trials per status."""
+    from analysis.leaderboard import STATUSES, format_leaderboard, rows_from_results
+
+    params = list(outcome.space.params)
+    key = "epoch" if outcome.space.fidelity["attr"] == "epoch" else "step"
+    rows = rows_from_results(outcome.results, outcome.space.metric, outcome.space.mode, params, max_epochs,
+                             epoch_key=key)
+    say()
+    say(f"Leaderboard of sweep {outcome.name} ({len(rows)} trials, objective {outcome.space.metric}):")
+    say(format_leaderboard(rows, outcome.space.metric, steps_label="epochs" if key == "epoch" else "reports"))
+    say()
+    say(f"MLflow store:  {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
+    if outcome.tracking_uri.startswith("sqlite:///"):
+        say(f"  open it with: mlflow ui --backend-store-uri {outcome.tracking_uri} --port 5000")
+    say(f"Ray results:   {outcome.storage}/{outcome.name}")
+    if outcome.best_trial_id:
+        say(f"Best trial:    {outcome.best_trial_id} (checkpoint logged to MLflow run {outcome.best_run_id})")
+    else:
+        say("Best trial:    none (no trial finished without an error)")
+    counts = {status: sum(r.status == status for r in rows) for status in STATUSES}
+    say("Trials:        " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    return counts
+
+
+def sweep_exit_status(counts: dict[str, int]) -> int:
+    """1 when any trial errored or none finished (complete or stopped early), else 0."""
+    finished = counts["complete"] + counts["stopped early"]
+    return 1 if counts["errored"] or not finished else 0
+
+
+def cmd_sweep(a) -> int:
+    from cluster.sweep import SweepOptions, run_sweep
+
+    if not a.resume and not a.data:
+        raise UserError("sweep: --data is required (the dataset index from `emotune data prepare`)")
+
+    data = a.data or []
+    if len(data) == 1 and "=" not in data[0]:
+        data = data[0]
+    else:
+        data = dict(item.split("=", 1) for item in data) if all("=" in d for d in data) else data
+        if isinstance(data, list):
+            raise UserError("sweep: several --data need NAME=INDEX each (e.g. --data coarse=a.json --data fine=b.json)")
+    opts = SweepOptions(space=a.space, data_index=data, num_samples=a.trials, max_concurrent=a.max_concurrent,
+                        workers=a.workers, cpus_per_worker=a.cpus_per_worker, gpus_per_worker=a.gpus_per_worker,
+                        storage=a.storage, name=a.name, seed=a.seed, time_budget_s=a.time_budget,
+                        tracking_uri=a.mlflow_uri, experiment=a.experiment, overrides=dict(a.overrides),
+                        resume=a.resume, optuna_storage=a.optuna_storage, keep_checkpoints=a.keep_checkpoints,
+                        max_failures=a.max_failures, executor=a.executor, verbose=a.verbose, dry_run=a.dry_run,
+                        epochs=a.epochs, ray_address=a.address)
+    outcome = run_sweep(opts)
+    if a.dry_run:
+        return 0
+    return sweep_exit_status(print_outcome(outcome, int(outcome.space.fidelity["max"])))
+
+
+def cmd_settings(a) -> int:
+    from trainables.config import describe
+
+    rows = [("setting", "group", "default", "allowed"), *describe()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        say("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+    return 0
+
+
+def cmd_promote(a) -> int:
+    """``emotune promote``: with ``--retrain-top K``, the sweep's K best configurations are trained again first
+    (:func:`cluster.retrain.retrain_top`, on Ray) and the chosen run is the candidate; the decision, the scoring and
+    the registry are :mod:`analysis`'s."""
+    from analysis.promote import promote
+    from trainables.storage import existing_store
+
+    uri = existing_store(a.mlflow_uri)
+    retrained = None
+    if a.retrain_top:
+        from mlflow.tracking import MlflowClient
+
+        from analysis.promote import find_sweep
+        from cluster.retrain import retrain_top
+
+        client = MlflowClient(uri, registry_uri=uri)
+        retrained = retrain_top(client, find_sweep(client, a.sweep).info.run_id, uri, a.retrain_top, a.seeds,
+                                a.max_concurrent, ray_address=a.address)
+    outcome = promote(a.sweep, uri, model_name=a.model_name, margin=a.margin, out_dir=a.out, retrained=retrained)
+    say(outcome.message)
+    if not outcome.promoted:
+        return 1
+    say(f"production.yaml: {outcome.yaml_path}")
+    return 0
