@@ -7,9 +7,9 @@ trial, one retry after another. Checked here, in order:
 1. every key of the study file and of ``--set`` is a trial setting a user may give (``trainables.config``);
 2. the configurations the sweep can start: the fixed and pinned values alone, every initial point, every value of
    every searched parameter (each with the others drawn at random), every combination of the searched values that
-   enter a shape rule (:func:`shape_points`), and ``samples`` random draws, each resolved into a ``TrialConfig``. A key that does not apply to the chosen backbone or sampler is refused when the user set it
-   (``--set``) and dropped with one warning when it comes from the study file; a searched parameter that never applies
-   is not searched at all;
+   enter a shape rule (:func:`shape_points`), and ``samples`` random draws, each resolved into a ``TrialConfig``. A
+   key that does not apply to the chosen backbone or sampler is refused when the user set it (``--set``) and dropped
+   with one warning when it comes from the study file; a searched parameter that never applies is not searched at all;
 3. each distinct data view of those configurations against its dataset index: the crop against the cached frame
    size, the windows against the training videos' valid frames (at least one training window), the frame rate
    against the cache's;

@@ -17,8 +17,8 @@ from trainables.prepare.sidecar import LabelFileError, read_face_sidecar
 from trainables.prepare.splits import check_disjoint
 
 
-@pytest.mark.parametrize("cls", [ManifestError, LabelFileError, VideoDecodeError, VideoTooSmallError, MissingWeightsError,
-                                 DetectorUnavailableError])
+@pytest.mark.parametrize("cls", [ManifestError, LabelFileError, VideoDecodeError, VideoTooSmallError,
+                                 MissingWeightsError, DetectorUnavailableError])
 def test_every_prepare_error_is_a_data_error(cls):
     assert issubclass(cls, DataError) and issubclass(cls, UserError) and issubclass(cls, ValueError)
 

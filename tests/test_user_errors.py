@@ -52,7 +52,8 @@ def refused(proc, *fragments: str) -> str:
       "allowed: height and width multiples of 8")),
     # smoke searches SSTS strides 2, 3 and 4: of 20 frames, stride 3 gives clips of 7 or 6, which cannot share a batch
     (("--space", "smoke", "--set", "clip_len=20"),
-     ("ssts_stride 3 does not divide clip_len 20: clips hold 7 or 6 frames", "allowed: ssts_stride in 1, 2, 4, 5, 10, 20")),
+     ("ssts_stride 3 does not divide clip_len 20: clips hold 7 or 6 frames",
+      "allowed: ssts_stride in 1, 2, 4, 5, 10, 20")),
     # MIMAMO's phase differences need two frames
     (("--space", "sequence_windows", "--set", "backbone=mimamo_tiny", "--set", "num_frames=1", "--set", "clip_len=1"),
      ("backbone mimamo_tiny takes the phase difference of consecutive frames", "clips of 1 frame")),

@@ -17,10 +17,12 @@ backbone cannot take, instead of letting every trial fail on its first batch. Th
   pooling or the convolution raises. Sizes that do not divide evenly run; the unpadded strides drop the last rows or
   columns. Inflated (``i3d``), the ResNets whose shortcuts downsample with a 2x2 average pool (timm's ``test_resnet``
   and the ``resnet*d`` variants) need H and W >= 17: ``AvgPool3d`` refuses an input smaller than its kernel where
-  ``AvgPool2d`` in ceil mode takes a 1x1 one, and layer 4's pool sees ``ceil(H / 16)`` pixels. A CNN name outside these families is not checked here (``Verdict.checked`` is False): timm has hundreds.
+  ``AvgPool2d`` in ceil mode takes a 1x1 one, and layer 4's pool sees ``ceil(H / 16)`` pixels. A CNN name outside
+  these families is not checked here (``Verdict.checked`` is False): timm has hundreds.
 * ``mimamo``: a clip of one frame is refused: the phase difference of its only frame comes out empty and the two
-  streams no longer concatenate (``RuntimeError``). Besides the CNN, the steerable pyramid halves (rounding up) the phase input ``pyramid_levels - 1`` times
-  and needs the coarsest level at least 2x2; the phase input is the frame, or ``phase_size`` square when set.
+  streams no longer concatenate (``RuntimeError``). Besides the CNN, the steerable pyramid halves (rounding up) the
+  phase input ``pyramid_levels - 1`` times and needs the coarsest level at least 2x2; the phase input is the frame, or
+  ``phase_size`` square when set.
 * ``conv3d_resnet_gru``: padded convolutions in space and time: any H, W and frame count.
 * The time axis of ``cnn_rnn``, ``i3d`` (inflation never strides in time and pads to keep T), ``mimamo`` and
   ``conv3d_resnet_gru`` takes any frame count >= 1.
@@ -174,8 +176,8 @@ def _transformer(backbone: str, family: str, height: int, width: int, frames: in
         if (height // patch) * (width // patch) == 1 and max(counts[1:], default=1) > 1:
             return Verdict(REFUSED, f"input {height}x{width} is a single patch_size {patch} patch, and with {frames} "
                                     f"frames backbone {backbone} keeps {counts[1]} temporal slices after its first "
-                                    "temporal convolution, which its spatial pool cannot take; allowed: height or width "
-                                    f"of 2 patches or more, or at most {2 * tubelet} frames", keys)
+                                    "temporal convolution, which its spatial pool cannot take; allowed: height or "
+                                    f"width of 2 patches or more, or at most {2 * tubelet} frames", keys)
         slices = counts[-1]
     tokens = slices * (height // patch) * (width // patch)
     return Verdict(PADDED if padding else ACCEPTED, "; ".join(padding), keys, tokens=tokens)
