@@ -163,7 +163,39 @@ def test_the_module_imports_without_torch():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_itertools_grid_covers_both_orientations():
-    # a non-square input whose width alone breaks the patch rule is refused, and the reverse too
+def test_either_side_breaks_the_patch_rule():
     statuses = {input_verdict("video_vit_tiny", h, w, 2).status for h, w in itertools.permutations((16, 20))}
     assert statuses == {REFUSED}
+
+
+def test_the_rules_defaults_are_the_constructors():
+    """The variant defaults the rules assume (patch and tubelet sizes, the CNN, the pyramid) are what the registered
+    constructors build."""
+    from trainables.models import create_backbone
+
+    for name, (family, defaults) in BACKBONES.items():
+        if family == "any":
+            continue
+        small = {k: v for k, v in SMALL[name].items() if k not in RULE_ARGS}
+        # the paper-size CNNs are named, not built: their defaults are read from the signatures below
+        paper_cnn = name in ("cnn_rnn", "i3d", "mimamo")
+        model = create_backbone(name, **small, **({"cnn": "test_resnet"} if paper_cnn else {}))
+        if family in ("video_vit", "tpsbt"):
+            assert (model.patch_size, model.tubelet_size) == (defaults["patch_size"], defaults["tubelet_size"]), name
+        if family == "tpsbt":
+            assert len(model.depths) == defaults["stages"]
+        if family == "mimamo":
+            assert (model.pyramid.height, model.phase_size) == (defaults["pyramid_levels"], defaults["phase_size"])
+        if "cnn" in defaults:
+            cnn = model.spatial if family == "mimamo" else model.encoder
+            built = getattr(cnn, "pretrained_cfg", {}).get("architecture")
+            if name.endswith("_tiny"):
+                assert built == defaults["cnn"], name
+    import inspect
+
+    from trainables.models.cnn_rnn import CnnRnn
+    from trainables.models.i3d import I3D
+    from trainables.models.mimamo import Mimamo
+
+    assert [inspect.signature(c).parameters["cnn"].default for c in (CnnRnn, I3D, Mimamo)] == [
+        BACKBONES["cnn_rnn"][1]["cnn"], BACKBONES["i3d"][1]["cnn"], BACKBONES["mimamo"][1]["cnn"]]
