@@ -82,8 +82,13 @@ def candidate_points(space: SearchSpace, samples: int, seed: int) -> list[tuple[
     for i, point in enumerate(space.initial_points):
         resolve(f"initial_points[{i}]", point)
     for key, spec in space.params.items():
-        values = spec["choices"] if spec["type"] == "categorical" else (
-            [spec["low"], spec["high"]] if spec["type"] != "constant" else [])
+        if spec["type"] == "categorical":
+            values = list(spec["choices"])
+        elif spec["type"] == "constant":
+            values = []
+        else:  # the ends of the range; with a step, the last value on its grid (what a trial can draw)
+            grid = _grid(spec)
+            values = [grid[0], grid[-1]] if grid else [spec["low"], spec["high"]]
         for value in values:
             resolve(f"params.{key}={value!r}", {key: value})
     for point in shape_points(space) or ():

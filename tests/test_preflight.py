@@ -97,3 +97,13 @@ def test_every_combination_of_the_shape_settings_is_a_point():
     assert len(shape_points(load_space("smoke", {}))) == 2 * 3  # batch_size x ssts_stride
     # a single shape setting: its values are checked one by one already
     assert shape_points(load_space("ssts_strides", {"registration": "coarse"})) == []
+
+
+def test_the_ends_of_a_stepped_range_are_values_a_trial_can_draw(tmp_path):
+    from cluster.preflight import candidate_points
+
+    (tmp_path / "ends.yaml").write_text(SPACE.replace("params:", "params:\n  batch_size: {type: int, low: 4, high: 63, "
+                                                      "step: 4}").replace("batch_size: 8, ", ""))
+    origins = [o for o, _ in candidate_points(load_space(tmp_path / "ends.yaml", {}), samples=0, seed=0)]
+    assert "params.batch_size=4" in origins and "params.batch_size=60" in origins
+    assert "params.batch_size=63" not in origins
