@@ -10,7 +10,9 @@ backbone cannot take, instead of letting every trial fail on its first batch. Th
 * ``tpsbt``, ``tpsbt_base``, ``tpsbt_tiny`` (:class:`trainables.models.tpsbt.TPSBT`): the same patch rule and tubelet
   padding; besides, an odd number of temporal slices before each later stage's stride-2 temporal convolution gets its
   last slice repeated. One spatial token per slice (H and W equal to ``patch_size``) with 2 or more slices left after a
-  temporal convolution is refused: the spatial pool's ``view`` of the permuted tokens raises ``RuntimeError``.
+  temporal convolution is refused: the spatial pool's ``view`` of the permuted tokens raises ``RuntimeError`` for a
+  batch of two clips or more (one clip alone runs; evaluation batches several windows, so it is refused for any
+  ``batch_size``).
 * ``cnn_rnn``, ``i3d``, ``mimamo`` (a timm 2D CNN per frame, inflated to 3D for ``i3d`` with temporal size 1 in every
   pool): ResNets (padded convolutions and pools) take any size; VGGs (five 2x2 max-pools without padding) and
   ConvNeXts (a 4x4 stride-4 stem, then three 2x2 stride-2 downsamplings, none padded) need H and W >= 32, else the
