@@ -6,25 +6,27 @@ trial, one retry after another. Checked here, in order:
 
 1. every key of the study file and of ``--set`` is a trial setting a user may give (``trainables.config``);
 2. the configurations the sweep can start: the fixed and pinned values alone, every initial point, every value of
-   every searched parameter (each with the others drawn at random), and ``samples`` random draws, each resolved into a
-   ``TrialConfig``. A key that does not apply to the chosen backbone or sampler is refused when the user set it
-   (``--set``) and dropped with one warning when it comes from the study file; a searched parameter that never applies
-   is not searched at all;
+   every searched parameter (each with the others drawn at random), every combination of the searched values that
+   enter a shape rule (:func:`shape_points`), and ``samples`` random draws, each resolved into a ``TrialConfig``. A
+   key that does not apply to the chosen backbone or sampler is refused when the user set it (``--set``) and dropped
+   with one warning when it comes from the study file; a searched parameter that never applies is not searched at all;
 3. each distinct data view of those configurations against its dataset index: the crop against the cached frame
    size, the windows against the training videos' valid frames (at least one training window), the frame rate
    against the cache's;
-4. the objective's metric against what trials report.
+4. the clips of each configuration against its sampler's and its backbone's shape rules (``trainables.shapes``): the
+   cached face size after the crop (patch divisibility of a video transformer, a CNN's smallest input, the pyramid's
+   levels) and every frame count the sampler gives;
+5. the objective's metric against what trials report.
 
 Resources are checked by ``cluster.resources.max_concurrent_trials`` against the running cluster.
 """
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces.schema import SearchSpace, suggest
+from search_spaces.schema import SearchSpace, _grid, suggest
 from trainables.config import TrialConfig, check_user_key, check_value
 from trainables.errors import ConfigError, DataError
 
@@ -47,49 +49,94 @@ class PreflightReport:
             f"pre-flight: {self.configs} configurations and {self.data_views} data views checked: ok"]
 
 
-class _Draw:
-    """A stand-in for an Optuna trial: the values of ``point`` where it has them, else ``pinned`` values, else random
-    draws; ``suggest`` then walks the study's conditions exactly as a real trial does."""
-
-    def __init__(self, rng: random.Random, point: dict[str, Any] | None = None):
-        self.rng, self.point, self.params = rng, point or {}, {}
-
-    def _take(self, name: str, draw):
-        value = self.point[name] if name in self.point else draw()
-        self.params[name] = value
-        return value
-
-    def suggest_categorical(self, name, choices):
-        return self._take(name, lambda: self.rng.choice(list(choices)))
-
-    def suggest_int(self, name, low, high, step=1, log=False):
-        return self._take(name, lambda: self.rng.randrange(low, high + 1, step))
-
-    def suggest_float(self, name, low, high, step=None, log=False):
-        return self._take(name, lambda: self.rng.uniform(low, high))
+#: At most this many combinations of the searched shape settings are checked one by one (see :func:`shape_points`).
+MAX_SHAPE_POINTS = 1000
 
 
 def candidate_points(space: SearchSpace, samples: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
-    """(where it came from, the trial settings) of every configuration the check resolves."""
-    rng = random.Random(seed)
+    """(where it came from, the trial settings) of every configuration the check resolves.
+
+    Each configuration is an Optuna trial of an in-memory study with a seeded ``RandomSampler``: the values a point
+    gives are enqueued (``Study.enqueue_trial``, as the sweep's searcher enqueues initial points), every other
+    parameter is drawn by the sampler, and :func:`search_spaces.schema.suggest` walks the study's conditions exactly
+    as a sweep's trial does. So a draw honours ``step`` and ``log`` as the sweep's own trials do.
+    """
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line per check
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     out = []
 
     def resolve(origin: str, point: dict[str, Any] | None = None) -> None:
-        draw = _Draw(rng, point)
-        constants = suggest(space, draw)
-        out.append((origin, {**constants, **draw.params}))
+        if point:
+            study.enqueue_trial(point, skip_if_exists=False)
+        trial = study.ask()
+        constants = suggest(space, trial)
+        out.append((origin, {**constants, **trial.params}))
 
     resolve("the fixed settings")
     for i, point in enumerate(space.initial_points):
         resolve(f"initial_points[{i}]", point)
     for key, spec in space.params.items():
-        values = spec["choices"] if spec["type"] == "categorical" else (
-            [spec["low"], spec["high"]] if spec["type"] != "constant" else [])
+        if spec["type"] == "categorical":
+            values = list(spec["choices"])
+        elif spec["type"] == "constant":
+            values = []
+        else:  # the ends of the range; with a step, the last value on its grid (what a trial can draw)
+            grid = _grid(spec)
+            values = [grid[0], grid[-1]] if grid else [spec["low"], spec["high"]]
         for value in values:
             resolve(f"params.{key}={value!r}", {key: value})
+    for point in shape_points(space) or ():
+        resolve(", ".join(f"params.{k}={v!r}" for k, v in point.items()), point)
     for i in range(samples):
         resolve(f"random configuration {i + 1}")
     return out
+
+
+def shape_points(space: SearchSpace, limit: int = MAX_SHAPE_POINTS) -> list[dict[str, Any]] | None:
+    """Every combination of the searched values that enter a shape rule (``trainables.shapes.SHAPE_KEYS``, with the
+    parameters their conditions name), as points to enqueue; the other parameters are drawn.
+
+    A parameter is asked only where its conditions hold for the values chosen before it (file order), as
+    :func:`search_spaces.schema.suggest` does. Continuous parameters are left to the per-value and random checks.
+    Returns [] when fewer than two such parameters are searched (each value is checked on its own already), None when
+    there are more than ``limit`` combinations.
+    """
+    from trainables.shapes import SHAPE_KEYS
+
+    searched = {k for k, spec in space.params.items() if spec["type"] != "constant"}
+    keys = set(SHAPE_KEYS) & searched
+    grown = True
+    while grown:  # the parameters a shape parameter's conditions depend on decide whether it is asked
+        more = {w for k in keys for w in space.params[k].get("when", {}) if w in searched} - keys
+        keys |= more
+        grown = bool(more)
+    grids = {k: _grid(space.params[k]) for k in keys}
+    grids = {k: v for k, v in grids.items() if v is not None}
+    if len(grids) < 2:
+        return []
+    partial: list[tuple[dict[str, Any], dict[str, Any]]] = [({}, dict(space.fixed))]
+    for key, spec in space.params.items():
+        if spec["type"] == "constant":
+            partial = [(asked, {**chosen, key: spec["value"]}) for asked, chosen in partial]
+            continue
+        if key not in grids:
+            continue
+        out = []
+        for asked, chosen in partial:
+            if all(chosen[k] in allowed for k, allowed in spec.get("when", {}).items() if k in chosen):
+                out += [({**asked, key: v}, {**chosen, key: v}) for v in grids[key]]
+            else:
+                out.append((asked, chosen))
+        partial = out
+        if len(partial) > limit:
+            return None
+    return [asked for asked, _ in partial if len(asked) > 1]
 
 
 def check_keys(space: SearchSpace) -> None:
@@ -149,6 +196,9 @@ def preflight(space: SearchSpace, runtime: dict[str, Any], samples: int = DEFAUL
         for key in never:
             warnings[key] = warnings[key].replace("; dropped", "; not searched")
     views, data_warnings = check_data(space, configs)
+    if shape_points(space) is None:
+        data_warnings.append(f"{space.path.name}: the searched shape settings have more than {MAX_SHAPE_POINTS} "
+                             "combinations; each value was checked, not each combination")
     return PreflightReport(space, [*warnings.values(), *data_warnings], len(configs), views)
 
 
@@ -172,6 +222,7 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
 
     splits: dict[str, tuple[list, list]] = {}
     seen: set = set()
+    shapes_seen: set = set()
     short: dict[str, tuple[int, int]] = {}  # validation video -> (its frames, the longest window) at the trial's fps
     for origin, config in configs:
         index = config.index_path
@@ -184,14 +235,16 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
         frame_hw = tuple(train[0].frames.shape[1:3])
         spec = config.clip_spec()
         key = (index, spec, tuple(sorted(config.augmentations().items(), key=lambda kv: kv[0])))
+        where = _origin_text(space, origin)
         if key in seen:
+            check_shape(where, config, spec, index, frame_hw, shapes_seen)
             continue
         seen.add(key)
-        where = _origin_text(space, origin)
         try:
             crop_output_size(config.augmentations(), frame_hw)
         except ValueError as err:
             raise ConfigError(f"{where}: {err} (the cache {index} holds {frame_hw[0]}x{frame_hw[1]} faces)") from None
+        check_shape(where, config, spec, index, frame_hw, shapes_seen)
         try:
             training_windows([VideoView(v, spec.fps) for v in train], spec)
         except ValueError as err:
@@ -215,6 +268,37 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
     warnings = [f"validation video {vid} has {frames} frames, fewer than window_length={length}: with such windows "
                 "it is predicted as neutral 0 throughout" for vid, (frames, length) in sorted(short.items())]
     return len(seen), warnings
+
+
+def check_shape(where: str, config: TrialConfig, spec, index: str, frame_hw: tuple[int, int],
+                seen: set | None = None) -> None:
+    """The clips of ``config`` against its sampler's and its backbone's shape rules (``trainables.shapes``): the
+    cached face size after the crop, and every frame count the sampler gives.
+
+    Raises:
+        ConfigError: one line naming the settings, the clip shape, where it comes from and what is allowed.
+    """
+    from trainables.data.augment import crop_output_size
+    from trainables.shapes import clip_frames, input_verdict
+
+    height, width = crop_output_size(config.augmentations(), frame_hw)
+    model = config.model_kwargs()
+    key = (config.backbone, repr(sorted(model.items())), height, width, spec.sampler, spec.clip_len, spec.stride,
+           spec.num_frames, config.batch_size)
+    if seen is not None:
+        if key in seen:
+            return
+        seen.add(key)
+    counts, sampled = clip_frames(spec.sampler, spec.clip_len, spec.stride, spec.num_frames, config.batch_size)
+    if not sampled.ok:
+        raise ConfigError(f"{where}: {sampled.reason}")
+    crop = config.aug_random_crop
+    source = (f"the cache {index} holds {frame_hw[0]}x{frame_hw[1]} faces"
+              + (f", aug_random_crop={crop!r} cuts {height}x{width}" if crop else ""))
+    for frames in counts:
+        verdict = input_verdict(config.backbone, height, width, frames, model)
+        if not verdict.ok:
+            raise ConfigError(f"{where}: {verdict.reason} ({source}; clips of {frames} frame{'s' * (frames != 1)})")
 
 
 def _needed_text(spec) -> str:

@@ -61,3 +61,49 @@ def test_a_searched_parameter_that_never_applies_is_not_searched(mixed_lengths):
     # a fixed setting of the study that does not apply is dropped, with its own warning
     assert ("e2e.yaml: ssts_stochastic does not apply (only with sampler in (ssts, consecutive); sampler is uniform); "
             "dropped" in report.warnings)
+
+
+def test_draws_follow_optunas_step_and_the_enqueued_points(tmp_path):
+    """The configurations are Optuna trials: a float with a step is drawn on its grid, an int on its step, and a
+    point's values are used as given, the rest drawn."""
+    from cluster.preflight import candidate_points
+
+    (tmp_path / "steps.yaml").write_text(SPACE.replace("params:", "params:\n  dropout: {type: uniform, low: 0.0, "
+                                                       "high: 0.5, step: 0.125}\n  batch_size: {type: int, low: 4, "
+                                                       "high: 64, step: 4}").replace("batch_size: 8, ", ""))
+    space = load_space(tmp_path / "steps.yaml", {})
+    points = candidate_points(space, samples=40, seed=3)
+    assert {p["dropout"] for _, p in points} <= {0.0, 0.125, 0.25, 0.375, 0.5}
+    assert len({p["dropout"] for _, p in points}) >= 4
+    assert all(p["batch_size"] % 4 == 0 and 4 <= p["batch_size"] <= 64 for _, p in points)
+    fixed = dict(points)["params.ssts_stride=6"]
+    assert fixed["ssts_stride"] == 6 and 1e-4 <= fixed["lr"] <= 3e-3
+    assert candidate_points(space, samples=5, seed=3) == points[:len(points) - 35]  # seeded: the same draws
+
+
+def test_every_combination_of_the_shape_settings_is_a_point():
+    """``all`` searches backbone, cnn (for two backbones), pyramid levels (for one) and batch size: 12 backbone/CNN/
+    pyramid combinations times 3 batch sizes, a CNN only where its condition holds."""
+    from cluster.preflight import candidate_points, shape_points
+
+    space = load_space("all", {})
+    points = shape_points(space)
+    assert len(points) == (3 + 3 + 1 + 1 + 1 + 1 + 2) * 3
+    assert {"backbone": "i3d", "cnn": "vgg16_bn", "batch_size": 16} in points
+    assert not any("cnn" in p for p in points if p["backbone"] not in ("cnn_rnn", "i3d"))
+    assert {p["pyramid_levels"] for p in points if p["backbone"] == "mimamo"} == {1, 2}
+    origins = [origin for origin, _ in candidate_points(space, samples=0, seed=0)]
+    assert "params.backbone='mimamo', params.pyramid_levels=2, params.batch_size=4" in origins
+    assert len(shape_points(load_space("smoke", {}))) == 2 * 3  # batch_size x ssts_stride
+    # a single shape setting: its values are checked one by one already
+    assert shape_points(load_space("ssts_strides", {"registration": "coarse"})) == []
+
+
+def test_the_ends_of_a_stepped_range_are_values_a_trial_can_draw(tmp_path):
+    from cluster.preflight import candidate_points
+
+    (tmp_path / "ends.yaml").write_text(SPACE.replace("params:", "params:\n  batch_size: {type: int, low: 4, high: 63, "
+                                                      "step: 4}").replace("batch_size: 8, ", ""))
+    origins = [o for o, _ in candidate_points(load_space(tmp_path / "ends.yaml", {}), samples=0, seed=0)]
+    assert "params.batch_size=4" in origins and "params.batch_size=60" in origins
+    assert "params.batch_size=63" not in origins

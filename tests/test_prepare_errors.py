@@ -9,7 +9,7 @@ import pytest
 from trainables.data.cache import load_split
 from trainables.errors import DataError, UserError
 from trainables.prepare.adapters import read_labels
-from trainables.prepare.decode import VideoDecodeError
+from trainables.prepare.decode import VideoDecodeError, VideoTooSmallError
 from trainables.prepare.faces import DetectorUnavailableError, MissingWeightsError, read_crops_folder
 from trainables.prepare.manifest import ManifestError
 from trainables.prepare.registration import Registration
@@ -17,8 +17,8 @@ from trainables.prepare.sidecar import LabelFileError, read_face_sidecar
 from trainables.prepare.splits import check_disjoint
 
 
-@pytest.mark.parametrize("cls", [ManifestError, LabelFileError, VideoDecodeError, MissingWeightsError,
-                                 DetectorUnavailableError])
+@pytest.mark.parametrize("cls", [ManifestError, LabelFileError, VideoDecodeError, VideoTooSmallError,
+                                 MissingWeightsError, DetectorUnavailableError])
 def test_every_prepare_error_is_a_data_error(cls):
     assert issubclass(cls, DataError) and issubclass(cls, UserError) and issubclass(cls, ValueError)
 

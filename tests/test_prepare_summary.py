@@ -85,3 +85,31 @@ def test_cli_min_face_share_skips_the_video_and_keeps_the_others(few_faces_manif
 def test_face_share_thresholds_must_be_shares(synth_manifest, tmp_path):
     with pytest.raises(ValueError, match=r"min_face_share must be a share of frames in \[0, 1\], got 50"):
         prepare(synth_manifest, tmp_path / "cache", Registration(size=32), progress=False, min_face_share=50)
+
+
+def test_a_video_too_small_to_crop_is_skipped_with_its_reason(synth_manifest, tmp_path):
+    """A real 48x48 video (rendered by ``data synth`` with its own labels and face boxes) in place of one 64x64 video:
+    decord fails on its first frames, so it is skipped for its size, named in the summary, and the others are
+    prepared."""
+    from trainables.prepare.synth import synthesize
+    from trainables.shapes import MIN_FRAME_SIDE
+
+    root = tmp_path / "ds"
+    shutil.copytree(synth_manifest.parent, root)
+    small = synthesize(tmp_path / "small", subjects=3, videos_per_subject=1, frames=80, size=48, progress=False)
+    for sub, ext in (("videos", "mp4"), ("labels", "csv"), ("faces", "csv")):
+        shutil.copy(small.parent / sub / f"{FEW}.{ext}", root / sub / f"{FEW}.{ext}")
+    index, summary = prepare(root / "manifest.csv", tmp_path / "cache", Registration(size=32), progress=False)
+    assert summary.ok == ["s00_v0", "s02_v0"] and list(summary.skipped) == [FEW]
+    reason = summary.skipped[FEW]
+    assert reason.startswith(f"VideoTooSmallError: video {root / 'videos' / FEW}.mp4: frames of 48x48 pixels")
+    assert f"smaller than the {MIN_FRAME_SIDE}x{MIN_FRAME_SIDE}" in reason
+    assert summary.lines()[0] == "videos ok: 2, skipped: 1"
+    assert summary.lines()[-1] == f"  skipped {FEW}: {reason}"
+    assert json.loads(index.read_text())["skipped"] == {FEW: reason}
+    # without the size check decord is what fails on this video, with an internal message
+    import decord
+
+    reader = decord.VideoReader(str(root / "videos" / f"{FEW}.mp4"), ctx=decord.cpu(0), num_threads=1)
+    with pytest.raises(decord.DECORDError, match="size must exactly match"):
+        reader.get_batch([0, 1]).asnumpy()

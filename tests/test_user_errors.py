@@ -46,6 +46,17 @@ def refused(proc, *fragments: str) -> str:
     # 200-frame windows on 72-frame videos
     (("--space", "smoke", "--set", "window_length=200"), ("window_length=200", "no training window",
                                                          "the longest training video has")),
+    # shapes (trainables.shapes): a 20-pixel crop is not a multiple of the tiny ViT's 8-pixel patches
+    (("--space", "smoke", "--set", "backbone=video_vit_tiny", "--set", "aug_random_crop=20"),
+     ("input 20x20 is not a multiple of patch_size 8 for backbone video_vit_tiny", "aug_random_crop=20 cuts 20x20",
+      "allowed: height and width multiples of 8")),
+    # smoke searches SSTS strides 2, 3 and 4: of 20 frames, stride 3 gives clips of 7 or 6, which cannot share a batch
+    (("--space", "smoke", "--set", "clip_len=20"),
+     ("ssts_stride 3 does not divide clip_len 20: clips hold 7 or 6 frames",
+      "allowed: ssts_stride in 1, 2, 4, 5, 10, 20")),
+    # MIMAMO's phase differences need two frames
+    (("--space", "sequence_windows", "--set", "backbone=mimamo_tiny", "--set", "num_frames=1", "--set", "clip_len=1"),
+     ("backbone mimamo_tiny takes the phase difference of consecutive frames", "clips of 1 frame")),
     (("--space", "smoke", "--cpus-per-worker", "4"), ("one trial needs 4 CPU",)),
     (("--space", "nosuchstudy"), ("neither a file nor a shipped study",)),
     (("--space", "e2e.yaml", "--epochs", "0"), ("--epochs must be >= 1",)),
@@ -55,6 +66,19 @@ def test_refused_before_any_trial_starts(work, args, fragments):
     laptop = () if "--cpus-per-worker" in args else LAPTOP
     refused(run_cli("sweep", "--data", str(index), "--trials", "2", *laptop, *args, cwd=folder), *fragments)
     assert not (folder / "mlflow.db").exists()  # nothing was recorded either
+
+
+def test_a_shape_only_one_combination_breaks_is_refused(work, tmp_path):
+    """Backbone and crop searched together: each alone has a value that works, only the tiny ViT with the 20-pixel
+    crop fails; the check tries every combination of the shape settings, so it is refused whatever the draws."""
+    folder, index = work
+    space = SPACE.replace("params:", "params:\n  backbone: {type: categorical, choices: [conv3d_resnet_gru_tiny, "
+                          "video_vit_tiny]}\n  aug_random_crop: {type: categorical, choices: [0, 20]}")
+    (tmp_path / "shapes.yaml").write_text(space.replace("rnn_hidden: 16, ", "").replace("backbone: cnn_rnn_tiny, ", ""))
+    line = refused(run_cli("sweep", "--data", str(index), "--space", str(tmp_path / "shapes.yaml"), "--trials", "2",
+                           *LAPTOP, cwd=folder),
+                   "input 20x20 is not a multiple of patch_size 8 for backbone video_vit_tiny")
+    assert line.startswith("emotune: error: shapes.yaml (params.")
 
 
 def test_impossible_resources_are_refused_without_dry_run_too(work):

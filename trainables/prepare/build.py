@@ -27,7 +27,7 @@ import numpy as np
 from trainables.data.cache import CACHE_VERSION, kept_frame_indices
 from trainables.data.labels import label_frame_index
 from trainables.prepare.adapters import read_labels
-from trainables.prepare.decode import iter_frames, open_video
+from trainables.prepare.decode import check_frame_size, iter_frames, open_video
 from trainables.prepare.manifest import ManifestError, VideoEntry
 from trainables.prepare.registration import Registration, coarse_crop, fine_align
 from trainables.prepare.sidecar import LabelFileError, read_face_sidecar
@@ -118,6 +118,7 @@ def build_entry(entry: VideoEntry, cache_root: str | Path, reg: Registration, de
         The entry's folder.
     Raises:
         VideoDecodeError: the video cannot be decoded (the message names it).
+        VideoTooSmallError: its frames are too small to find and crop faces in (``trainables.shapes.MIN_FRAME_SIDE``).
         LabelFileError: the label or face file is unusable, the labels extend more than one second past the video, the
             face sidecar has fewer rows than the video has frames, or lacks the landmarks ``align='fine'`` needs.
         ManifestError: the registration reads a faces sidecar the manifest does not give.
@@ -129,6 +130,9 @@ def build_entry(entry: VideoEntry, cache_root: str | Path, reg: Registration, de
         return final
 
     reader, native_fps, n = open_video(entry.path)
+    crops_folder = entry.faces is not None and Path(entry.faces).is_dir()
+    if not crops_folder:  # the frames themselves are searched and cropped
+        check_frame_size(entry.path)
     keep = kept_frame_indices(n, native_fps, reg.fps)
     out_fps = reg.fps or native_fps
     track = read_labels(entry.label_format, entry.labels, fps=native_fps)
@@ -147,7 +151,7 @@ def build_entry(entry: VideoEntry, cache_root: str | Path, reg: Registration, de
         h, w = reg.hw
         c = 1 if reg.grayscale else 3
         frames = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.uint8, shape=(len(keep), h, w, c))
-        if entry.faces is not None and Path(entry.faces).is_dir():
+        if crops_folder:
             valid, scores = _from_crops_folder(entry, n, keep, frames, reg)
         else:
             valid, scores = detect_and_crop(entry, reader, n, keep, frames, reg, detector)

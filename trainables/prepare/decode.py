@@ -13,6 +13,35 @@ class VideoDecodeError(DataError):
     """A video that decord cannot decode (missing, empty, truncated, corrupt); the message names the file."""
 
 
+class VideoTooSmallError(DataError):
+    """A video whose frames are smaller than ``data prepare`` takes (``trainables.shapes.MIN_FRAME_SIDE``)."""
+
+
+def check_frame_size(path: str | Path) -> None:
+    """Refuse a video whose frames are too small to decode, detect and crop (``trainables.shapes.frame_verdict``).
+
+    The size is the one the container states, read with OpenCV without decoding a frame: decord fails on the first
+    chunk of some small videos (48 pixels wide) with an internal buffer-size message. A video OpenCV cannot read
+    passes here and is left to decord.
+
+    Raises:
+        VideoTooSmallError: naming the video, its frame size and the smallest one taken.
+    """
+    import cv2
+
+    from trainables.shapes import frame_verdict
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        height, width = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+    finally:
+        cap.release()
+    if height > 0 and width > 0:
+        verdict = frame_verdict(height, width)
+        if not verdict.ok:
+            raise VideoTooSmallError(f"video {path}: {verdict.reason}")
+
+
 def open_video(path: str | Path):
     """Open ``path`` with decord and check it has frames and a usable frame rate.
 
