@@ -32,10 +32,10 @@ SMALL: dict[str, dict] = {
                           "layers": 1},
     "conv3d_resnet_gru_tiny": {},
 }
-RULE_ARGS = ("cnn", "patch_size", "tubelet_size", "pyramid_levels", "phase_size", "depths")
+RULE_ARGS = ("cnn", "patch_size", "tubelet_size", "pyramid_levels", "pyramid_extension", "phase_size", "depths")
 SIDES = (4, 8, 16, 17, 24, 31, 32)
 FRAMES = (1, 2, 3, 5, 8)
-B, OUT = 2, 2  # two clips: the single-patch TPSBT failure needs a batch
+B, OUT = 2, 2  # two clips: a batch, as training runs (a single-patch TPSBT input once failed only in one)
 _MODELS: dict[tuple, torch.nn.Module] = {}
 
 
@@ -115,15 +115,20 @@ def test_vgg_pooling_needs_32_pixels():
     assert _check("cnn_rnn", 31, 40, 2, cnn="vgg11") == REFUSED
 
 
+@pytest.mark.parametrize("extension", [True, False])
 @pytest.mark.parametrize("levels", [1, 2, 3, 4])
-def test_the_pyramid_levels_rule_matches_mimamo(levels):
-    statuses = [_check("mimamo_tiny", s, s, 2, pyramid_levels=levels) for s in (2, 3, 4, 5, 8, 9)]
-    # the coarsest level halves (rounding up) levels - 1 times and must keep 2 pixels
-    assert statuses == [ACCEPTED if s > 2 ** (levels - 1) or (levels == 1 and s >= 2) else REFUSED
-                        for s in (2, 3, 4, 5, 8, 9)]
+def test_the_pyramid_levels_rule_matches_mimamo(levels, extension):
+    sides = (2, 3, 4, 5, 8, 9)
+    statuses = [_check("mimamo_tiny", s, s, 2, pyramid_levels=levels, pyramid_extension=extension) for s in sides]
+    if extension:  # the 2s spectrum halves (rounding up) levels - 1 times; its quadrant must keep 2 pixels
+        assert statuses == [ACCEPTED if s >= 2 ** (levels - 1) * 2 else REFUSED for s in sides]
+    else:  # the frame's own spectrum halves (rounding up) levels - 1 times and must keep 2 pixels
+        assert statuses == [ACCEPTED if s > 2 ** (levels - 1) or (levels == 1 and s >= 2) else REFUSED
+                            for s in sides]
     assert _check("mimamo_tiny", 32, 32, 2, pyramid_levels=levels, phase_size=4) == (
         ACCEPTED if levels <= 2 else REFUSED)
-    assert max_pyramid_levels(5, 5) == 3 and max_pyramid_levels(1, 8) == 0
+    assert max_pyramid_levels(5, 5, extension=False) == 3 and max_pyramid_levels(1, 8, extension=False) == 0
+    assert max_pyramid_levels(5, 5) == 2 and max_pyramid_levels(8, 8) == 3 and max_pyramid_levels(1, 8) == 0
 
 
 def test_ssts_frame_counts():

@@ -23,7 +23,8 @@ backbone cannot take, instead of letting every trial fail on its first batch. Th
   these families is not checked here (``Verdict.checked`` is False): timm has hundreds.
 * ``mimamo``: a clip of one frame is refused: the phase difference of its only frame comes out empty and the two
   streams no longer concatenate (``RuntimeError``). Besides the CNN, the steerable pyramid halves (rounding up) the
-  phase input ``pyramid_levels - 1`` times and needs the coarsest level at least 2x2; the phase input is the frame, or
+  phase input's spectrum ``pyramid_levels - 1`` times (of the 2H x 2W mirror-extended input, each level then cropped
+  to its quadrant, unless ``pyramid_extension`` is off) and needs the coarsest level at least 2x2; the phase input is the frame, or
   ``phase_size`` square when set.
 * ``conv3d_resnet_gru``: padded convolutions in space and time: any H, W and frame count.
 * The time axis of ``cnn_rnn``, ``i3d`` (inflation never strides in time and pads to keep T), ``mimamo`` and
@@ -47,7 +48,7 @@ ACCEPTED, PADDED, REFUSED = "accepted", "padded", "refused"
 #: Trial settings whose values enter a shape rule: the pre-flight checks every combination of their finite values.
 #: ``registration`` selects the dataset index (and so the cached face size) when the sweep has one per setting.
 SHAPE_KEYS = ("backbone", "cnn", "registration", "aug_random_crop", "sampler", "clip_len", "ssts_stride", "num_frames",
-              "batch_size", "pyramid_levels")
+              "batch_size", "pyramid_levels", "pyramid_extension")
 
 #: Smallest frame side (pixels) ``data prepare`` decodes and searches for faces in. Judgment call, from what was
 #: measured here: decord 0.6 fails to decode mp4v videos of width 8, 16, 24, 48 and 72 (``DECORDArrayCopyFromTo: The
@@ -119,13 +120,15 @@ def cnn_min_side(cnn: str, inflated: bool = False) -> int | None:
     return None
 
 
-def pyramid_level_shapes(height: int, width: int, levels: int) -> list[tuple[int, int]]:
-    """(h, w) of every steerable-pyramid level (``ComplexSteerablePyramid.level_shapes``): halved, rounding up."""
-    shapes = [(height, width)]
+def pyramid_level_shapes(height: int, width: int, levels: int, extension: bool = True) -> list[tuple[int, int]]:
+    """(h, w) of every steerable-pyramid level (``ComplexSteerablePyramid.level_shapes``): the spectrum halves
+    (rounding up) from level to level; with the authors' symmetric extension it starts at 2H x 2W and each level is
+    cropped to its top-left quadrant (``h_l // 2``)."""
+    spectrum = [(2 * height, 2 * width) if extension else (height, width)]
     for _ in range(levels - 1):
-        height, width = (height + 1) // 2, (width + 1) // 2
-        shapes.append((height, width))
-    return shapes
+        h, w = spectrum[-1]
+        spectrum.append(((h + 1) // 2, (w + 1) // 2))
+    return [(h // 2, w // 2) for h, w in spectrum] if extension else spectrum
 
 
 def input_verdict(backbone: str, height: int, width: int, frames: int,
@@ -175,11 +178,6 @@ def _transformer(backbone: str, family: str, height: int, width: int, frames: in
                 padding.append(f"{counts[-1]} temporal slices padded to {counts[-1] + 1} (last slice repeated) "
                                "before a temporal stride-2 convolution")
             counts.append((counts[-1] + 1) // 2)
-        if (height // patch) * (width // patch) == 1 and max(counts[1:], default=1) > 1:
-            return Verdict(REFUSED, f"input {height}x{width} is a single patch_size {patch} patch, and with {frames} "
-                                    f"frames backbone {backbone} keeps {counts[1]} temporal slices after its first "
-                                    "temporal convolution, which its spatial pool cannot take; allowed: height or "
-                                    f"width of 2 patches or more, or at most {2 * tubelet} frames", keys)
         slices = counts[-1]
     tokens = slices * (height // patch) * (width // patch)
     return Verdict(PADDED if padding else ACCEPTED, "; ".join(padding), keys, tokens=tokens)
@@ -201,20 +199,21 @@ def _pyramid(backbone: str, height: int, width: int, args: dict, spatial: Verdic
     levels = int(args["pyramid_levels"])
     phase = args.get("phase_size")
     h, w = (int(phase), int(phase)) if phase else (height, width)
-    coarsest = pyramid_level_shapes(h, w, levels)[-1]
-    keys = tuple(dict.fromkeys((*spatial.keys, "pyramid_levels")))
+    extension = bool(args.get("pyramid_extension", True))
+    coarsest = pyramid_level_shapes(h, w, levels, extension)[-1]
+    keys = tuple(dict.fromkeys((*spatial.keys, "pyramid_levels", "pyramid_extension")))
     if min(coarsest) < 2:
         source = f"phase_size {phase}" if phase else f"input {height}x{width}"
         return Verdict(REFUSED, f"{source} is too small for pyramid_levels {levels} of backbone {backbone}: its "
                                 f"coarsest level would be {coarsest[0]}x{coarsest[1]}, under 2x2; allowed: "
-                                f"pyramid_levels <= {max_pyramid_levels(h, w)}", keys)
+                                f"pyramid_levels <= {max_pyramid_levels(h, w, extension)}", keys)
     return Verdict(spatial.status, spatial.reason, keys, checked=spatial.checked)
 
 
-def max_pyramid_levels(height: int, width: int) -> int:
+def max_pyramid_levels(height: int, width: int, extension: bool = True) -> int:
     """The most steerable-pyramid levels an image of ``height`` x ``width`` allows (0 if none)."""
     levels = 0
-    while min(pyramid_level_shapes(height, width, levels + 1)[-1]) >= 2 and levels < 64:
+    while min(pyramid_level_shapes(height, width, levels + 1, extension)[-1]) >= 2 and levels < 64:
         levels += 1
     return levels
 

@@ -186,8 +186,8 @@ class SpatialPool(nn.Module):
     def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """x: (B, t * s, D) -> (B, t * k, D)."""
         b, n, d = x.shape
-        weights = self.mlp(self.norm(x)).view(b * t, n // t, -1).transpose(1, 2).softmax(dim=-1)  # (B t, k, s)
-        return (weights @ x.view(b * t, n // t, d)).view(b, -1, d)
+        weights = self.mlp(self.norm(x)).reshape(b * t, n // t, -1).transpose(1, 2).softmax(dim=-1)  # (B t, k, s)
+        return (weights @ x.reshape(b * t, n // t, d)).view(b, -1, d)
 
 
 @dataclass
