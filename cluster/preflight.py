@@ -278,7 +278,7 @@ def check_shape(where: str, config: TrialConfig, spec, index: str, frame_hw: tup
     Raises:
         ConfigError: one line naming the settings, the clip shape, where it comes from and what is allowed.
     """
-    from trainables.data.augment import crop_output_size
+    from trainables.data.augment_settings import crop_output_size
     from trainables.shapes import clip_frames, input_verdict
 
     height, width = crop_output_size(config.augmentations(), frame_hw)
