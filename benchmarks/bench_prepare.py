@@ -159,7 +159,7 @@ def main() -> None:
     print(f"face share: before {100 * before[2].mean():.1f}%, after {100 * after[2].mean():.1f}%")
 
 
-SETTINGS = (("full detection (--detect-width 0 --detect-every 1)", 0, 1),
+SETTINGS = (("full detection (width 0, every 1)", 0, 1),
             ("defaults", None, None))
 
 

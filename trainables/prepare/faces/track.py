@@ -204,9 +204,10 @@ class SparseFaceTrack:
             if box is not None and np.isfinite(box).all():
                 side = int(self.NARROW * k * min(box[2] - box[0], box[3] - box[1]))
             narrowed = side is not None and side > getattr(self.detector, "min_size", 0)
-            dets = self._detect([frame], min_size=side)[0] if narrowed else None
+            small, scale = self._reduce([frame])  # once, for the narrowed search and the full one
+            dets = self._detect_reduced(small, scale, min_size=side)[0] if narrowed else None
             if dets is None or not any(d.score >= self.min_score for d in dets):
-                dets = self._detect([frame])[0]
+                dets = self._detect_reduced(small, scale)[0]
             out.append(dets)
         return out
 
@@ -215,22 +216,44 @@ class SparseFaceTrack:
         ``min_size`` px at that scale when given and larger than the detector's own minimum)."""
         if not frames:
             return []
-        kwargs = {}
-        if min_size is not None and min_size > getattr(self.detector, "min_size", 0):
-            kwargs["min_size"] = int(min_size)
-        h, w = frames[0].shape[:2]
         if hasattr(self.detector, "detect_max_side"):
             # face_alignment reduces by itself and takes its landmarks from the full frame: give it the same scale.
+            h, w = frames[0].shape[:2]
             self.detector.detect_max_side = (round(max(h, w) * self.detect_width / w)
                                              if self.detect_width and w > self.detect_width else None)
             return self.detector.detect(np.stack(frames))
-        if not self.detect_width or w <= self.detect_width:
-            return self.detector.detect(np.stack(frames), **kwargs)
-        sw, sh = self.detect_width, max(1, round(h * self.detect_width / w))
-        small = np.stack([cv2.resize(f, (sw, sh), interpolation=cv2.INTER_AREA) for f in frames])
-        kx, ky = w / sw, h / sh
+        small, scale = self._reduce(frames)
+        return self._detect_reduced(small, scale, min_size)
+
+    def _reduce(self, frames: list[np.ndarray]) -> tuple[np.ndarray, tuple[float, float]]:
+        """The frames as the detector takes them: reduced to ``detect_width`` (INTER_AREA), then gray when the detector
+        accepts gray (so a narrowed search and the full one after it share one conversion; reduced before the
+        conversion, as the detector itself does, since the cascade's boxes move with the last grey level); with the
+        x, y factors mapping them back to the frame."""
+        h, w = frames[0].shape[:2]
+        scale = (1.0, 1.0)
+        if self.detect_width and w > self.detect_width:
+            sw, sh = self.detect_width, max(1, round(h * self.detect_width / w))
+            frames = [cv2.resize(f, (sw, sh), interpolation=cv2.INTER_AREA) for f in frames]
+            scale = (w / sw, h / sh)
+        if getattr(self.detector, "accepts_gray", False):
+            return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]), scale
+        return np.stack(frames), scale
+
+    def _detect_reduced(self, small: np.ndarray, scale: tuple[float, float],
+                        min_size: int | None = None) -> list[list[Detection]]:
+        """Detections on frames from ``_reduce``, mapped back to full-frame coordinates."""
+        kwargs = {}
+        if min_size is not None and min_size > getattr(self.detector, "min_size", 0):
+            kwargs["min_size"] = int(min_size)
+        if getattr(self.detector, "accepts_gray", False):
+            kwargs["gray"] = True
+        found = self.detector.detect(small, **kwargs)
+        if scale == (1.0, 1.0):
+            return found
+        kx, ky = scale
         out = []
-        for dets in self.detector.detect(small, **kwargs):
+        for dets in found:
             mapped = []
             for d in dets:
                 box = (np.asarray(d.box, dtype=np.float32) * np.array([kx, ky, kx, ky], dtype=np.float32))
