@@ -89,13 +89,15 @@ class OpenCVHaarDetector:
         self.min_size = int(min_size)
         self.min_score = float(min_score)
 
-    def detect(self, frames: np.ndarray, min_size: int | None = None, gray: bool = False) -> list[list[Detection]]:
+    def detect(self, frames: np.ndarray, min_size: int | None = None, gray: bool = False,
+               max_size: int | None = None) -> list[list[Detection]]:
         """See ``FaceDetector.detect``; scores are ``haar_score`` of the cascade's level weights.
 
         Args:
             min_size: smallest face side in pixels for this call (default: the detector's ``min_size``); most of the
                 cascade's time goes to its smallest scales, so a larger one is much faster.
             gray: ``frames`` is a gray batch (B, H, W) uint8 (the caller converted them already).
+            max_size: largest face side in pixels for this call (default: no limit).
         """
         frames = np.asarray(frames)
         if gray and not (frames.ndim == 3 and frames.dtype == np.uint8):
@@ -109,7 +111,8 @@ class OpenCVHaarDetector:
             image = frame if gray else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
             rects, _levels, weights = self._cascade.detectMultiScale3(
                 image, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                minSize=(side, side), outputRejectLevels=True)
+                minSize=(side, side), maxSize=(int(max_size), int(max_size)) if max_size else (0, 0),
+                outputRejectLevels=True)
             rects = np.asarray(rects, dtype=np.float32).reshape(-1, 4)
             scores = np.atleast_1d(haar_score(np.asarray(weights, dtype=np.float64).reshape(-1)))
             dets = [Detection(np.array([x, y, x + w, y + h], dtype=np.float32), float(s), None)

@@ -142,7 +142,8 @@ class SparseFaceTrack:
     Narrowing by size: a detector with ``accepts_min_size`` (the Haar cascade, whose cost is mostly its smallest
     scales) is told, while a face is followed (found on a key frame at most two key intervals back, or on either end of
     a span), to skip faces smaller than ``NARROW`` times the followed face's side; a frame where that finds no face
-    scoring ``min_score`` is detected again at every size, so no face that full detection would find is lost for
+    scoring ``min_score`` is searched again at the sizes it skipped (up to ``FALLBACK_OVERLAP`` times its smallest,
+    so a face at the boundary keeps its hits in one group), so no face that full detection would find is lost for
     want of looking. Judgment call: the main face does not shrink by a third within ``detect_every`` frames, and a
     much smaller second face is left out only while the followed one is found, where ``pick_main_face`` keeps the
     followed face anyway unless the small one scores clearly higher. Boxes of the followed face are unchanged: OpenCV
@@ -164,6 +165,8 @@ class SparseFaceTrack:
 
     #: While following a face, faces smaller than this share of its side are not looked for (see the class doc).
     NARROW = 0.65
+    #: A narrowed search that finds no face is followed by one up to this many times its smallest size.
+    FALLBACK_OVERLAP = 1.3
 
     def __init__(self, detector: Any, num_frames: int, *, detect_width: int = 480, detect_every: int = 4,
                  min_score: float = 0.8, agree_iou: float = 0.5, min_similarity: float = 0.5,
@@ -206,8 +209,13 @@ class SparseFaceTrack:
             narrowed = side is not None and side > getattr(self.detector, "min_size", 0)
             small, scale = self._reduce([frame])  # once, for the narrowed search and the full one
             dets = self._detect_reduced(small, scale, min_size=side)[0] if narrowed else None
-            if dets is None or not any(d.score >= self.min_score for d in dets):
+            if dets is None:
                 dets = self._detect_reduced(small, scale)[0]
+            elif not any(d.score >= self.min_score for d in dets):
+                # The sizes the narrowed search skipped, overlapping it by FALLBACK_OVERLAP so that a face near the
+                # boundary keeps all its hits in one group; its large sizes, the cheap ones, were searched already.
+                dets = sorted(dets + self._detect_reduced(small, scale, max_size=int(self.FALLBACK_OVERLAP * side))[0],
+                              key=lambda d: -d.score)
             out.append(dets)
         return out
 
@@ -240,12 +248,14 @@ class SparseFaceTrack:
             return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]), scale
         return np.stack(frames), scale
 
-    def _detect_reduced(self, small: np.ndarray, scale: tuple[float, float],
-                        min_size: int | None = None) -> list[list[Detection]]:
+    def _detect_reduced(self, small: np.ndarray, scale: tuple[float, float], min_size: int | None = None,
+                        max_size: int | None = None) -> list[list[Detection]]:
         """Detections on frames from ``_reduce``, mapped back to full-frame coordinates."""
         kwargs = {}
         if min_size is not None and min_size > getattr(self.detector, "min_size", 0):
             kwargs["min_size"] = int(min_size)
+        if max_size is not None:
+            kwargs["max_size"] = int(max_size)
         if getattr(self.detector, "accepts_gray", False):
             kwargs["gray"] = True
         found = self.detector.detect(small, **kwargs)
