@@ -240,3 +240,78 @@ def test_a_detector_that_reduces_by_itself_gets_full_frames_and_landmarks_are_ca
     assert track.detected.tolist() == [True, False, False, False, True, False, False, False, True]
     assert (track.scores == np.float32(0.99)).all()
     assert np.allclose(track.landmarks[2], LM + 4) and np.allclose(track.landmarks[7], LM + 8 + 6)
+
+
+def test_a_span_whose_key_frames_disagree_is_split_at_its_middle():
+    """A face moving 12 px a frame: key frames 4 apart disagree (IoU 0.35) but frames 2 apart agree (0.61), so each
+    span costs one detection (its middle) and both halves are carried, exactly on the motion."""
+    from trainables.prepare.faces import Detection
+
+    rng = np.random.default_rng(2)
+    texture = rng.integers(0, 255, (240, 480, 3), dtype=np.uint8)
+    n, v = 17, 12
+    frames = np.stack([np.roll(texture, v * t, axis=1) for t in range(n)])
+    for t in range(n):
+        frames[t, 0, 0] = t  # the scripted detector reads the frame number here
+
+    class Scripted:
+        name, gives_landmarks = "scripted", False
+
+        def detect(self, batch):
+            return [[Detection(np.array([40 + v * int(f[0, 0, 0]), 60, 140 + v * int(f[0, 0, 0]), 160], np.float32),
+                               0.99)] for f in batch]
+
+    track = _track(Scripted(), frames, chunk=8, detect_width=0, detect_every=4)
+    assert track.detected.tolist() == [t % 2 == 0 for t in range(n)]
+    expected = np.array([[40 + v * t, 60, 140 + v * t, 160] for t in range(n)], np.float32)
+    assert np.allclose(track.boxes, expected) and (track.scores == np.float32(0.99)).all()
+
+
+def _two_heads(big: bool = True, small: bool = True) -> np.ndarray:
+    """A large head (face about 200 px) and a small one (face about 95 px, found at 480 px detection width)."""
+    canvas = np.full((H, W, 3), 90, np.uint8)
+    if big:
+        head = cv2.resize(_head(), None, fx=1.4, fy=1.4, interpolation=cv2.INTER_CUBIC)
+        canvas[120:120 + head.shape[0], 100:100 + head.shape[1]] = head
+    if small:
+        head = cv2.resize(_head(), None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+        canvas[200:200 + head.shape[0], 800:800 + head.shape[1]] = head
+    return canvas
+
+
+def test_haar_min_size_leaves_out_smaller_faces_and_gray_frames_give_the_same_boxes(detector):
+    frame = _two_heads()
+    both = detector.detect(frame[None])[0]
+    sides = sorted(float(d.box[2] - d.box[0]) for d in both if d.score >= 0.8)
+    assert len(sides) == 2 and sides[0] < 0.6 * sides[1], sides
+    # narrowed to 0.65 of the big face (as SparseFaceTrack does): the small face is left out, the big one's box and
+    # score are those of the full search
+    big_only = detector.detect(frame[None], min_size=int(SparseFaceTrack.NARROW * sides[1]))[0]
+    big = max(both, key=lambda d: d.box[2] - d.box[0])
+    assert [(d.box.tolist(), d.score) for d in big_only if d.score >= 0.8] == [(big.box.tolist(), big.score)]
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)[None]
+    assert [(d.box.tolist(), d.score) for d in detector.detect(gray, gray=True)[0]] == \
+        [(d.box.tolist(), d.score) for d in both]
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        detector.detect(frame[None], gray=True)
+
+
+def test_narrowed_search_falls_back_when_the_followed_face_goes_and_a_smaller_one_stays(detector, monkeypatch):
+    """The big face is followed on frames 0..9, then a much smaller one (below the narrowed search's size) takes its
+    place elsewhere: it must be found as the search at every size finds it, and the big face's boxes are those of the
+    search at every size."""
+    frames = np.stack([_two_heads(big=t < 10, small=t >= 10) for t in range(20)])
+    ref = _track(detector, frames, detect_width=0, detect_every=1)
+    fast = _track(detector, frames)
+    assert fast.narrow and not ref.narrow
+    assert _valid(ref).all() and np.array_equal(_valid(fast), _valid(ref))
+    small_side = float(np.median(ref.boxes[10:, 2] - ref.boxes[10:, 0]))
+    big_side = float(np.median(ref.boxes[:10, 2] - ref.boxes[:10, 0]))
+    assert small_side < SparseFaceTrack.NARROW * big_side  # the narrowed search alone would not have found it
+    monkeypatch.setattr(SparseFaceTrack, "NARROW", 0.0)  # the same settings, searching every size on every frame
+    wide = _track(detector, frames)
+    assert np.array_equal(fast.boxes, wide.boxes) and np.array_equal(fast.scores, wide.scores)
+    # key frames 0, 4, ..., 16 and 19; the span 8..12 across the change is split: 10 detected (the small face), 9
+    # detected (8..10 disagree), 11 carried (10..12 agree)
+    assert np.flatnonzero(fast.detected).tolist() == np.flatnonzero(wide.detected).tolist() == [0, 4, 8, 9, 10, 12,
+                                                                                                 16, 19]

@@ -72,6 +72,10 @@ class OpenCVHaarDetector:
 
     name = "opencv"
     gives_landmarks = False
+    #: ``detect`` takes a per-call ``min_size`` (``SparseFaceTrack`` narrows the search around a followed face).
+    accepts_min_size = True
+    #: ``detect(..., gray=True)`` takes gray frames (B, H, W), which the cascade works on anyway.
+    accepts_gray = True
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 30,
                  min_score: float = 0.0) -> None:
@@ -85,15 +89,30 @@ class OpenCVHaarDetector:
         self.min_size = int(min_size)
         self.min_score = float(min_score)
 
-    def detect(self, frames: np.ndarray) -> list[list[Detection]]:
-        """See ``FaceDetector.detect``; scores are ``haar_score`` of the cascade's level weights."""
-        frames = _check_frames(frames, "face detector 'opencv'")
+    def detect(self, frames: np.ndarray, min_size: int | None = None, gray: bool = False,
+               max_size: int | None = None) -> list[list[Detection]]:
+        """See ``FaceDetector.detect``; scores are ``haar_score`` of the cascade's level weights.
+
+        Args:
+            min_size: smallest face side in pixels for this call (default: the detector's ``min_size``); most of the
+                cascade's time goes to its smallest scales, so a larger one is much faster.
+            gray: ``frames`` is a gray batch (B, H, W) uint8 (the caller converted them already).
+            max_size: largest face side in pixels for this call (default: no limit).
+        """
+        frames = np.asarray(frames)
+        if gray and not (frames.ndim == 3 and frames.dtype == np.uint8):
+            raise ValueError(f"face detector 'opencv': gray frames must be a uint8 batch of shape (B, H, W), got "
+                             f"{frames.dtype} {frames.shape}")
+        if not gray:
+            frames = _check_frames(frames, "face detector 'opencv'")
+        side = max(self.min_size, int(min_size)) if min_size is not None else self.min_size
         out: list[list[Detection]] = []
         for frame in frames:
-            gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+            image = frame if gray else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
             rects, _levels, weights = self._cascade.detectMultiScale3(
-                gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                minSize=(self.min_size, self.min_size), outputRejectLevels=True)
+                image, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+                minSize=(side, side), maxSize=(int(max_size), int(max_size)) if max_size else (0, 0),
+                outputRejectLevels=True)
             rects = np.asarray(rects, dtype=np.float32).reshape(-1, 4)
             scores = np.atleast_1d(haar_score(np.asarray(weights, dtype=np.float64).reshape(-1)))
             dets = [Detection(np.array([x, y, x + w, y + h], dtype=np.float32), float(s), None)
