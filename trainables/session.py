@@ -30,6 +30,9 @@ class _Session:
 
     def __init__(self, api):
         self._api = api
+        # Wall-clock times of this worker's start-up (trial entered, loop started, data and model built), reported
+        # with every result so a sweep's overhead can be located.
+        self.marks: dict[str, float] = {}
 
     def load_state(self, device: torch.device) -> dict | None:
         checkpoint = self._api.get_checkpoint()
