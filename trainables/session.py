@@ -97,6 +97,7 @@ class TuneTrialSession(_Session):
         use_cuda = gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
         self._stop_event = _function_trainable_stop_event()
+        _train_while_reports_are_handled()
 
     def should_stop(self) -> bool:
         return self._stop_event is not None and self._stop_event.is_set()
@@ -113,6 +114,29 @@ class TuneTrialSession(_Session):
 
     def prepare_data_loader(self, loader):
         return loader
+
+
+def _train_while_reports_are_handled() -> None:
+    """Let this trial's thread go on training as soon as Tune has taken a report, instead of after the driver has
+    handled it.
+
+    Tune's function trainable reports synchronously: ``report`` returns only when the driver asks the trial for its
+    next result, after it has run every callback on this one (MLflow records, Tune's loggers, the searcher, ASHA)
+    and saved its checkpoint. The trial sat idle for that round trip at every epoch and at its end (measured with
+    ``benchmarks/bench_sweep_overhead.py``). Ray Train's workers use the same session in its asynchronous mode, which
+    is switched on here: the session hands the thread its turn right after the result is fetched. At most one report
+    is in flight (the session's queue holds one), checkpoints are persisted by this thread before the report, and a
+    stop (ASHA, the end of the sweep) reaches the thread through ``should_stop`` between batches or at its next
+    report. Judgment call: a stopped trial may train a few batches of an epoch nobody will see; that costs less than
+    idling at every report.
+    """
+    try:
+        from ray.train._internal.session import get_session
+    except ImportError:  # pragma: no cover - a Ray without the V1 session: keep its default
+        return
+    session = get_session()
+    if session is not None and hasattr(session, "synchronous_result_reporting"):
+        session.synchronous_result_reporting = False
 
 
 def _function_trainable_stop_event():
