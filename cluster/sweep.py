@@ -387,8 +387,12 @@ def _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id,
         best_trial, best_run = _record_best(results, space, client, callback, parent_id)
         status = "FINISHED"
     finally:
+        # The trials' records are written in the background (cluster.tracking): finish them before the sweep's own.
         # A sweep stopped by a dead driver stays RUNNING until --resume finishes it; failures end it FAILED.
-        client.set_terminated(parent_id, status)
+        try:
+            callback.flush()
+        finally:
+            client.set_terminated(parent_id, status)
     return SweepOutcome(name, results, space, Path(storage) if "://" not in storage else storage, tracking_uri,
                         parent_id, best_trial, best_run, checked)
 
