@@ -90,13 +90,16 @@ def trial_rows(work: Path, name: str) -> list[dict]:
 
 
 def assign_slots(rows: list[dict], concurrent: int, started: float) -> None:
-    """Give each trial a slot and the gap since that slot's previous trial ended (or since the sweep started)."""
+    """Give each trial a slot and the gap since that slot's previous trial ended (or since the sweep started): the
+    slot of the trial whose process it reuses, else the slot freed last before it started."""
     free = [started] * concurrent  # when each slot was last freed
+    pids = [None] * concurrent  # the process of each slot's latest trial
     for row in rows:
-        ready = [i for i, t in enumerate(free) if t <= row["start"]] or range(concurrent)
-        slot = max(ready, key=lambda i: free[i]) if ready else min(range(concurrent), key=lambda i: free[i])
+        ready = [i for i, t in enumerate(free) if t <= row["start"] + 0.05] or list(range(concurrent))
+        same = [i for i in ready if pids[i] == row["pid"]]
+        slot = same[0] if same else max(ready, key=lambda i: free[i])
         row["slot"], row["gap"], row["first_in_slot"] = slot, row["start"] - free[slot], free[slot] == started
-        free[slot] = row["end"]
+        free[slot], pids[slot] = row["end"], row["pid"]
 
 
 def one_run(a, exe: str, rep: int) -> dict:
