@@ -3,7 +3,8 @@
 ``fit`` (``trainables.loop``) speaks only to these objects, so the same loop trains inside a Ray Train worker (DDP over
 several workers, each a process of its own) or directly inside the Tune trial process (one worker, no worker group to
 start). Both offer the same six things: the worker's rank, its device, model and loader preparation, the checkpoint
-to resume from, ``report(metrics, checkpoint_dir)``, and ``should_stop()`` (checked between batches).
+to resume from, ``report(metrics, checkpoint_dir)``, and ``should_stop()`` (checked between batches); and ``marks``,
+wall-clock times of the worker's start-up that every report carries.
 """
 from __future__ import annotations
 
