@@ -201,12 +201,15 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                         f"`emotune sweep --resume {name} --storage {opts.storage}` or choose another --name")
     console.log_to(sweep_log(storage, name))
     tracking_uri = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-    # Opening the MLflow store (a new SQLite store creates its tables: about 2 s) waits mostly on the database, and
-    # starting Ray mostly on Ray's own processes: the two run side by side.
-    with ThreadPoolExecutor(1, thread_name_prefix="emotune-mlflow") as pool:
+    # Opening the MLflow store (a new SQLite store creates its tables: about 2 s) and the Optuna store (its tables,
+    # and importing Optuna) wait mostly on the databases, and starting Ray mostly on Ray's own processes: the three
+    # run side by side.
+    with ThreadPoolExecutor(2, thread_name_prefix="emotune-stores") as pool:
         store = pool.submit(open_experiment, tracking_uri, opts.experiment, artifact_root=Path(opts.artifact_root))
+        study_store = pool.submit(open_optuna_storage, opts.optuna_storage or default_optuna_storage())
         init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2, dashboard=executor == "train")
         client, experiment_id = store.result()
+        optuna_storage = study_store.result()
     concurrent = max_concurrent_trials(ray.cluster_resources(), workers, cpus, gpus, opts.max_concurrent, autoscaling)
 
     runtime = {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
@@ -217,7 +220,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     parent_id = _start_parent_run(client, experiment_id, name, space, opts, data_index, concurrent,
                                   workers, executor)
 
-    searcher = make_searcher(space, opts, name, concurrent, {**constants, "runtime": runtime})
+    searcher = make_searcher(space, opts, name, concurrent, {**constants, "runtime": runtime}, storage=optuna_storage)
     scheduler = ASHAScheduler(time_attr=time_attr, max_t=units, grace_period=space.fidelity["grace"],
                               reduction_factor=space.fidelity["reduction_factor"])
     callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=time_attr,
@@ -268,19 +271,28 @@ def local_gpus() -> float:
     return float(count if visible is None else min(count, len(visible)))
 
 
-def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent: int, constants: dict[str, Any]):
+def open_optuna_storage(url: str):
+    """The Optuna RDB storage at ``url``, its tables created if absent."""
+    import optuna
+
+    from cluster.stores import first_connection
+
+    with first_connection(url):  # another sweep may be creating the same store right now
+        return optuna.storages.RDBStorage(url)
+
+
+def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent: int, constants: dict[str, Any],
+                  storage=None):
     """OptunaSearch over the space's define-by-run function, its study kept in an RDB storage (SQLite by default,
     which optuna-dashboard opens) under the sweep's name. The TPE sampler is seeded: the same seed gives the same
-    suggestions. No configuration is trained twice (``cluster.searcher``)."""
+    suggestions. No configuration is trained twice (``cluster.searcher``). ``storage``: the study's store, already
+    opened (else opened here from ``opts``)."""
     import optuna
 
     from cluster.searcher import DistinctOptunaSearch
 
-    from cluster.stores import first_connection
-
-    url = opts.optuna_storage or default_optuna_storage()
-    with first_connection(url):  # another sweep may be creating the same store right now
-        storage = optuna.storages.RDBStorage(url)
+    if storage is None:
+        storage = open_optuna_storage(opts.optuna_storage or default_optuna_storage())
     return DistinctOptunaSearch(space=DefineByRun(space, constants), metric=space.metric, mode=space.mode,
                                 sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, concurrent)),
                                 study_name=name, storage=storage,
@@ -384,8 +396,12 @@ def _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id,
         best_trial, best_run = _record_best(results, space, client, callback, parent_id)
         status = "FINISHED"
     finally:
+        # The trials' records are written in the background (cluster.tracking): finish them before the sweep's own.
         # A sweep stopped by a dead driver stays RUNNING until --resume finishes it; failures end it FAILED.
-        client.set_terminated(parent_id, status)
+        try:
+            callback.flush()
+        finally:
+            client.set_terminated(parent_id, status)
     return SweepOutcome(name, results, space, Path(storage) if "://" not in storage else storage, tracking_uri,
                         parent_id, best_trial, best_run, checked)
 

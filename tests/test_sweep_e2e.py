@@ -127,6 +127,30 @@ def test_trial_metrics_are_on_the_label_timeline(sweep_run):
     assert np.isfinite(preds[preds.files[0]]).all()
 
 
+def test_reports_time_each_trials_start_up_and_epochs_inside_its_run(sweep_run):
+    """What the overhead benchmark reads: every report carries the trial's start-up marks and its epoch's start, in
+    order, and each trial's MLflow run spans them (Tune's trial start before the trial function, its end after the
+    last epoch)."""
+    from mlflow.tracking import MlflowClient
+
+    work, _, _ = sweep_run
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = {r.data.tags["emotune.trial_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("emotune").experiment_id]) if "emotune.trial_id" in r.data.tags}
+    results = sorted((work / "elsewhere" / "ray_results" / "e2e").glob("trial-*/result.json"))
+    assert len(results) == 3
+    for path in results:
+        reports = [json.loads(line) for line in path.read_text().splitlines()]
+        first, last = reports[0], reports[-1]
+        assert first["trial_entered_at"] <= first["fit_started_at"] <= first["built_at"] <= first["unit_started_at"]
+        for before, after in zip(reports, reports[1:]):
+            assert before["unit_started_at"] + before["epoch_time_s"] <= after["unit_started_at"]
+        assert all(r["checkpoint_write_s"] > 0 for r in reports)
+        run = runs[first["trial_id"]].info
+        assert run.start_time / 1000 <= first["trial_entered_at"] + 0.01
+        assert run.end_time / 1000 >= last["unit_started_at"] + last["epoch_time_s"] - 0.01
+
+
 FAMILIES = """
 name: families
 objective: {metric: val_ccc_mean, mode: max}

@@ -165,6 +165,53 @@ def test_thread_that_does_not_end_sends_the_next_trial_to_a_new_process(local_ra
     assert len(errors) == 1 and "ProcessStillBusy" in errors[0]
 
 
+def test_an_inline_trial_trains_on_while_the_driver_handles_its_report(local_ray, tmp_path):
+    """``TuneTrialSession.report`` returns once Tune has taken the report, not after the driver's callbacks ran: with
+    a driver that spends 0.6 s on every result (records on a slow store) and 1.5 s of work between reports, no report
+    waits for the driver; every report still arrives, in order, each with its own checkpoint."""
+    import json
+    import time
+
+    from ray import tune
+
+    def trial(config):
+        import tempfile
+
+        from trainables.session import TuneTrialSession
+
+        session, waits = TuneTrialSession(), []
+        for step in range(1, 4):
+            time.sleep(1.5)  # an epoch
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "state.json").write_text(json.dumps({"step": step}))
+                started = time.perf_counter()
+                session.report({"step": step}, checkpoint_dir=Path(d))
+                waits.append(time.perf_counter() - started)
+        (Path(config["folder"]) / "waits.json").write_text(json.dumps(waits))
+
+    class SlowRecords(tune.Callback):
+        def __init__(self):
+            self.steps, self.checkpoints = [], []
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.steps.append(result["step"])
+            time.sleep(0.6)
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            with checkpoint.as_directory() as d:
+                self.checkpoints.append(json.loads((Path(d) / "state.json").read_text())["step"])
+
+    records = SlowRecords()
+    tuner = tune.Tuner(tune.with_resources(trial, {"cpu": 1}), param_space={"folder": str(tmp_path)},
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "results"), verbose=0,
+                                                 callbacks=[records]))
+    [result] = list(tuner.fit())
+    assert result.error is None
+    assert records.steps == [1, 2, 3] and records.checkpoints == [1, 2, 3]
+    waits = json.loads((tmp_path / "waits.json").read_text())
+    assert max(waits) < 0.45, waits  # a report waiting for the driver would take 0.6 s or more
+
+
 def test_user_errors_are_recognised_through_ray_wrappers():
     """In the trial, ``run_trial`` finds a user error behind what it caught (a chained cause, a Ray Train worker's
     error inside the WorkerGroupError that ``TorchTrainer.fit`` raises) and raises it as itself; in the driver, Tune

@@ -165,12 +165,15 @@ def train_loop_per_worker(config: dict) -> None:
     fit(config, TrainWorkerSession())
 
 
-def train_in_trial(config: dict) -> None:
-    """Train one single-worker configuration in the Tune trial process itself (the ``inline`` executor)."""
+def train_in_trial(config: dict, marks: dict[str, float] | None = None) -> None:
+    """Train one single-worker configuration in the Tune trial process itself (the ``inline`` executor). ``marks``:
+    wall-clock times of the trial's start-up so far (``trainables.trial``), reported with every result."""
     from trainables.session import TuneTrialSession
 
+    session = TuneTrialSession(gpus=float(config.get("gpus", 0) or 0))
+    session.marks.update(marks or {})
     try:
-        fit(config, TuneTrialSession(gpus=float(config.get("gpus", 0) or 0)))
+        fit(config, session)
     finally:
         # The process serves the next trial too: give back what this one cached on the GPU.
         gc.collect()
@@ -333,8 +336,11 @@ def score_and_report(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0
     config = t.config
     # worker_pid: the process that trains (the inline trial's own, or Ray Train's rank-0 worker); Tune's "pid" is the
     # trial process, which with Ray Train only waits for its workers. Tests end exactly this process.
+    # unit_started_at and the session's marks (wall-clock seconds): where a trial's time outside its epochs goes
+    # (benchmarks/bench_sweep_overhead.py).
     progress = {"epoch": (unit - 1) // per_epoch + 1, "step": unit, "data_fraction": unit / per_epoch,
-                "node_id": _node_id(), "worker_pid": os.getpid()}
+                "node_id": _node_id(), "worker_pid": os.getpid(),
+                "unit_started_at": time.time() - (time.perf_counter() - t0), **t.session.marks}
     metrics = preds = None
     if not result.diverged:
         try:
@@ -394,6 +400,7 @@ def fit(config: dict, session) -> None:
     dropped here without a word (the sweep's pre-flight check refused those the user set, and warned once about those
     from the study file).
     """
+    session.marks.setdefault("fit_started_at", time.time())
     cfg = TrialConfig.from_dict(config, lenient=config.keys())
     t = build_trial(cfg, session)
     # Reports: one per epoch, or ``reports_per_epoch`` per epoch when the sweep's fidelity is a data fraction (each
@@ -401,6 +408,7 @@ def fit(config: dict, session) -> None:
     per_epoch = cfg.reports_per_epoch
     total_units = cfg.max_units or cfg.epochs * per_epoch
     unit = resume_unit(t, per_epoch)
+    session.marks["built_at"] = time.time()
     while unit < total_units:
         epoch, part = divmod(unit, per_epoch)
         t.train_set.set_epoch(epoch)
@@ -428,8 +436,10 @@ def _report_with_checkpoint(session, report: dict, state: dict, preds: dict, pos
         folder = None
         if session.rank == 0:
             folder = Path(tmp)
+            started = time.perf_counter()
             torch.save(state, folder / "state.pt")
             np.savez_compressed(folder / "val_predictions.npz", **preds)
+            report["checkpoint_write_s"] = time.perf_counter() - started
             (folder / "metrics.json").write_text(json.dumps(report, indent=1))
             (folder / "postprocess.json").write_text(json.dumps(post.to_dict(), indent=1))
         session.report(report, checkpoint_dir=folder)

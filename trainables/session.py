@@ -3,7 +3,8 @@
 ``fit`` (``trainables.loop``) speaks only to these objects, so the same loop trains inside a Ray Train worker (DDP over
 several workers, each a process of its own) or directly inside the Tune trial process (one worker, no worker group to
 start). Both offer the same six things: the worker's rank, its device, model and loader preparation, the checkpoint
-to resume from, ``report(metrics, checkpoint_dir)``, and ``should_stop()`` (checked between batches).
+to resume from, ``report(metrics, checkpoint_dir)``, and ``should_stop()`` (checked between batches); and ``marks``,
+wall-clock times of the worker's start-up that every report carries.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ class _Session:
 
     def __init__(self, api):
         self._api = api
+        # Wall-clock times of this worker's start-up (trial entered, loop started, data and model built), reported
+        # with every result so a sweep's overhead can be located.
+        self.marks: dict[str, float] = {}
 
     def load_state(self, device: torch.device) -> dict | None:
         checkpoint = self._api.get_checkpoint()
@@ -94,6 +98,7 @@ class TuneTrialSession(_Session):
         use_cuda = gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
         self._stop_event = _function_trainable_stop_event()
+        _train_while_reports_are_handled()
 
     def should_stop(self) -> bool:
         return self._stop_event is not None and self._stop_event.is_set()
@@ -110,6 +115,29 @@ class TuneTrialSession(_Session):
 
     def prepare_data_loader(self, loader):
         return loader
+
+
+def _train_while_reports_are_handled() -> None:
+    """Let this trial's thread go on training as soon as Tune has taken a report, instead of after the driver has
+    handled it.
+
+    Tune's function trainable reports synchronously: ``report`` returns only when the driver asks the trial for its
+    next result, after it has run every callback on this one (MLflow records, Tune's loggers, the searcher, ASHA)
+    and saved its checkpoint. The trial sat idle for that round trip at every epoch and at its end (measured with
+    ``benchmarks/bench_sweep_overhead.py``). Ray Train's workers use the same session in its asynchronous mode, which
+    is switched on here: the session hands the thread its turn right after the result is fetched. At most one report
+    is in flight (the session's queue holds one), checkpoints are persisted by this thread before the report, and a
+    stop (ASHA, the end of the sweep) reaches the thread through ``should_stop`` between batches or at its next
+    report. Judgment call: a stopped trial may train a few batches of an epoch nobody will see; that costs less than
+    idling at every report.
+    """
+    try:
+        from ray.train._internal.session import get_session
+    except ImportError:  # pragma: no cover - a Ray without the V1 session: keep its default
+        return
+    session = get_session()
+    if session is not None and hasattr(session, "synchronous_result_reporting"):
+        session.synchronous_result_reporting = False
 
 
 def _function_trainable_stop_event():

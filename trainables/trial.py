@@ -23,6 +23,7 @@ first one finishes (inline trials do without it).
 from __future__ import annotations
 
 import os
+import time
 
 from trainables.errors import ConfigError, find_user_error  # noqa: F401  (find_user_error: used below)
 
@@ -81,6 +82,7 @@ def run_trial(config: dict) -> None:
 
 
 def _fit_trial(config: dict) -> None:
+    entered = time.time()
     # Imported here, not at the top: the sweep's driver imports this module for its Tune function and resources, and
     # the training loop (torch, timm, the models) is needed only where a trial trains.
     from trainables.loop import train_in_trial, train_loop_per_worker
@@ -92,7 +94,7 @@ def _fit_trial(config: dict) -> None:
                    # the study's objective: what a diverged trial reports at its worst value
                    "metric": runtime["metric"], "mode": runtime["mode"]}
     if runtime.get("executor") == "inline":
-        train_in_trial(loop_config)
+        train_in_trial(loop_config, marks={"trial_entered_at": entered})
         return
 
     import ray
