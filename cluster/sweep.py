@@ -16,7 +16,8 @@ from typing import Any
 from search_spaces.schema import SearchSpace, finite_points, load_space, suggest
 from trainables import console
 from trainables.provenance import KIND_TAG, SWEEP_KIND, git_commit
-from trainables.storage import default_optuna_storage, default_tracking_uri
+from trainables.storage import default_optuna_storage
+from trainables.storage import tracking_uri as resolve_tracking_uri
 from trainables.errors import DataError, UserError
 from trainables.trial import choose_executor
 
@@ -200,7 +201,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
         raise UserError(f"a sweep named {name!r} already exists in {storage}; resume it with "
                         f"`emotune sweep --resume {name} --storage {opts.storage}` or choose another --name")
     console.log_to(sweep_log(storage, name))
-    tracking_uri = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    tracking_uri = resolve_tracking_uri(opts.tracking_uri)
     # Opening the MLflow store (a new SQLite store creates its tables: about 2 s) and the Optuna store (its tables,
     # and importing Optuna) wait mostly on the databases, and starting Ray mostly on Ray's own processes: the three
     # run side by side.
