@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from trainables.backbone_catalog import SHIPPED
-from trainables.shapes import (ACCEPTED, BACKBONES, PADDED, REFUSED, clip_frames, cnn_min_side, frame_verdict,
-                               input_verdict, max_pyramid_levels)
+from trainables.shapes import (ACCEPTED, BACKBONES, FAMILIES, PADDED, REFUSED, clip_frames, cnn_min_side,
+                               frame_verdict, input_verdict, max_pyramid_levels)
 
 # Constructor arguments that keep each forward pass in milliseconds; the rule-relevant ones (patch_size, cnn,
 # pyramid_levels, phase_size) go to the rule too, so model and rule see the same settings.
@@ -72,6 +72,7 @@ def _check(name: str, height: int, width: int, frames: int, **extra) -> str:
 
 def test_every_shipped_backbone_has_a_rule_and_a_grid_case():
     assert set(BACKBONES) == set(SHIPPED) == set(SMALL)
+    assert {family for family, _ in BACKBONES.values()} == set(FAMILIES)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -79,7 +80,7 @@ def test_the_rule_matches_a_real_forward_pass(name):
     seen = {_check(name, h, w, 2) for h, w in [*((s, s) for s in SIDES), (16, 24), (8, 20)]}
     seen |= {_check(name, 16, 16, t) for t in FRAMES} | {_check(name, 32, 32, 8)}
     family = BACKBONES[name][0]
-    if family in ("video_vit", "tpsbt"):
+    if family in ("patches", "pooled_patches"):
         assert seen == {ACCEPTED, PADDED, REFUSED}
     elif name in ("cnn_rnn_tiny", "i3d", "i3d_tiny", "mimamo", "mimamo_tiny"):
         # test_convnext: nothing under 32 pixels; inflated test_resnet: nothing under 17; MIMAMO: not one frame
@@ -185,14 +186,14 @@ def test_the_rules_defaults_are_the_constructors():
         # the paper-size CNNs are named, not built: their defaults are read from the signatures below
         paper_cnn = name in ("cnn_rnn", "i3d", "mimamo")
         model = create_backbone(name, **small, **({"cnn": "test_resnet"} if paper_cnn else {}))
-        if family in ("video_vit", "tpsbt"):
+        if family in ("patches", "pooled_patches"):
             assert (model.patch_size, model.tubelet_size) == (defaults["patch_size"], defaults["tubelet_size"]), name
-        if family == "tpsbt":
+        if family == "pooled_patches":
             assert len(model.depths) == defaults["stages"]
-        if family == "mimamo":
+        if family == "cnn_pyramid":
             assert (model.pyramid.height, model.phase_size) == (defaults["pyramid_levels"], defaults["phase_size"])
         if "cnn" in defaults:
-            cnn = model.spatial if family == "mimamo" else model.encoder
+            cnn = model.spatial if family == "cnn_pyramid" else model.encoder
             built = getattr(cnn, "pretrained_cfg", {}).get("architecture")
             if name.endswith("_tiny"):
                 assert built == defaults["cnn"], name

@@ -24,12 +24,18 @@ class Shipped(NamedTuple):
     arguments: frozenset[str]
     #: Whether its parameters have a layer-decay depth (``layer_id``): the video transformers (papers 000, 002).
     layer_decay: bool = False
+    #: Its shape family (``trainables.shapes.FAMILIES``) and the constructor
+    #: defaults and pins that enter that family's rule. A test checks them against the built model.
+    shape: tuple[str, dict] = ("any", {})
 
 
-#: name -> what a trial may set and whether ``layer_decay`` applies. A test checks both against the registry.
+#: name -> what a trial may set, whether ``layer_decay`` applies (a test checks both against the registry) and its
+#: shape rule (checked against a real forward pass by tests/test_shapes.py).
 SHIPPED: dict[str, Shipped] = {
-    "cnn_rnn": Shipped(frozenset({"cnn", "dropout", "hidden", "layers", "pretrained", "rnn"})),
-    "cnn_rnn_tiny": Shipped(frozenset({"dropout", "hidden", "layers", "pretrained", "rnn"})),
+    "cnn_rnn": Shipped(frozenset({"cnn", "dropout", "hidden", "layers", "pretrained", "rnn"}),
+        shape=("cnn", {"cnn": "resnet18"})),
+    "cnn_rnn_tiny": Shipped(frozenset({"dropout", "hidden", "layers", "pretrained", "rnn"}),
+        shape=("cnn", {"cnn": "test_convnext"})),
     "conv3d_resnet_gru": Shipped(frozenset({
         "bidirectional", "blocks", "dropout", "freeze", "hidden", "layers", "pretext_checkpoint", "pretrained",
         "stem_channels", "widths"})),
@@ -37,30 +43,39 @@ SHIPPED: dict[str, Shipped] = {
         "bidirectional", "dropout", "freeze", "hidden", "layers", "pretext_checkpoint", "pretrained"})),
     "i3d": Shipped(frozenset({
         "cnn", "cnn_kwargs", "dilation", "dropout", "head_hidden", "masking", "mode", "pretrained", "surround",
-        "surround_std", "time_kernel", "time_padding"})),
+        "surround_std", "time_kernel", "time_padding"}),
+        shape=("inflated_cnn", {"cnn": "resnet18"})),
     "i3d_tiny": Shipped(frozenset({
         "cnn_kwargs", "dilation", "dropout", "head_hidden", "masking", "mode", "pretrained", "surround",
-        "surround_std", "time_kernel", "time_padding"})),
+        "surround_std", "time_kernel", "time_padding"}),
+        shape=("inflated_cnn", {"cnn": "test_resnet"})),
     "mimamo": Shipped(frozenset({
         "bidirectional", "cnn", "dropout", "feature_dim", "hidden", "layers", "phase_size", "pretrained",
-        "pyramid_extension", "pyramid_levels", "pyramid_orientations", "temporal_channels"})),
+        "pyramid_extension", "pyramid_levels", "pyramid_orientations", "temporal_channels"}),
+        shape=("cnn_pyramid", {"cnn": "resnet50", "pyramid_levels": 2, "phase_size": None})),
     "mimamo_tiny": Shipped(frozenset({
         "bidirectional", "dropout", "feature_dim", "hidden", "layers", "phase_size", "pretrained", "pyramid_extension",
-        "pyramid_levels", "pyramid_orientations", "temporal_channels"})),
+        "pyramid_levels", "pyramid_orientations", "temporal_channels"}),
+        shape=("cnn_pyramid", {"cnn": "test_resnet", "pyramid_levels": 2, "phase_size": None})),
     "tpsbt": Shipped(frozenset({
         "bottleneck_tokens", "checkpoint", "depths", "drop_path", "embed_dim", "img_size", "mlp_ratio", "num_frames",
-        "num_heads", "patch_size", "tubelet_size"}), layer_decay=True),
+        "num_heads", "patch_size", "tubelet_size"}), layer_decay=True,
+        shape=("pooled_patches", {"patch_size": 16, "tubelet_size": 2, "stages": 3})),
     "tpsbt_base": Shipped(frozenset({
         "bottleneck_tokens", "checkpoint", "drop_path", "img_size", "num_frames", "patch_size", "tubelet_size"}),
-        layer_decay=True),
+        layer_decay=True,
+        shape=("pooled_patches", {"patch_size": 16, "tubelet_size": 2, "stages": 3})),
     "tpsbt_tiny": Shipped(frozenset({
         "bottleneck_tokens", "checkpoint", "drop_path", "img_size", "mlp_ratio", "num_frames", "patch_size",
-        "tubelet_size"}), layer_decay=True),
+        "tubelet_size"}), layer_decay=True,
+        shape=("pooled_patches", {"patch_size": 8, "tubelet_size": 2, "stages": 3})),
     "video_vit": Shipped(frozenset({
         "checkpoint", "depth", "drop", "drop_path", "embed_dim", "img_size", "mlp_ratio", "num_frames", "num_heads",
-        "patch_size", "tubelet_size"}), layer_decay=True),
+        "patch_size", "tubelet_size"}), layer_decay=True,
+        shape=("patches", {"patch_size": 16, "tubelet_size": 2})),
     "video_vit_tiny": Shipped(frozenset({
-        "checkpoint", "drop", "drop_path", "mlp_ratio", "num_frames", "tubelet_size"}), layer_decay=True),
+        "checkpoint", "drop", "drop_path", "mlp_ratio", "num_frames", "tubelet_size"}), layer_decay=True,
+        shape=("patches", {"patch_size": 8, "tubelet_size": 2})),
 }
 
 #: The backbone a trial builds when its config names none: the tiny CNN-RNN, which trains on CPU in seconds.

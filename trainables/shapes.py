@@ -24,8 +24,8 @@ backbone cannot take, instead of letting every trial fail on its first batch. Th
 * ``mimamo``: a clip of one frame is refused: the phase difference of its only frame comes out empty and the two
   streams no longer concatenate (``RuntimeError``). Besides the CNN, the steerable pyramid halves (rounding up) the
   phase input's spectrum ``pyramid_levels - 1`` times (of the 2H x 2W mirror-extended input, each level then cropped
-  to its quadrant, unless ``pyramid_extension`` is off) and needs the coarsest level at least 2x2; the phase input is the frame, or
-  ``phase_size`` square when set.
+  to its quadrant, unless ``pyramid_extension`` is off) and needs the coarsest level at least 2x2; the phase input
+  is the frame, or ``phase_size`` square when set.
 * ``conv3d_resnet_gru``: padded convolutions in space and time: any H, W and frame count.
 * The time axis of ``cnn_rnn``, ``i3d`` (inflation never strides in time and pads to keep T), ``mimamo`` and
   ``conv3d_resnet_gru`` takes any frame count >= 1.
@@ -42,6 +42,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from trainables.backbone_catalog import SHIPPED
 
 ACCEPTED, PADDED, REFUSED = "accepted", "padded", "refused"
 
@@ -82,23 +84,11 @@ class Verdict:
         return self.status != REFUSED
 
 
-# name -> (family, the constructor defaults and pins that enter the rule)
-_VIT = {"patch_size": 16, "tubelet_size": 2}
-BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {
-    "video_vit": ("video_vit", dict(_VIT)),
-    "video_vit_tiny": ("video_vit", {**_VIT, "patch_size": 8}),
-    "tpsbt": ("tpsbt", {**_VIT, "stages": 3}),
-    "tpsbt_base": ("tpsbt", {**_VIT, "stages": 3}),
-    "tpsbt_tiny": ("tpsbt", {**_VIT, "patch_size": 8, "stages": 3}),
-    "cnn_rnn": ("cnn", {"cnn": "resnet18"}),
-    "cnn_rnn_tiny": ("cnn", {"cnn": "test_convnext"}),
-    "i3d": ("cnn", {"cnn": "resnet18"}),
-    "i3d_tiny": ("cnn", {"cnn": "test_resnet"}),
-    "mimamo": ("mimamo", {"cnn": "resnet50", "pyramid_levels": 2, "phase_size": None}),
-    "mimamo_tiny": ("mimamo", {"cnn": "test_resnet", "pyramid_levels": 2, "phase_size": None}),
-    "conv3d_resnet_gru": ("any", {}),
-    "conv3d_resnet_gru_tiny": ("any", {}),
-}
+#: The shape families: a video transformer's patches (``video_vit``), the same pooled in time by stages (``tpsbt``),
+#: a 2D CNN per frame (``cnn_rnn``), inflated to 3D (``i3d``), beside a steerable pyramid (``mimamo``), or any shape.
+FAMILIES = ("patches", "pooled_patches", "cnn", "inflated_cnn", "cnn_pyramid", "any")
+#: name -> (family, the constructor defaults and pins that enter the rule), from the one catalog of backbones.
+BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {name: item.shape for name, item in SHIPPED.items()}
 
 # timm CNN families by name -> the smallest H and W they take (see the module docstring).
 _CNN_MIN_SIDE = ((re.compile(r"^(test_)?(resnet|resnext|seresnet|seresnext|wide_resnet|resnetv2)"), 1),
@@ -145,16 +135,16 @@ def input_verdict(backbone: str, height: int, width: int, frames: int,
     args = {**defaults, **{k: v for k, v in (model or {}).items() if v is not None}}
     if height < 1 or width < 1 or frames < 1:
         return Verdict(REFUSED, f"an input of {frames} frames of {height}x{width} is empty", ("backbone",))
-    if family in ("video_vit", "tpsbt"):
+    if family in ("patches", "pooled_patches"):
         return _transformer(backbone, family, height, width, frames, args)
     if family == "any":
         return Verdict(ACCEPTED, keys=("backbone",))
-    verdict = _cnn(backbone, args["cnn"], height, width, inflated=backbone.startswith("i3d"))
-    if family == "mimamo" and frames < 2:
+    verdict = _cnn(backbone, args["cnn"], height, width, inflated=family == "inflated_cnn")
+    if family == "cnn_pyramid" and frames < 2:
         return Verdict(REFUSED, f"backbone {backbone} takes the phase difference of consecutive frames and refuses "
                                 f"clips of {frames} frame; allowed: 2 frames or more (num_frames, or clip_len / "
                                 "ssts_stride)", ("backbone", "num_frames", "clip_len", "ssts_stride"))
-    if family == "mimamo" and verdict.ok:
+    if family == "cnn_pyramid" and verdict.ok:
         return _pyramid(backbone, height, width, args, verdict)
     return verdict
 
@@ -170,7 +160,7 @@ def _transformer(backbone: str, family: str, height: int, width: int, frames: in
     padding = []
     if frames % tubelet:
         padding.append(f"{frames} frames padded to {slices * tubelet} (last frame repeated) for tubelet_size {tubelet}")
-    if family == "tpsbt":
+    if family == "pooled_patches":
         counts = [slices]
         stages = len(args["depths"]) if "depths" in args else int(args["stages"])
         for _ in range(stages - 1):
