@@ -234,3 +234,18 @@ def test_the_own_data_workflow(tmp_path, fa_weights):
 
 
 from test_faces import fa_weights  # noqa: E402,F401  (the fixture: tiny face_alignment weights written locally)
+
+
+def test_the_benchmark_commands_of_the_readme_exist_with_their_options():
+    """Each benchmark the README names answers ``--help`` (exit 0) and takes the options the README gives it."""
+    found = [re.sub(r"\s+", " ", m).split() for m in re.findall(r"`\.venv/bin/python\s+(benchmarks/[^`]*)`", README)]
+    assert len(found) >= 8, found
+    root = Path(__file__).resolve().parents[1]
+    # side by side: several benchmarks import torch before parsing their arguments
+    procs = [(script, args, subprocess.Popen([sys.executable, script, "--help"], cwd=root, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True)) for script, *args in found]
+    for script, args, proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, (script, err[-2000:])
+        for option in (a for a in args if a.startswith("--")):
+            assert option in out, (script, option)
