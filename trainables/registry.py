@@ -35,6 +35,14 @@ class Registry(Generic[T]):
         """Decorator form of ``add``; returns the decorated object unchanged."""
         return lambda entry: self.add(name, entry)
 
+    def register_named(self, name: str) -> Callable[[T], T]:
+        """Decorator form of ``add`` for classes that carry their registered name as ``cls.name``."""
+        def deco(cls: T) -> T:
+            cls.name = name  # type: ignore[attr-defined]
+            return self.add(name, cls)
+
+        return deco
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self.entries)

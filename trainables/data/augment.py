@@ -108,12 +108,7 @@ _T = TypeVar("_T", bound=type)
 
 def register_augmentation(name: str) -> Callable[[_T], _T]:
     """Class decorator: make the augmentation constructible by ``create_augmentation(name, **params)``."""
-    def deco(cls: _T) -> _T:
-        _REGISTRY.add(name, cls)
-        cls.name = name  # type: ignore[attr-defined]
-        return cls
-
-    return deco
+    return _REGISTRY.register_named(name)
 
 
 def list_augmentations() -> list[str]:

@@ -46,13 +46,7 @@ _T = TypeVar("_T", bound=type)
 
 def settings_class(name: str) -> Callable[[_T], _T]:
     """Class decorator: the parameters of augmentation ``name`` (for :func:`make_settings` and the config parser)."""
-
-    def deco(cls: _T) -> _T:
-        _SETTINGS.add(name, cls)
-        cls.name = name  # type: ignore[attr-defined]
-        return cls
-
-    return deco
+    return _SETTINGS.register_named(name)
 
 
 def check_parameters(name: str, cls: type, params: Mapping[str, Any]) -> None:
