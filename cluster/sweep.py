@@ -56,6 +56,9 @@ class SweepOptions:
     dry_run: bool = False  # check every configuration against the data and the cluster, start nothing
     epochs: int | None = None  # cap on the epochs of every trial (the study's fidelity max otherwise)
     verbose: int = 0  # 0: one line per trial event; 1: Tune's status tables; 2: also every worker's log
+    # End the local Ray this sweep started once Tune is done, while the sweep's records are written (the `emotune
+    # sweep` command, which exits next); in-process callers keep Ray up for what they do next.
+    release_ray: bool = False
 
 
 @dataclass
@@ -88,7 +91,12 @@ def ray_address(address: str | None = None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: bool = True) -> None:
+#: Whether ``init_ray`` started a Ray of this process's own (one ``release_ray`` may end), not joined one.
+_OWN_RAY = False
+
+
+def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: bool = True,
+             warm_up: bool = False) -> None:
     """Connect to ``address`` (or $RAY_ADDRESS), else start a Ray of this process's own.
 
     Never the machine's "latest" cluster by accident: ``ray.init()`` without an address joins the cluster ``ray
@@ -98,7 +106,14 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
 
     A local Ray gets the dashboard when ``dashboard``: Train V2 watches its controller through the State API, which
     the dashboard serves (without it, Ray Train trials after the first hang); inline trials do without it, and Ray
-    starts faster."""
+    starts faster.
+
+    ``warm_up``: every worker process of a local Ray starts importing the training code as it starts
+    (``trainables.warmup`` as the job's ``worker_process_setup_hook``), so a slot's first inline trial finds torch,
+    timm and the models (about 3 s of imports) imported or on their way. Asked for inline sweeps only: a Ray Train
+    trial's own process only waits on its workers and needs no torch, and Train's helper actors neither. Not for a
+    cluster joined by address: a job submitted with ``ray job submit`` has its runtime environment set by the
+    submission, and a hook given here too would conflict with it."""
     import ray
 
     from cluster.retries import install_retry_policy
@@ -130,15 +145,20 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
 
     from ray._private.services import get_node_ip_address
 
+    from trainables import warmup
+
     port = os.environ.get("RAY_GCS_SERVER_PORT")
     if not port:
         with socket.socket() as sock:
             sock.bind(("", 0))
             port = str(sock.getsockname()[1])
         os.environ["RAY_GCS_SERVER_PORT"] = port
+    global _OWN_RAY
     ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
              dashboard_port=_free_port() if dashboard else None, log_to_driver=log_to_driver,
-             runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}})
+             runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"},
+                          **({"worker_process_setup_hook": warmup.HOOK} if warm_up else {})})
+    _OWN_RAY = True
 
 
 def sweep_log(storage: str, name: str) -> Path:
@@ -208,7 +228,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     with ThreadPoolExecutor(2, thread_name_prefix="emotune-stores") as pool:
         store = pool.submit(open_experiment, tracking_uri, opts.experiment, artifact_root=Path(opts.artifact_root))
         study_store = pool.submit(open_optuna_storage, opts.optuna_storage or default_optuna_storage())
-        init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2, dashboard=executor == "train")
+        init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2, dashboard=executor == "train",
+                 warm_up=executor == "inline")
         client, experiment_id = store.result()
         optuna_storage = study_store.result()
     concurrent = max_concurrent_trials(ray.cluster_resources(), workers, cpus, gpus, opts.max_concurrent, autoscaling)
@@ -230,7 +251,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     tuner = build_tuner(name=name, storage=storage, runtime=runtime, search_alg=searcher,
                         num_samples=opts.num_samples, concurrent=concurrent, callbacks=callbacks, scheduler=scheduler,
                         time_budget_s=opts.time_budget_s, verbose=opts.verbose)
-    return _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id, checked)
+    return _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id, checked,
+                release_ray=opts.release_ray)
 
 
 def cap_epochs(space: SearchSpace, epochs: int | None) -> SearchSpace:
@@ -385,15 +407,18 @@ def _resume(opts: SweepOptions, storage: str) -> SweepOutcome:
         space = load_space(space_file, json.loads(parent.data.tags.get("emotune.overrides", "{}")))
     space = cap_epochs(space, int(parent.data.tags["emotune.epochs"]) if parent.data.tags.get("emotune.epochs") else None)
     client.set_tag(callback.parent_run_id, "emotune.resumed", time.strftime("%Y-%m-%d %H:%M:%S"))
-    return _fit(tuner, name, space, storage, callback.tracking_uri, client, callback, callback.parent_run_id)
+    return _fit(tuner, name, space, storage, callback.tracking_uri, client, callback, callback.parent_run_id,
+                release_ray=opts.release_ray)
 
 
 def _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id,
-         checked: PreflightReport | None = None) -> SweepOutcome:
+         checked: PreflightReport | None = None, release_ray: bool = False) -> SweepOutcome:
     status = "FAILED"
     best_trial = best_run = None
+    ending = None
     try:
         results = tuner.fit()
+        ending = _end_own_ray() if release_ray else None
         best_trial, best_run = _record_best(results, space, client, callback, parent_id)
         status = "FINISHED"
     finally:
@@ -403,8 +428,36 @@ def _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id,
             callback.flush()
         finally:
             client.set_terminated(parent_id, status)
+            if ending is not None:
+                ending.join()
     return SweepOutcome(name, results, space, Path(storage) if "://" not in storage else storage, tracking_uri,
                         parent_id, best_trial, best_run, checked)
+
+
+def _end_own_ray():
+    """Shut down the local Ray this process started, in a thread that the caller joins; None if Ray was joined by
+    address (a cluster not ours to end).
+
+    Ray's own shut-down at exit sleeps 0.5 s first (so that workers' log lines reach the driver) and then ends its
+    processes one after another, waiting for each: about 1.5 s after the last trial, which the sweep's records
+    (MLflow's last writes, the best trial's tags) waited behind. Once ``Tuner.fit`` has returned nothing needs Ray:
+    the results are in memory and the records go to MLflow, so Ray ends while they are written. Its processes are
+    ended by Ray's own ``ray.shutdown``, as at exit, and the caller joins the thread before the command goes on."""
+    import threading
+
+    import ray
+
+    if not _OWN_RAY or not ray.is_initialized():
+        return None
+
+    def shutdown() -> None:
+        global _OWN_RAY
+        _OWN_RAY = False
+        ray.shutdown()
+
+    thread = threading.Thread(target=shutdown, name="emotune-ray-shutdown")
+    thread.start()
+    return thread
 
 
 def best_result(results, metric: str, mode: str):
