@@ -95,8 +95,7 @@ def ray_address(address: str | None = None) -> str | None:
 _OWN_RAY = False
 
 
-def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: bool = True,
-             warm_up: bool = False) -> None:
+def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: bool = True) -> None:
     """Connect to ``address`` (or $RAY_ADDRESS), else start a Ray of this process's own.
 
     Never the machine's "latest" cluster by accident: ``ray.init()`` without an address joins the cluster ``ray
@@ -108,12 +107,11 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
     the dashboard serves (without it, Ray Train trials after the first hang); inline trials do without it, and Ray
     starts faster.
 
-    ``warm_up``: every worker process of a local Ray starts importing the training code as it starts
-    (``trainables.warmup`` as the job's ``worker_process_setup_hook``), so a slot's first inline trial finds torch,
-    timm and the models (about 3 s of imports) imported or on their way. Asked for inline sweeps only: a Ray Train
-    trial's own process only waits on its workers and needs no torch, and Train's helper actors neither. Not for a
-    cluster joined by address: a job submitted with ``ray job submit`` has its runtime environment set by the
-    submission, and a hook given here too would conflict with it."""
+    Not done, measured: importing the training code in each worker process as it starts (a
+    ``worker_process_setup_hook`` starting the import in a thread, joined by the trial) did not shorten a slot's
+    first trial on this 2-core machine: Tune starts the trial processes only when it schedules the trials (Ray's
+    prestarted workers do not match a job with a runtime environment), so the import overlapped only the actor's own
+    start-up, and both are CPU-bound on the same cores (first trial's start to its first epoch 2.2 s either way)."""
     import ray
 
     from cluster.retries import install_retry_policy
@@ -145,8 +143,6 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
 
     from ray._private.services import get_node_ip_address
 
-    from trainables import warmup
-
     port = os.environ.get("RAY_GCS_SERVER_PORT")
     if not port:
         with socket.socket() as sock:
@@ -156,8 +152,7 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
     global _OWN_RAY
     ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
              dashboard_port=_free_port() if dashboard else None, log_to_driver=log_to_driver,
-             runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"},
-                          **({"worker_process_setup_hook": warmup.HOOK} if warm_up else {})})
+             runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}})
     _OWN_RAY = True
 
 
@@ -228,8 +223,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     with ThreadPoolExecutor(2, thread_name_prefix="emotune-stores") as pool:
         store = pool.submit(open_experiment, tracking_uri, opts.experiment, artifact_root=Path(opts.artifact_root))
         study_store = pool.submit(open_optuna_storage, opts.optuna_storage or default_optuna_storage())
-        init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2, dashboard=executor == "train",
-                 warm_up=executor == "inline")
+        init_ray(opts.ray_address, log_to_driver=opts.verbose >= 2, dashboard=executor == "train")
         client, experiment_id = store.result()
         optuna_storage = study_store.result()
     concurrent = max_concurrent_trials(ray.cluster_resources(), workers, cpus, gpus, opts.max_concurrent, autoscaling)

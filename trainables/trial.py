@@ -84,11 +84,7 @@ def run_trial(config: dict) -> None:
 def _fit_trial(config: dict) -> None:
     entered = time.time()
     # Imported here, not at the top: the sweep's driver imports this module for its Tune function and resources, and
-    # the training loop (torch, timm, the models) is needed only where a trial trains. A sweep's worker may already be
-    # importing it in the background (trainables.warmup): that import ends first, so one thread imports at a time.
-    from trainables import warmup
-
-    warmup.wait()
+    # the training loop (torch, timm, the models) is needed only where a trial trains.
     from trainables.loop import train_in_trial, train_loop_per_worker
 
     runtime = config["runtime"]
@@ -98,7 +94,7 @@ def _fit_trial(config: dict) -> None:
                    # the study's objective: what a diverged trial reports at its worst value
                    "metric": runtime["metric"], "mode": runtime["mode"]}
     if runtime.get("executor") == "inline":
-        train_in_trial(loop_config, marks={"trial_entered_at": entered, **warmup.marks()})
+        train_in_trial(loop_config, marks={"trial_entered_at": entered})
         return
 
     import ray
