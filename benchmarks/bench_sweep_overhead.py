@@ -128,6 +128,9 @@ def one_run(a, exe: str, rep: int) -> dict:
         r["outside"] = (0.0 if r["first_in_slot"] else r["gap"]) + r["lead"] + r["between"] + r["tail"]
     shutdown = sum(started + wall - max(r["end"] for r in rows if r["slot"] == s)
                    for s in {r["slot"] for r in rows})
+    # The sweep's own tail: the last trial's end to the command's exit (Tune's end, the sweep's records, Ray's
+    # shut-down); the rest of the per-slot shut-down is slots idle while the last trial runs.
+    exit_tail = started + wall - max(r["end"] for r in rows)
     print(f"\nrun {rep + 1}: executor={a.executor} trials={len(rows)} epochs={a.epochs} concurrent={a.concurrent} "
           f"wall={wall:.1f}s load(1/5/15 min) before={' '.join(load)} after="
           f"{' '.join(Path('/proc/loadavg').read_text().split()[:3]) if load else ''}")
@@ -144,7 +147,8 @@ def one_run(a, exe: str, rep: int) -> dict:
     print("(gap in parentheses: a slot's first trial, waiting for the sweep's start-up; not in 'outside')")
     per_trial = (slots - epoch) / len(rows)
     print(f"sweep start-up {startup:.1f}s (to the first epoch), shut-down {shutdown / a.concurrent:.1f}s per slot "
-          f"(last trial's end to the sweep's exit); trial processes: {len({r['pid'] for r in rows})}")
+          f"(last trial's end to the sweep's exit; {exit_tail:.1f}s after the last trial); trial processes: "
+          f"{len({r['pid'] for r in rows})}")
     print(f"training steps: {train:.1f}s of {slots:.1f} slot-seconds = {100 * train / slots:.1f}%; whole epochs "
           f"{epoch:.1f}s = {100 * epoch / slots:.1f}%; mean trial length in epochs {epoch / len(rows):.1f}s")
     print(f"per-trial overhead (slot time outside epochs): {per_trial:.2f}s; per trial in its slot (gap + lead + "
@@ -152,7 +156,8 @@ def one_run(a, exe: str, rep: int) -> dict:
     print(f"after the start-up: training steps {100 * train / steady:.1f}%, whole epochs {100 * epoch / steady:.1f}% "
           "of slot time")
     return {"per_trial": per_trial, "in_slot": mean["outside"], "epochs_after_startup": 100 * epoch / steady,
-            "train_after_startup": 100 * train / steady, "wall": wall, "startup": startup}
+            "train_after_startup": 100 * train / steady, "wall": wall, "startup": startup,
+            "shutdown": shutdown / a.concurrent, "exit_tail": exit_tail}
 
 
 def main() -> None:

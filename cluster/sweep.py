@@ -56,6 +56,9 @@ class SweepOptions:
     dry_run: bool = False  # check every configuration against the data and the cluster, start nothing
     epochs: int | None = None  # cap on the epochs of every trial (the study's fidelity max otherwise)
     verbose: int = 0  # 0: one line per trial event; 1: Tune's status tables; 2: also every worker's log
+    # End the local Ray this sweep started once Tune is done, while the sweep's records are written (the `emotune
+    # sweep` command, which exits next); in-process callers keep Ray up for what they do next.
+    release_ray: bool = False
 
 
 @dataclass
@@ -88,6 +91,10 @@ def ray_address(address: str | None = None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
+#: Whether ``init_ray`` started a Ray of this process's own (one ``release_ray`` may end), not joined one.
+_OWN_RAY = False
+
+
 def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: bool = True) -> None:
     """Connect to ``address`` (or $RAY_ADDRESS), else start a Ray of this process's own.
 
@@ -98,7 +105,13 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
 
     A local Ray gets the dashboard when ``dashboard``: Train V2 watches its controller through the State API, which
     the dashboard serves (without it, Ray Train trials after the first hang); inline trials do without it, and Ray
-    starts faster."""
+    starts faster.
+
+    Not done, measured: importing the training code in each worker process as it starts (a
+    ``worker_process_setup_hook`` starting the import in a thread, joined by the trial) did not shorten a slot's
+    first trial on this 2-core machine: Tune starts the trial processes only when it schedules the trials (Ray's
+    prestarted workers do not match a job with a runtime environment), so the import overlapped only the actor's own
+    start-up, and both are CPU-bound on the same cores (first trial's start to its first epoch 2.2 s either way)."""
     import ray
 
     from cluster.retries import install_retry_policy
@@ -136,9 +149,11 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
             sock.bind(("", 0))
             port = str(sock.getsockname()[1])
         os.environ["RAY_GCS_SERVER_PORT"] = port
+    global _OWN_RAY
     ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
              dashboard_port=_free_port() if dashboard else None, log_to_driver=log_to_driver,
              runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}})
+    _OWN_RAY = True
 
 
 def sweep_log(storage: str, name: str) -> Path:
@@ -230,7 +245,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     tuner = build_tuner(name=name, storage=storage, runtime=runtime, search_alg=searcher,
                         num_samples=opts.num_samples, concurrent=concurrent, callbacks=callbacks, scheduler=scheduler,
                         time_budget_s=opts.time_budget_s, verbose=opts.verbose)
-    return _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id, checked)
+    return _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id, checked,
+                release_ray=opts.release_ray)
 
 
 def cap_epochs(space: SearchSpace, epochs: int | None) -> SearchSpace:
@@ -385,15 +401,18 @@ def _resume(opts: SweepOptions, storage: str) -> SweepOutcome:
         space = load_space(space_file, json.loads(parent.data.tags.get("emotune.overrides", "{}")))
     space = cap_epochs(space, int(parent.data.tags["emotune.epochs"]) if parent.data.tags.get("emotune.epochs") else None)
     client.set_tag(callback.parent_run_id, "emotune.resumed", time.strftime("%Y-%m-%d %H:%M:%S"))
-    return _fit(tuner, name, space, storage, callback.tracking_uri, client, callback, callback.parent_run_id)
+    return _fit(tuner, name, space, storage, callback.tracking_uri, client, callback, callback.parent_run_id,
+                release_ray=opts.release_ray)
 
 
 def _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id,
-         checked: PreflightReport | None = None) -> SweepOutcome:
+         checked: PreflightReport | None = None, release_ray: bool = False) -> SweepOutcome:
     status = "FAILED"
     best_trial = best_run = None
+    ending = None
     try:
         results = tuner.fit()
+        ending = _end_own_ray() if release_ray else None
         best_trial, best_run = _record_best(results, space, client, callback, parent_id)
         status = "FINISHED"
     finally:
@@ -403,8 +422,36 @@ def _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id,
             callback.flush()
         finally:
             client.set_terminated(parent_id, status)
+            if ending is not None:
+                ending.join()
     return SweepOutcome(name, results, space, Path(storage) if "://" not in storage else storage, tracking_uri,
                         parent_id, best_trial, best_run, checked)
+
+
+def _end_own_ray():
+    """Shut down the local Ray this process started, in a thread that the caller joins; None if Ray was joined by
+    address (a cluster not ours to end).
+
+    Ray's own shut-down at exit sleeps 0.5 s first (so that workers' log lines reach the driver) and then ends its
+    processes one after another, waiting for each: about 1.5 s after the last trial, which the sweep's records
+    (MLflow's last writes, the best trial's tags) waited behind. Once ``Tuner.fit`` has returned nothing needs Ray:
+    the results are in memory and the records go to MLflow, so Ray ends while they are written. Its processes are
+    ended by Ray's own ``ray.shutdown``, as at exit, and the caller joins the thread before the command goes on."""
+    import threading
+
+    import ray
+
+    if not _OWN_RAY or not ray.is_initialized():
+        return None
+
+    def shutdown() -> None:
+        global _OWN_RAY
+        _OWN_RAY = False
+        ray.shutdown()
+
+    thread = threading.Thread(target=shutdown, name="emotune-ray-shutdown")
+    thread.start()
+    return thread
 
 
 def best_result(results, metric: str, mode: str):
