@@ -94,15 +94,15 @@ def test_runs_carry_tunes_times_and_a_snapshot_waits_for_the_records(callback, t
     started = time.time()
     callback.on_trial_start(0, [], trial)
     _result(callback, trial, 1, 0.6, tmp_path)
-    callback._write(time.sleep, 0.5)  # the store is slow right now: the writes queue behind this one
+    callback._write(time.sleep, 2.0)  # the store is slow right now: the writes queue behind this one
     ended = time.time()
     callback.on_trial_complete(0, [], trial)
-    assert time.time() - ended < 0.25  # Tune's loop did not wait for the store
+    assert time.time() - ended < 1.0  # Tune's loop did not wait for the store (2 s); room for a busy machine
     state = callback.get_state()
     other = MlflowClient(callback.tracking_uri)
     [run] = other.search_runs([callback.experiment_id], filter_string="tags.`emotune.trial_id` = 't1'")
     assert state["runs"] == {"t1": run.info.run_id}
     assert run.info.status == "FINISHED" and run.data.tags["emotune.epochs_run"] == "1"
     assert run.data.metrics["best_val_ccc_mean"] == 0.6 and run.data.metrics["val_ccc_mean"] == 0.6
-    assert abs(run.info.start_time / 1000 - started) < 0.1
-    assert abs(run.info.end_time / 1000 - ended) < 0.1  # not the write's time, 0.5 s later or more
+    assert abs(run.info.start_time / 1000 - started) < 0.5
+    assert abs(run.info.end_time / 1000 - ended) < 1.0  # not the write's time, 2 s later or more
