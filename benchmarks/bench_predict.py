@@ -12,6 +12,8 @@ same run, for the share of the time that decoding alone sets.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +63,7 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     work = Path(tempfile.mkdtemp(prefix="emotune-bench-predict-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # the demo, clip and outputs go when the benchmark ends
     root = Path(a.demo_root).resolve() if a.demo_root else work / "emotune-demo"
     if not a.demo_root:
         print("running `emotune demo` for its promoted model ...", flush=True)

@@ -23,8 +23,10 @@ child's user + system time). The load average of the machine is printed before a
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import io
+import shutil
 import os
 import resource
 import subprocess
@@ -115,6 +117,7 @@ def main() -> None:
 
     faces.SparseFaceTrack = Recorded  # build.py looks it up here at each video
     work = Path(tempfile.mkdtemp(prefix="emotune-bench-prepare-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # the clips and caches go when the benchmark ends
     manifest = _dataset(work, a.seconds)
     n = int(a.seconds * 25)
     faces.create_detector("opencv")  # load the cascade once before timing (as prepare's first video does)
@@ -178,6 +181,7 @@ def main_real(videos: list[Path], copies: int) -> None:
 
     faces.SparseFaceTrack = Recorded
     work = Path(tempfile.mkdtemp(prefix="emotune-bench-prepare-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # the clips and caches go when the benchmark ends
     manifest, files, n = _real_dataset(work, [v.resolve() for v in videos], copies)
     load_before = _load()
     decode_cpu = time.process_time()
