@@ -9,10 +9,7 @@ backbone cannot take, instead of letting every trial fail on its first batch. Th
   count that is not a multiple of ``tubelet_size`` (2) gets its last frame repeated up to the next multiple.
 * ``tpsbt``, ``tpsbt_base``, ``tpsbt_tiny`` (:class:`trainables.models.tpsbt.TPSBT`): the same patch rule and tubelet
   padding; besides, an odd number of temporal slices before each later stage's stride-2 temporal convolution gets its
-  last slice repeated. One spatial token per slice (H and W equal to ``patch_size``) with 2 or more slices left after a
-  temporal convolution is refused: the spatial pool's ``view`` of the permuted tokens raises ``RuntimeError`` for a
-  batch of two clips or more (one clip alone runs; evaluation batches several windows, so it is refused for any
-  ``batch_size``).
+  last slice repeated.
 * ``cnn_rnn``, ``i3d``, ``mimamo`` (a timm 2D CNN per frame, inflated to 3D for ``i3d`` with temporal size 1 in every
   pool): ResNets (padded convolutions and pools) take any size; VGGs (five 2x2 max-pools without padding) and
   ConvNeXts (a 4x4 stride-4 stem, then three 2x2 stride-2 downsamplings, none padded) need H and W >= 32, else the
@@ -110,14 +107,20 @@ def cnn_min_side(cnn: str, inflated: bool = False) -> int | None:
     return None
 
 
-def pyramid_level_shapes(height: int, width: int, levels: int, extension: bool = True) -> list[tuple[int, int]]:
-    """(h, w) of every steerable-pyramid level (``ComplexSteerablePyramid.level_shapes``): the spectrum halves
-    (rounding up) from level to level; with the authors' symmetric extension it starts at 2H x 2W and each level is
-    cropped to its top-left quadrant (``h_l // 2``)."""
+def pyramid_spectrum_shapes(height: int, width: int, levels: int, extension: bool = True) -> list[tuple[int, int]]:
+    """(h, w) of every steerable-pyramid level's spectrum: it starts at the frame, or at 2H x 2W with the authors'
+    symmetric extension, and halves (rounding up) from level to level."""
     spectrum = [(2 * height, 2 * width) if extension else (height, width)]
     for _ in range(levels - 1):
         h, w = spectrum[-1]
         spectrum.append(((h + 1) // 2, (w + 1) // 2))
+    return spectrum
+
+
+def pyramid_level_shapes(height: int, width: int, levels: int, extension: bool = True) -> list[tuple[int, int]]:
+    """(h, w) of every level the steerable pyramid returns (``ComplexSteerablePyramid.level_shapes``): its spectrum's
+    shape, or with the extension the spectrum's top-left quadrant (``h_l // 2``), as the authors crop."""
+    spectrum = pyramid_spectrum_shapes(height, width, levels, extension)
     return [(h // 2, w // 2) for h, w in spectrum] if extension else spectrum
 
 

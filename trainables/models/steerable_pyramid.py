@@ -54,6 +54,8 @@ import math
 
 import torch
 
+from trainables.shapes import pyramid_level_shapes, pyramid_spectrum_shapes
+
 __all__ = ["ComplexSteerablePyramid", "authors_unwrap_step", "phase_difference", "symmetric_extension",
            "to_grayscale", "wrap_phase"]
 
@@ -146,20 +148,12 @@ class ComplexSteerablePyramid(torch.nn.Module):
         self._angle_gain = 2.0 * math.sqrt((2.0 ** (2 * order)) * math.factorial(order) ** 2
                                            / (orientations * math.factorial(2 * order)))
 
-    def _spectrum_shapes(self, h: int, w: int) -> list[tuple[int, int]]:
-        """(h_l, w_l) of every level's spectrum (of the extended image when extending): halved, rounding up."""
-        shapes = [(2 * h, 2 * w) if self.symmetric_extension else (h, w)]
-        for _ in range(self.height - 1):
-            h_l, w_l = shapes[-1]
-            shapes.append(((h_l + 1) // 2, (w_l + 1) // 2))
-        return shapes
-
     def level_shapes(self, h: int, w: int) -> list[tuple[int, int]]:
         """(h_l, w_l) of every returned level for an h x w image: ``ceil(h / 2**l) x ceil(w / 2**l)`` without the
         extension; with it the top-left quadrant of the extended level, ``h_l // 2`` as the authors crop (the same
-        for sizes divisible by ``2**(height-1)``, at most one pixel less on a coarse level of other sizes)."""
-        shapes = self._spectrum_shapes(h, w)
-        return [(h_l // 2, w_l // 2) for h_l, w_l in shapes] if self.symmetric_extension else shapes
+        for sizes divisible by ``2**(height-1)``, at most one pixel less on a coarse level of other sizes). The one
+        rule, shared with the driver's shape check (``trainables.shapes``)."""
+        return pyramid_level_shapes(h, w, self.height, self.symmetric_extension)
 
     @staticmethod
     def _polar(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +177,7 @@ class ComplexSteerablePyramid(torch.nn.Module):
         h, w = frames.shape[-2:]
         if min(self.level_shapes(h, w)[-1]) < 2:
             raise ValueError(f"a {h}x{w} image is too small for {self.height} pyramid levels")
-        shapes = self._spectrum_shapes(h, w)
+        shapes = pyramid_spectrum_shapes(h, w, self.height, self.symmetric_extension)
         real_dtype = torch.float64 if frames.dtype == torch.float64 else torch.float32
         x = frames[:, 0].to(real_dtype)
         if self.symmetric_extension:
