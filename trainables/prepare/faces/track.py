@@ -219,9 +219,8 @@ class SparseFaceTrack:
             out.append(dets)
         return out
 
-    def _detect(self, frames: list[np.ndarray], min_size: int | None = None) -> list[list[Detection]]:
-        """Detections on full frames, in full-frame coordinates, detecting at ``detect_width`` (faces of at least
-        ``min_size`` px at that scale when given and larger than the detector's own minimum)."""
+    def _detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+        """Detections on full frames, in full-frame coordinates, detecting at ``detect_width``."""
         if not frames:
             return []
         if hasattr(self.detector, "detect_max_side"):
@@ -230,8 +229,7 @@ class SparseFaceTrack:
             self.detector.detect_max_side = (round(max(h, w) * self.detect_width / w)
                                              if self.detect_width and w > self.detect_width else None)
             return self.detector.detect(np.stack(frames))
-        small, scale = self._reduce(frames)
-        return self._detect_reduced(small, scale, min_size)
+        return self._detect_reduced(*self._reduce(frames))
 
     def _reduce(self, frames: list[np.ndarray]) -> tuple[np.ndarray, tuple[float, float]]:
         """The frames as the detector takes them: reduced to ``detect_width`` (INTER_AREA), then gray when the detector
