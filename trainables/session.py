@@ -97,8 +97,9 @@ class TuneTrialSession(_Session):
         super().__init__(ray.tune)
         use_cuda = gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
-        self._stop_event = _function_trainable_stop_event()
-        _train_while_reports_are_handled()
+        session = _function_trainable_session()
+        self._stop_event = getattr(session, "stop_event", None)
+        _train_while_reports_are_handled(session)
 
     def should_stop(self) -> bool:
         return self._stop_event is not None and self._stop_event.is_set()
@@ -117,7 +118,7 @@ class TuneTrialSession(_Session):
         return loader
 
 
-def _train_while_reports_are_handled() -> None:
+def _train_while_reports_are_handled(session) -> None:
     """Let this trial's thread go on training as soon as Tune has taken a report, instead of after the driver has
     handled it.
 
@@ -131,22 +132,16 @@ def _train_while_reports_are_handled() -> None:
     report. Judgment call: a stopped trial may train a few batches of an epoch nobody will see; that costs less than
     idling at every report.
     """
-    try:
-        from ray.train._internal.session import get_session
-    except ImportError:  # pragma: no cover - a Ray without the V1 session: keep its default
-        return
-    session = get_session()
     if session is not None and hasattr(session, "synchronous_result_reporting"):
         session.synchronous_result_reporting = False
 
 
-def _function_trainable_stop_event():
-    """The stop request of the Tune function-trainable session running this thread (a ``threading.Event``), or None
-    outside one. Ray has no public call for it: ``ray.train._internal.session`` is the session object Tune's
-    ``FunctionTrainable`` drives (``finish`` sets ``stop_event``, ``reset`` replaces it with a new one per trial)."""
+def _function_trainable_session():
+    """The Tune function-trainable session running this thread, or None outside one (or with a Ray without it). Ray
+    has no public call for it: ``ray.train._internal.session`` is the session object Tune's ``FunctionTrainable``
+    drives (``finish`` sets its ``stop_event``, ``reset`` replaces that with a new one per trial)."""
     try:
         from ray.train._internal.session import get_session
-    except ImportError:  # pragma: no cover - a Ray without the V1 session: never stop early
+    except ImportError:  # pragma: no cover - a Ray without the V1 session: never stop early, report as it does
         return None
-    session = get_session()
-    return getattr(session, "stop_event", None)
+    return get_session()
