@@ -217,8 +217,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                         f"`emotune sweep --resume {name} --storage {opts.storage}` or choose another --name")
     console.log_to(sweep_log(storage, name))
     tracking_uri = resolve_tracking_uri(opts.tracking_uri)
-    # Opening the MLflow store (a new SQLite store creates its tables: about 2 s) and the Optuna store (its tables,
-    # and importing Optuna) wait mostly on the databases, and starting Ray mostly on Ray's own processes: the three
+    # Opening the MLflow store (a new SQLite store creates its tables: about 2 s) and the Optuna store (its tables;
+    # Optuna itself is imported by the pre-flight already) wait mostly on the databases, and starting Ray mostly on Ray's own processes: the three
     # run side by side.
     with ThreadPoolExecutor(2, thread_name_prefix="emotune-stores") as pool:
         store = pool.submit(open_experiment, tracking_uri, opts.experiment, artifact_root=Path(opts.artifact_root))
@@ -299,17 +299,15 @@ def open_optuna_storage(url: str):
 
 
 def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent: int, constants: dict[str, Any],
-                  storage=None):
+                  storage):
     """OptunaSearch over the space's define-by-run function, its study kept in an RDB storage (SQLite by default,
     which optuna-dashboard opens) under the sweep's name. The TPE sampler is seeded: the same seed gives the same
     suggestions. No configuration is trained twice (``cluster.searcher``). ``storage``: the study's store, already
-    opened (else opened here from ``opts``)."""
+    opened (``open_optuna_storage``)."""
     import optuna
 
     from cluster.searcher import DistinctOptunaSearch
 
-    if storage is None:
-        storage = open_optuna_storage(opts.optuna_storage or default_optuna_storage())
     return DistinctOptunaSearch(space=DefineByRun(space, constants), metric=space.metric, mode=space.mode,
                                 sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, concurrent)),
                                 study_name=name, storage=storage,
