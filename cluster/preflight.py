@@ -53,8 +53,10 @@ class PreflightReport:
 MAX_SHAPE_POINTS = 1000
 
 
-def candidate_points(space: SearchSpace, samples: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
-    """(where it came from, the trial settings) of every configuration the check resolves.
+def candidate_points(space: SearchSpace, samples: int, seed: int,
+                     combinations: Any = ...) -> list[tuple[str, dict[str, Any]]]:
+    """(where it came from, the trial settings) of every configuration the check resolves. ``combinations``: the
+    space's :func:`shape_points` when the caller has them already (computed here when not given).
 
     Each configuration is an Optuna trial of an in-memory study with a seeded ``RandomSampler``: the values a point
     gives are enqueued (``Study.enqueue_trial``, as the sweep's searcher enqueues initial points), every other
@@ -91,7 +93,7 @@ def candidate_points(space: SearchSpace, samples: int, seed: int) -> list[tuple[
             values = [grid[0], grid[-1]] if grid else [spec["low"], spec["high"]]
         for value in values:
             resolve(f"params.{key}={value!r}", {key: value})
-    for point in shape_points(space) or ():
+    for point in (shape_points(space) if combinations is ... else combinations) or ():
         resolve(", ".join(f"params.{k}={v!r}" for k, v in point.items()), point)
     for i in range(samples):
         resolve(f"random configuration {i + 1}")
@@ -174,7 +176,8 @@ def preflight(space: SearchSpace, runtime: dict[str, Any], samples: int = DEFAUL
     warnings: dict[str, str] = {}
     applied: dict[str, bool] = {}  # searched key -> did it apply in any configuration that sampled it
     configs = []
-    for origin, settings in candidate_points(space, samples, seed):
+    combinations = shape_points(space)  # None: too many to check one by one (warned below)
+    for origin, settings in candidate_points(space, samples, seed, combinations):
         dropped: list[str] = []
         try:
             config = TrialConfig.from_dict({**settings, **runtime}, lenient=from_study, dropped=dropped)
@@ -196,7 +199,7 @@ def preflight(space: SearchSpace, runtime: dict[str, Any], samples: int = DEFAUL
         for key in never:
             warnings[key] = warnings[key].replace("; dropped", "; not searched")
     views, data_warnings = check_data(space, configs)
-    if shape_points(space) is None:
+    if combinations is None:
         data_warnings.append(f"{space.path.name}: the searched shape settings have more than {MAX_SHAPE_POINTS} "
                              "combinations; each value was checked, not each combination")
     return PreflightReport(space, [*warnings.values(), *data_warnings], len(configs), views)
