@@ -241,8 +241,10 @@ class MlflowTrialCallback(Callback):
 
     def _log(self, trial_id: str, metrics: list, tags: dict[str, str]) -> None:
         run_id = self._run_id_now(trial_id)
-        if run_id is None:
-            return
+        if run_id is not None:
+            self._batch(run_id, metrics, tags)
+
+    def _batch(self, run_id: str, metrics: list, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -260,13 +262,16 @@ class MlflowTrialCallback(Callback):
             tags["emotune.stopped_early"] = str(steps < self.max_steps).lower()
         best_value, ckpt = self.best.get(trial.trial_id, (None, None))
         metrics = [] if best_value is None else [Metric(f"best_{self.metric}", best_value, ended_ms, 0)]
-        self._write(self._log, trial.trial_id, metrics, tags)
-        self._write(self._finish, trial.trial_id, status, ckpt, _storage_filesystem(trial) if ckpt else None, ended_ms)
+        self._write(self._finish, trial.trial_id, metrics, tags, status, ckpt,
+                    _storage_filesystem(trial) if ckpt else None, ended_ms)
 
-    def _finish(self, trial_id: str, status: str, ckpt: str | None, filesystem, ended_ms: int) -> None:
+    def _finish(self, trial_id: str, metrics: list, tags: dict[str, str], status: str, ckpt: str | None, filesystem,
+                ended_ms: int) -> None:
+        """The trial's last records (its end tags and best value), best checkpoint and end, as one queued write."""
         run_id = self._run_id_now(trial_id)
         if run_id is None:
             return
+        self._batch(run_id, metrics, tags)
         if ckpt:
             # The trial's best checkpoint (Ray keeps the best k by the objective, so it is still in the storage), read
             # through the sweep's storage filesystem: a local folder, or a bucket (s3://, gs://) the trials wrote to.
