@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from trainables.models.inflate import RANDOM_SURROUND_STD, Mode, Surround, TimePadding, inflate
-from trainables.models.pretrained import LoadReport, checkpoint_path, load_plan, match_state_dict, read_state_dict
+from trainables.models.pretrained import LoadReport, checkpoint_path, load_best_fit
 from trainables.models.registry import register_backbone
 
 __all__ = ["I3D"]
@@ -84,17 +84,11 @@ class I3D(nn.Module):
             self._load_pretrained(path, cnn2d)
 
     def _load_pretrained(self, path: str, cnn2d: nn.Module) -> None:
-        state = read_state_dict(path)
-        plan3d, report3d = match_state_dict(self, state, path=path)
-        plan2d, report2d = match_state_dict(cnn2d, state, path=path)
-        if len(report2d.loaded) > len(report3d.loaded):
-            # A 2D checkpoint: load it where it fits, then inflate again so the 3D kernels start from it. This is the
+        into_2d, report = load_best_fit(path, self, cnn2d, what="the 2D CNN (inflated)")
+        if into_2d:
+            # A 2D checkpoint, loaded where it fits: inflate again so the 3D kernels start from it. This is the
             # model's own adaptation of the keys the 3D match reports as shape-mismatched.
-            load_plan(cnn2d, plan2d, report2d, what="the 2D CNN (inflated)")
             self.encoder = inflate(cnn2d, **self.inflation)
-            report = report2d
-        else:
-            report = load_plan(self, plan3d, report3d)
         self.load_reports["pretrained"] = report
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

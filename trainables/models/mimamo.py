@@ -172,17 +172,11 @@ def _build(**kwargs) -> Mimamo:
     model = Mimamo(**kwargs)
     path = kwargs.get("pretrained")
     if isinstance(path, str) and path:
-        from trainables.models.pretrained import load_plan, match_state_dict, read_state_dict
+        from trainables.models.pretrained import load_best_fit
 
-        state = read_state_dict(path)
-        whole, whole_report = match_state_dict(model, state, path=path)
-        spatial, spatial_report = match_state_dict(model.spatial, state, path=path)
         # A checkpoint of the whole MIMAMO model fits the model; a plain ResNet-50 (ImageNet / FER+) fits the spatial
-        # CNN's own keys only. Take whichever loads more tensors; ties go to the whole model.
-        if len(spatial_report.loaded) > len(whole_report.loaded):
-            model.load_report = load_plan(model.spatial, spatial, spatial_report, what="the spatial CNN")
-        else:
-            model.load_report = load_plan(model, whole, whole_report)
+        # CNN's own keys only.
+        model.load_report = load_best_fit(path, model, model.spatial, what="the spatial CNN")[1]
     return model
 
 

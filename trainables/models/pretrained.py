@@ -368,3 +368,21 @@ def load_checkpoint_into(model: nn.Module, path: str | os.PathLike[str], *, stri
     if strict and not report.ok:
         raise ConfigError(f"strict checkpoint load failed: {report.summary()}")
     return load_plan(model, to_load, report)
+
+
+def load_best_fit(path: str | os.PathLike[str], model: nn.Module, part: nn.Module,
+                  what: str) -> tuple[bool, LoadReport]:
+    """Load ``path`` into ``model`` or into its sub-module ``part`` (named ``what`` in the log), whichever loads more
+    tensors; ties go to the whole model. For a model one of whose parts is a known 2D network (i3D's CNN before
+    inflation, MIMAMO's spatial CNN): a checkpoint of the whole model fits the model, a plain CNN checkpoint fits the
+    part's own keys only.
+
+    Returns:
+        (whether ``part`` took it, the load's report).
+    """
+    state = read_state_dict(path)
+    whole_plan, whole_report = match_state_dict(model, state, path=path)
+    part_plan, part_report = match_state_dict(part, state, path=path)
+    if len(part_report.loaded) > len(whole_report.loaded):
+        return True, load_plan(part, part_plan, part_report, what=what)
+    return False, load_plan(model, whole_plan, whole_report)
