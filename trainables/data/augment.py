@@ -357,7 +357,7 @@ class ClipPipeline:
 
     def __repr__(self) -> str:
         def show(aug: Any) -> str:
-            params = ", ".join(f"{k}={v!r}" for k, v in vars(aug).items() if not k.startswith("_"))
+            params = ", ".join(f"{k}={v!r}" for k, v in parameters(aug).items())
             return f"{type(aug).__name__}({params})"
 
         return f"ClipPipeline([{', '.join(show(a) for _key, a in self.steps)}])"
@@ -395,8 +395,7 @@ def build_train_transform(
     Raises:
         ValueError: unknown ``aug_*`` key or invalid value (naming the key and the allowed range).
     """
-    steps = [(key, create_augmentation(settings.name, **parameters(settings)))
-             for key, settings in parse_augment_config(config)]
+    steps = parse_augment_config(config, make=create_augmentation)
     if frame_size is not None:
         crop_output_size(config, frame_size)
     return ClipPipeline(steps)

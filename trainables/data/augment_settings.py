@@ -233,9 +233,10 @@ def _switch_value(sw: _Switch, value: Any) -> tuple[bool, dict[str, Any]]:
     return True, {sw.param: value}
 
 
-def parse_augment_config(config: Mapping[str, Any]) -> list[tuple[str, Any]]:
+def parse_augment_config(config: Mapping[str, Any], make: Callable[..., Any] | None = None) -> list[tuple[str, Any]]:
     """Validate the ``aug_*`` keys of ``config`` and return the enabled augmentations' settings as ``(key, settings)``
-    pairs in pipeline order. Keys not starting with ``aug_`` are ignored.
+    pairs in pipeline order. Keys not starting with ``aug_`` are ignored. ``make(name, **params)`` builds each one
+    (default :func:`make_settings`; the tensor ops pass their own factory, whose classes take the same parameters).
 
     Raises:
         ValueError: an unknown ``aug_*`` key (the message lists the known keys) or a value outside its allowed range
@@ -252,7 +253,7 @@ def parse_augment_config(config: Mapping[str, Any]) -> list[tuple[str, Any]]:
                 params[param] = config[key]
         try:
             # Checked even when off, so a bad parameter key fails now rather than when someone switches it on.
-            settings = make_settings(sw.name, **params)
+            settings = (make or make_settings)(sw.name, **params)
         except ValueError as err:
             keys = [sw.key] + [k for k in sw.extras if k in config]
             shown = ", ".join(f"{k}={config.get(k, False)!r}" for k in keys)
