@@ -15,7 +15,8 @@ import torch.nn as nn
 from trainables.errors import ConfigError
 from trainables.models import backbone_arguments, create_backbone, list_backbones
 from trainables.data.sampling import uniform_clip_starts
-from trainables.models.tpsbt import EVAL_CLIPS, TPSBT, SpatialPool, _sinusoid_table, fuse_stages, load_svfap_checkpoint
+from trainables.models.positions import sinusoid_table as _sinusoid_table
+from trainables.models.tpsbt import EVAL_CLIPS, TPSBT, SpatialPool, fuse_stages, load_svfap_checkpoint
 
 B = 2
 

@@ -2,9 +2,11 @@
 formula the video transformers add to their tokens and the checkpoint reader compares a file's table with."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
-__all__ = ["sinusoid_table"]
+__all__ = ["position_table", "sinusoid_table"]
 
 
 def sinusoid_table(n_positions: int, dim: int) -> torch.Tensor:
@@ -21,3 +23,11 @@ def sinusoid_table(n_positions: int, dim: int) -> torch.Tensor:
     table = torch.empty_like(angles)
     table[:, 0::2], table[:, 1::2] = angles[:, 0::2].sin(), angles[:, 1::2].cos()
     return table
+
+
+@functools.lru_cache(maxsize=32)
+def position_table(n_positions: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`sinusoid_table` as (1, n_positions, dim), cast to the tokens' device and dtype, built once per (size,
+    device, dtype) rather than at every forward pass (on a GPU each build would be a host-to-device copy). Callers add
+    it to their (B, n, dim) tokens, never modify it."""
+    return sinusoid_table(n_positions, dim).to(device=device, dtype=dtype)[None]

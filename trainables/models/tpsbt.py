@@ -48,7 +48,6 @@ Variants (paper: base 78M parameters; small "about half", 30M):
 """
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from trainables.errors import ConfigError
-from trainables.models.positions import sinusoid_table
+from trainables.models.positions import position_table
 from trainables.models.pretrained import LoadReport, load_plan, match_state_dict, read_state_dict
 from trainables.models.registry import register_backbone
 
@@ -72,10 +71,6 @@ TIME_STRIDE = 2
 # The paper's inference: average the predictions of this many clips sampled uniformly along the video
 # (``trainables.data.sampling.uniform_clip_starts``; a trial sets it with ``eval_clips``).
 EVAL_CLIPS = 2
-
-
-# The fixed table per (positions, width), float64: built once per clip size, not per forward pass.
-_sinusoid_table = functools.lru_cache(maxsize=16)(sinusoid_table)
 
 
 class Mlp(nn.Module):
@@ -313,7 +308,7 @@ class TPSBT(nn.Module):
         tokens = self.patch_embed.proj(x.transpose(1, 2))  # (B, D, t, h', w')
         t, s = tokens.shape[2], tokens.shape[3] * tokens.shape[4]
         tokens = tokens.flatten(2).transpose(1, 2)
-        table = _sinusoid_table(t * s, self.embed_dim).to(device=tokens.device, dtype=tokens.dtype)
+        table = position_table(t * s, self.embed_dim, tokens.device, tokens.dtype)
         return tokens + table, (t, s)
 
     @property

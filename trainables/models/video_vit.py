@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 
-from trainables.models.positions import sinusoid_table
+from trainables.models.positions import position_table, sinusoid_table
 from trainables.models.pretrained import LoadReport, load_plan, match_state_dict, read_state_dict
 from trainables.models.registry import register_backbone
 
@@ -126,7 +126,6 @@ class VideoViT(nn.Module):
         # Per-dimension class logits for the CE / nCCE losses (paper 001), as the other backbones offer them.
         self.cls_head = nn.Linear(embed_dim, out_dims * n_bins) if n_bins else None
         # Position tables by token count; not a buffer, so they never enter a state dict or a checkpoint.
-        self._tables: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
         self.apply(self._init_weights)
         self.position_table(math.ceil(num_frames / tubelet_size) * (img_size // patch_size) ** 2)
         self.load_report: LoadReport | None = None
@@ -153,11 +152,7 @@ class VideoViT(nn.Module):
     def position_table(self, n_tokens: int, device: torch.device | None = None,
                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The (1, n_tokens, embed_dim) sinusoid table for an input of ``n_tokens`` tokens, cached per count."""
-        device = torch.device("cpu") if device is None else device
-        key = (n_tokens, device, dtype)
-        if key not in self._tables:
-            self._tables[key] = sinusoid_table(n_tokens, self.embed_dim).to(device=device, dtype=dtype)[None]
-        return self._tables[key]
+        return position_table(n_tokens, self.embed_dim, torch.device("cpu") if device is None else device, dtype)
 
     def pad_frames(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, C, H, W) -> the same with the last frame repeated until T is a multiple of ``tubelet_size``."""
