@@ -206,6 +206,9 @@ def _sweep_args(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("--trials", type=int, default=8, help="number of trials")
     sw.add_argument("--epochs", type=int, default=None,
                     help="at most this many epochs per trial (default: the study's fidelity max)")
+    sw.add_argument("--folds", type=int, default=None, metavar="K",
+                    help="score every configuration by subject K-fold cross-validation over the train and val "
+                         "subjects (the test subjects stay unseen); default: the study's cv.folds, else one split")
     sw.add_argument("--max-concurrent", type=int, default=None, help="cap on concurrent trials (default: what fits)")
     sw.add_argument("--workers", type=int, default=None, help="workers per trial (more than one: DDP with Ray Train)")
     sw.add_argument("--cpus-per-worker", type=float, default=None)

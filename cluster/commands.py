@@ -58,7 +58,7 @@ def cmd_sweep(a) -> int:
                         tracking_uri=a.mlflow_uri, experiment=a.experiment, overrides=dict(a.overrides),
                         resume=a.resume, optuna_storage=a.optuna_storage, keep_checkpoints=a.keep_checkpoints,
                         max_failures=a.max_failures, executor=a.executor, verbose=a.verbose, dry_run=a.dry_run,
-                        epochs=a.epochs, ray_address=a.address, release_ray=True)
+                        epochs=a.epochs, folds=a.folds, ray_address=a.address, release_ray=True)
     outcome = run_sweep(opts)
     if a.dry_run:
         return 0

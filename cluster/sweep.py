@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.schema import SearchSpace, finite_points, load_space, suggest
+from trainables.prepare.folds import plan_folds
 from trainables import console
 from trainables.provenance import KIND_TAG, SWEEP_KIND, git_commit
 from trainables.storage import default_optuna_storage
@@ -55,6 +56,7 @@ class SweepOptions:
     executor: str = "auto"  # inline (one worker, in the trial process) | train (Ray Train workers) | auto
     dry_run: bool = False  # check every configuration against the data and the cluster, start nothing
     epochs: int | None = None  # cap on the epochs of every trial (the study's fidelity max otherwise)
+    folds: int | None = None  # subject K-fold cross-validation (the study's cv.folds otherwise; none: one split)
     verbose: int = 0  # 0: one line per trial event; 1: Tune's status tables; 2: also every worker's log
     # End the local Ray this sweep started once Tune is done, while the sweep's records are written (the `emotune
     # sweep` command, which exits next); in-process callers keep Ray up for what they do next.
@@ -185,8 +187,11 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     if opts.resume:
         return _resume(opts, storage)
 
-    space = cap_epochs(load_space(opts.space, opts.overrides), opts.epochs)
+    space = with_folds(cap_epochs(load_space(opts.space, opts.overrides), opts.epochs), opts.folds)
     data = resolve_data(opts.data_index, space)
+    # Subject folds, planned once here (before anything starts) and handed to every trial.
+    plan = plan_folds(data if isinstance(data, str) else next(iter(data.values())), space.cv["folds"],
+                      seed=space.cv["seed"]) if space.cv else None
     workers = int(opts.workers if opts.workers is not None else space.resources["workers"])
     cpus = float(opts.cpus_per_worker if opts.cpus_per_worker is not None else space.resources["cpus_per_worker"])
     gpus = float(opts.gpus_per_worker if opts.gpus_per_worker is not None else space.resources["gpus_per_worker"])
@@ -198,6 +203,11 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     time_attr = "epoch" if space.fidelity["attr"] == "epoch" else "step"
     constants = {("data_index" if isinstance(data, str) else "data_indexes"): data, "epochs": epochs,
                  "reports_per_epoch": per_epoch, "max_units": units}
+    if plan is not None:
+        # A CV trial reports once per fold-epoch: its progress runs to K x epochs.
+        constants["cv"] = plan.to_config()
+        time_attr, units = "fold_epochs", plan.k * units
+        console.say(f"cross-validation: {plan.k} subject folds ({plan.source}): {plan.describe()}")
     # Every configuration the sweep can start, checked against the trial config and the data before Ray starts.
     checked = preflight(space, {**constants, "metric": space.metric, "mode": space.mode,
                                 "threads": max(1, int(cpus)), "gpus": gpus}, seed=opts.seed)
@@ -234,13 +244,14 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     data_index = data if isinstance(data, str) else json.dumps(data)
 
     parent_id = _start_parent_run(client, experiment_id, name, space, opts, data_index, concurrent,
-                                  workers, executor)
+                                  workers, executor, plan)
 
     searcher = make_searcher(space, opts, name, concurrent, {**constants, "runtime": runtime}, storage=optuna_storage)
     scheduler = ASHAScheduler(time_attr=time_attr, max_t=units, grace_period=space.fidelity["grace"],
                               reduction_factor=space.fidelity["reduction_factor"])
     callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=time_attr,
-                                   max_steps=units, metric=space.metric, mode=space.mode)
+                                   max_steps=units, metric=space.metric, mode=space.mode,
+                                   folds=plan.folds if plan is not None else ())
     callbacks = [callback, *([ProgressPrinter(space.metric, time_attr, units)] if opts.verbose == 0 else [])]
     tuner = build_tuner(name=name, storage=storage, runtime=runtime, search_alg=searcher,
                         num_samples=opts.num_samples, concurrent=concurrent, callbacks=callbacks, scheduler=scheduler,
@@ -260,6 +271,18 @@ def cap_epochs(space: SearchSpace, epochs: int | None) -> SearchSpace:
     fidelity["max"] = min(int(fidelity["max"]), epochs * int(fidelity["per_epoch"]))
     fidelity["grace"] = min(int(fidelity["grace"]), fidelity["max"])
     return dataclasses.replace(space, fidelity=fidelity)
+
+
+def with_folds(space: SearchSpace, folds: int | None) -> SearchSpace:
+    """``space`` cross-validated over ``folds`` subject folds (``--folds``), or as its study file says when None."""
+    if folds is None:
+        return space
+    if folds < 2:
+        raise UserError(f"--folds must be >= 2 (subject K-fold cross-validation), got {folds}")
+    if space.fidelity["attr"] != "epoch":
+        raise UserError(f"--folds needs a study whose fidelity counts epochs; {space.name} has fidelity.attr "
+                        f"{space.fidelity['attr']!r}")
+    return dataclasses.replace(space, cv={"folds": folds, "seed": space.cv.get("seed", 0)})
 
 
 def cluster_resources(address: str | None) -> dict[str, float]:
@@ -356,13 +379,14 @@ def _experiment_exists(storage: str, name: str) -> bool:
 
 
 def _start_parent_run(client, experiment_id: str, name: str, space: SearchSpace, opts: SweepOptions,
-                      data_index: str, concurrent: int, workers: int, executor: str) -> str:
+                      data_index: str, concurrent: int, workers: int, executor: str, plan=None) -> str:
     from mlflow.entities import Param
 
     parent = client.create_run(experiment_id, run_name=name, tags={
         KIND_TAG: SWEEP_KIND, "emotune.sweep": name, "emotune.space": space.name, "emotune.space_file": space.path.name,
         "emotune.overrides": json.dumps(opts.overrides, default=str),
         "emotune.epochs": str(opts.epochs or ""),
+        "emotune.cv_folds": str(plan.k if plan is not None else ""),
         "emotune.git_commit": git_commit(),
         "emotune.command": " ".join(sys.argv)})
     parent_id = parent.info.run_id
@@ -374,6 +398,8 @@ def _start_parent_run(client, experiment_id: str, name: str, space: SearchSpace,
               **data_fingerprint(data_index if not data_index.startswith("{") else next(iter(json.loads(
                   data_index).values())))}
     client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in params.items()])
+    if plan is not None:  # the fold assignment every trial used
+        client.log_dict(parent_id, plan.to_config(), "folds.json")
     return parent_id
 
 
@@ -398,6 +424,8 @@ def _resume(opts: SweepOptions, storage: str) -> SweepOutcome:
         space_file = client.download_artifacts(callback.parent_run_id, parent.data.tags["emotune.space_file"], tmp)
         space = load_space(space_file, json.loads(parent.data.tags.get("emotune.overrides", "{}")))
     space = cap_epochs(space, int(parent.data.tags["emotune.epochs"]) if parent.data.tags.get("emotune.epochs") else None)
+    space = with_folds(space, int(parent.data.tags["emotune.cv_folds"]) if parent.data.tags.get("emotune.cv_folds")
+                       else None)
     client.set_tag(callback.parent_run_id, "emotune.resumed", time.strftime("%Y-%m-%d %H:%M:%S"))
     return _fit(tuner, name, space, storage, callback.tracking_uri, client, callback, callback.parent_run_id,
                 release_ray=opts.release_ray)
@@ -452,11 +480,20 @@ def _end_own_ray():
     return thread
 
 
-def best_result(results, metric: str, mode: str):
+def best_result(results, metric: str, mode: str, folds: int = 0):
     """The result holding the best report of the sweep, or None. A trial that errored is never best (whatever it
-    reported before the error), nor is a diverged report (it carries the objective's worst value)."""
+    reported before the error), nor is a diverged report (it carries the objective's worst value). In a CV sweep
+    (``folds`` > 0) only trials that finished every fold are ranked, by their last report (the mean over folds)."""
     best = None
     for result in results:
+        if folds:
+            last = result.metrics or {}
+            if result.error is not None or last.get("folds_done") != folds or last.get("diverged"):
+                continue
+            value = float(last[metric])
+            if best is None or (value > best[0] if mode == "max" else value < best[0]):
+                best = (value, result)
+            continue
         df = result.metrics_dataframe
         if result.error is not None or df is None or metric not in df:
             continue
@@ -473,7 +510,7 @@ def best_result(results, metric: str, mode: str):
 
 def _record_best(results, space: SearchSpace, client, callback: MlflowTrialCallback, parent_id: str):
     """Tag the parent run with the best trial (by its best report) and that run's id."""
-    best = best_result(results, space.metric, space.mode)
+    best = best_result(results, space.metric, space.mode, space.cv.get("folds", 0))
     if best is None:
         return None, None
     trial_id = best.metrics.get("trial_id")

@@ -62,13 +62,22 @@ def open_experiment(tracking_uri: str, name: str, artifact_root: str | Path | No
 
 class MlflowTrialCallback(Callback):
     """Child run per trial under ``parent_run_id``: params and resolved config at start, metrics per epoch
-    (step = epoch), the final status at the end. A trial that already has a run (a resumed sweep) reuses it."""
+    (step = epoch), the final status at the end. A trial that already has a run (a resumed sweep) reuses it.
+
+    A cross-validated sweep (``folds``: the validation subjects of each fold) has three levels: sweep -> trial ->
+    one run per fold (tags ``emotune.fold`` and ``emotune.fold_subjects``) holding that fold's curves (``val_*`` per
+    fold epoch, as a one-split trial's run holds them), its score (``fold_score``) and best epoch; the trial's run
+    holds the objective (the mean over the folds so far), ``folds_done`` and, once every fold is done, ``cv_mean``,
+    ``cv_sd`` and the pooled ``cv_pooled_val_*``. Only a trial that finished every fold has a best value."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, step_key: str = "epoch",
-                 max_steps: int | None = None, metric: str = "val_ccc_mean", mode: str = "max"):
+                 max_steps: int | None = None, metric: str = "val_ccc_mean", mode: str = "max",
+                 folds: tuple = ()):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.step_key, self.max_steps, self.metric, self.mode = step_key, max_steps, metric, mode
+        self.folds = tuple(tuple(f) for f in folds)
         self.runs: dict[str, str] = {}
+        self.fold_runs: dict[str, str] = {}  # "<trial id>/<fold>" -> its run
         self.best: dict[str, tuple[float, str | None]] = {}  # trial id -> (best objective, its checkpoint path)
         # trial id -> (training_iteration, time_total_s) of its best result, whose checkpoint Tune has not saved yet
         # (inline trials); the pair tells that result from the same iteration run again after a retry
@@ -101,6 +110,8 @@ class MlflowTrialCallback(Callback):
         state.setdefault("restored", False)
         state.setdefault("_writer", None)
         state.setdefault("_pending", [])
+        state.setdefault("folds", ())
+        state.setdefault("fold_runs", {})
         self.__dict__.update(state)
 
     def _write(self, fn, *args) -> None:
@@ -127,7 +138,8 @@ class MlflowTrialCallback(Callback):
     def get_state(self) -> dict:
         self.flush()  # the snapshot and the MLflow store agree (module docstring)
         return {"runs": dict(self.runs), "best": dict(self.best), "awaiting_checkpoint": dict(self.awaiting_checkpoint),
-                "nodes": dict(self.nodes), "node_history": {k: list(v) for k, v in self.node_history.items()}}
+                "nodes": dict(self.nodes), "node_history": {k: list(v) for k, v in self.node_history.items()},
+                "fold_runs": dict(self.fold_runs)}
 
     def set_state(self, state: dict) -> None:
         self.runs.update(state.get("runs", {}))
@@ -135,6 +147,7 @@ class MlflowTrialCallback(Callback):
         self.awaiting_checkpoint.update(state.get("awaiting_checkpoint", {}))
         self.nodes.update(state.get("nodes", {}))
         self.node_history.update(state.get("node_history", {}))
+        self.fold_runs.update(state.get("fold_runs", {}))
         self.restored = True
 
     def on_step_begin(self, iteration, trials, **info):
@@ -207,12 +220,17 @@ class MlflowTrialCallback(Callback):
         ts = int(result.get("timestamp", 0) * 1000)
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != self.step_key
-                   and (k.startswith(("val_", "train_")) or k in ("epoch_time_s", "clips_per_s"))
+                   and (k.startswith(("val_", "train_", "cv_")) or k in ("epoch_time_s", "clips_per_s", "folds_done",
+                                                                          "fold_best"))
                    and math.isfinite(float(v))]
         if metrics or tags:
             self._write(self._log, trial.trial_id, metrics, tags)
+        if self.folds and "fold" in result:
+            self._write(self._log_fold, trial.trial_id, result)
         value = result.get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value) and not result.get("diverged"):
+        # A CV trial has a value (the mean over every fold) only once it finished every fold.
+        complete = not self.folds or result.get("folds_done") == len(self.folds)
+        if isinstance(value, (int, float)) and math.isfinite(value) and not result.get("diverged") and complete:
             # Ties go to the later result, as in Ray's checkpoint retention (which keeps the later of equal scores).
             better = (lambda a, b: a >= b) if self.mode == "max" else (lambda a, b: a <= b)
             if trial.trial_id not in self.best or better(value, self.best[trial.trial_id][0]):
@@ -224,6 +242,53 @@ class MlflowTrialCallback(Callback):
                     self.awaiting_checkpoint[trial.trial_id] = _result_key(result)
                 else:
                     self.awaiting_checkpoint.pop(trial.trial_id, None)
+
+    def _log_fold(self, trial_id: str, result: dict) -> None:
+        """One fold-epoch of a CV trial into its fold's run (created at the fold's first report); the fold's score
+        and end at its last epoch."""
+        from mlflow.entities import Metric
+
+        fold, epoch = int(result["fold"]), int(result["fold_epoch"])
+        run_id = self._fold_run_now(trial_id, fold)
+        if run_id is None:
+            return
+        ts = int(result.get("timestamp", 0) * 1000)
+        metrics = [Metric(k[len("fold_"):], float(v), ts, epoch) for k, v in result.items()
+                   if k.startswith("fold_val_") and isinstance(v, (int, float)) and math.isfinite(float(v))]
+        metrics += [Metric(k, float(result[k]), ts, epoch) for k in ("train_loss", "epoch_time_s")
+                    if isinstance(result.get(k), (int, float)) and math.isfinite(float(result[k]))]
+        ended = result.get("folds_done") == fold
+        if ended:
+            metrics.append(Metric("fold_score", float(result["fold_best"]), ts, 0))
+            metrics.append(Metric("best_epoch", float(result.get("fold_best_epoch", 0)), ts, 0))
+        self._batch(run_id, metrics, {})
+        if ended:
+            self.client.set_terminated(run_id, "FINISHED", end_time=ts or None)
+
+    def _fold_run_now(self, trial_id: str, fold: int) -> str | None:
+        key = f"{trial_id}/{fold}"
+        if key in self.fold_runs:
+            return self.fold_runs[key]
+        parent = self._run_id_now(trial_id)
+        if parent is None:
+            return None
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and tags.`emotune.fold` = '{fold}'")
+        if found:
+            self.fold_runs[key] = found[0].info.run_id
+            return self.fold_runs[key]
+        subjects = self.folds[fold - 1] if fold <= len(self.folds) else ()
+        run = self.client.create_run(self.experiment_id, run_name=f"{trial_id}-fold{fold}", tags={
+            "mlflow.parentRunId": parent, "emotune.trial_id": trial_id, "emotune.fold": str(fold),
+            "emotune.fold_subjects": ",".join(subjects)})
+        self.fold_runs[key] = run.info.run_id
+        return self.fold_runs[key]
+
+    def fold_run_ids(self, trial_id: str) -> dict[int, str]:
+        """The fold runs of a trial, by fold."""
+        self.flush()
+        return {int(k.split("/")[1]): v for k, v in self.fold_runs.items() if k.split("/")[0] == trial_id}
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         awaited = self.awaiting_checkpoint.pop(trial.trial_id, None)
@@ -260,10 +325,14 @@ class MlflowTrialCallback(Callback):
             tags["emotune.diverged"] = "true"
         if self.max_steps and status == "FINISHED":
             tags["emotune.stopped_early"] = str(steps < self.max_steps).lower()
+        if self.folds:
+            tags["emotune.folds_done"] = str(int(last.get("folds_done", 0)))
         best_value, ckpt = self.best.get(trial.trial_id, (None, None))
         metrics = [] if best_value is None else [Metric(f"best_{self.metric}", best_value, ended_ms, 0)]
         self._write(self._finish, trial.trial_id, metrics, tags, status, ckpt,
                     _storage_filesystem(trial) if ckpt else None, ended_ms)
+        if self.folds:  # a fold cut short by the scheduler (or an error) ends with its trial
+            self._write(self._end_folds, trial.trial_id, "FINISHED" if status == "FINISHED" else "FAILED", ended_ms)
 
     def _finish(self, trial_id: str, metrics: list, tags: dict[str, str], status: str, ckpt: str | None, filesystem,
                 ended_ms: int) -> None:
@@ -278,6 +347,12 @@ class MlflowTrialCallback(Callback):
             if log_checkpoint(self.client, run_id, ckpt, filesystem):
                 self.client.set_tag(run_id, "emotune.best_checkpoint", storage_uri(ckpt, filesystem))
         self.client.set_terminated(run_id, status, end_time=ended_ms)
+
+    def _end_folds(self, trial_id: str, status: str, ended_ms: int) -> None:
+        for key, run_id in self.fold_runs.items():
+            if key.split("/")[0] == trial_id and self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_tag(run_id, "emotune.fold_complete", "false")
+                self.client.set_terminated(run_id, status, end_time=ended_ms)
 
 
 def _now_ms() -> int:

@@ -34,7 +34,8 @@ DISTRIBUTIONS = {
 }
 OPTIONAL_PARAM_KEYS = {"step", "log", "when"}
 TOP_KEYS = {"name", "description", "objective", "fidelity", "resources", "fixed", "params", "constraints",
-            "initial_points"}
+            "initial_points", "cv"}
+CV_KEYS = {"folds", "seed"}
 CONSTRAINT_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
                   "<": lambda a, b: a < b}
 RESOURCE_KEYS = {"workers", "cpus_per_worker", "gpus_per_worker"}
@@ -61,6 +62,7 @@ class SearchSpace:
     constraints: tuple[tuple[str, str, str], ...] = ()
     initial_points: tuple[dict[str, Any], ...] = ()
     overrides: dict[str, Any] = field(default_factory=dict)  # the user's --set, as given
+    cv: dict[str, int] = field(default_factory=dict)  # {folds: K, seed: S}: subject K-fold CV; empty: one split
     raw: dict = field(default_factory=dict, repr=False)
 
 
@@ -120,6 +122,8 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     if fidelity["grace"] > fidelity["max"]:
         raise SpaceError(f"{path}: fidelity.grace ({fidelity['grace']}) exceeds fidelity.max ({fidelity['max']})")
 
+    cv = _check_cv(raw.get("cv"), path, fidelity)
+
     resources = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0,
                  **_mapping(raw.get("resources", {}), path, "resources")}
     _only(resources, RESOURCE_KEYS, path, "resources")
@@ -166,7 +170,25 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
                 raise SpaceError(f"{path}: initial_points[{i}].{key} = {value!r} lies outside its distribution")
     return SearchSpace(name=str(raw.get("name", path.stem)), path=path, metric=metric, mode=mode, fidelity=fidelity,
                        resources=resources, fixed=fixed, params=params, description=str(raw.get("description", "")),
-                       raw=raw, constraints=constraints, initial_points=tuple(points), overrides=overrides)
+                       raw=raw, constraints=constraints, initial_points=tuple(points), overrides=overrides, cv=cv)
+
+
+def _check_cv(value: Any, path: Path, fidelity: dict[str, Any]) -> dict[str, int]:
+    """The ``cv`` key: ``{folds: K}`` (K >= 2) and an optional ``seed`` for the fold assignment. A CV trial reports once
+    per fold-epoch, so its fidelity must count epochs."""
+    if value is None:
+        return {}
+    cv = _mapping(value, path, "cv")
+    _only(cv, CV_KEYS, path, "cv")
+    folds, seed = cv.get("folds"), cv.get("seed", 0)
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise SpaceError(f"{path}: cv.folds is {folds!r}; allowed: an integer >= 2")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise SpaceError(f"{path}: cv.seed is {seed!r}; allowed: an integer")
+    if fidelity["attr"] != "epoch":
+        raise SpaceError(f"{path}: cv needs fidelity.attr epoch (a CV trial reports once per fold-epoch); "
+                         f"fidelity.attr is {fidelity['attr']!r}")
+    return {"folds": folds, "seed": seed}
 
 
 def _values(spec_or_value: Any, is_param: bool) -> list[Any]:

@@ -187,6 +187,10 @@ class TrialConfig:
     max_units: int | None = setting(None, "runtime", "reports at most", low=1)
     threads: int = setting(1, "runtime", "torch threads (the worker's CPUs)", low=1)
     gpus: float = setting(0.0, "runtime", "GPUs per worker", low=0.0)
+    cv: dict | None = setting(None, "runtime", "subject folds of a cross-validated sweep "
+                              "(trainables.prepare.folds.FoldPlan.to_config)")
+    refit: dict | None = setting(None, "runtime", "refit on every non-test subject: epochs and the post-processing "
+                                 "fitted on the out-of-fold predictions (promotion of a CV sweep)")
     metric: str = setting("val_ccc_mean", "runtime", "the study's objective metric")
     mode: str = setting("max", "runtime", "the objective's direction", choices=("min", "max"))
 

@@ -232,13 +232,17 @@ def optimizer_groups(model: torch.nn.Module, config: TrialConfig) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def build_trial(config: TrialConfig, session) -> Trial:
-    """Data, model, optimiser, schedule and loss of one configuration on this worker."""
+def build_trial(config: TrialConfig, session, videos: tuple[list, list] | None = None) -> Trial:
+    """Data, model, optimiser, schedule and loss of one configuration on this worker. ``videos``: (training,
+    validation) videos, when not the index's train and val splits (a fold of a cross-validated trial; a refit, which
+    validates on nothing)."""
     rank, seed = session.rank, config.seed
     torch.set_num_threads(config.threads)
     seed_everything(seed + rank)
     spec = config.clip_spec()
-    train_videos, val_videos = load_split(config.index_path, "train"), load_split(config.index_path, "val")
+    if videos is None:
+        videos = load_split(config.index_path, "train"), load_split(config.index_path, "val")
+    train_videos, val_videos = videos
     frame_hw = tuple(train_videos[0].frames.shape[1:3])
     in_chans = int(train_videos[0].frames.shape[3])
     train_set = TrainWindows(train_videos, spec, seed=seed + rank,
@@ -330,9 +334,22 @@ def train_unit(t: Trial, batches, n_batches: int) -> UnitResult:
     return out
 
 
-def score_and_report(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0: float) -> bool:
-    """Evaluate, post-process and report one unit with its checkpoint. Returns False when the trial diverged (it is
-    reported once with the objective at its worst value, and ends)."""
+@dataclass
+class Scored:
+    """One unit evaluated: its report (progress, training figures, ``val_*`` metrics after post-processing), the
+    validation predictions on the label timeline before (``raw``) and after post-processing, the fitted
+    post-processing, and the statistics of the training predictions it used."""
+
+    report: dict
+    raw: dict
+    preds: dict
+    post: PostProcess
+    pred_stats: Any
+
+
+def score_unit(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0: float) -> tuple[dict, Scored | None]:
+    """Evaluate one unit and search its post-processing. Returns (progress keys, the scored unit), the latter None
+    when the trial diverged."""
     config = t.config
     # worker_pid: the process that trains (the inline trial's own, or Ray Train's rank-0 worker); Tune's "pid" is the
     # trial process, which with Ray Train only waits for its workers. Tests end exactly this process.
@@ -350,17 +367,12 @@ def score_and_report(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0
         except Diverged:
             pass
     if metrics is None:
-        # A NaN/inf loss or prediction ends this trial, not the sweep: report it once with the objective at its worst
-        # value so the searcher learns the region is bad; no retry.
-        t.session.report({**progress, "diverged": 1, config.metric: worst_value(config.metric, config.mode),
-                          "train_loss": math.nan})
-        return False
-
+        return progress, None
     report = {**progress, "train_loss": float(np.mean(result.losses)) if result.losses else math.nan,
               "epoch_time_s": time.perf_counter() - t0, "train_time_s": result.train_time,
               "clips_per_s": result.clips / max(result.train_time, 1e-9), "lr": t.scheduler.get_last_lr()[0],
               **{f"val_{k}_raw": v for k, v in metrics.items()}}
-    post = PostProcess()
+    post, raw, pred_stats = PostProcess(), preds, None
     if config.postprocess:
         truth = scored_targets(t.val_videos, config.faceless)
         # Paper 003 takes the prediction statistics (scale normalisation, mean filtering) from the training set;
@@ -370,14 +382,44 @@ def score_and_report(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0
         post, metrics = search_postprocess(preds, truth, t.label_stats, pred_stats, dims=t.dims)
         preds = {vid: post.apply(p) for vid, p in preds.items()}
     report.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-    _report_with_checkpoint(t.session, report, {
-        # "model": the trained weights (resumed from); "eval_model": what was evaluated and what prediction uses.
-        "model": _unwrap(t.model).state_dict(), "eval_model": t.eval_model.state_dict(),
-        "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
-        "ema": t.ema.state_dict() if t.ema else None, "epoch": unit // per_epoch, "unit": unit,
-        "config": config.to_dict(), "postprocess": post.to_dict(), **t.checkpoint_meta,
-    }, preds, post)
+    return progress, Scored(report, raw, preds, post, pred_stats)
+
+
+def report_diverged(t: Trial, progress: dict) -> None:
+    """A NaN/inf loss or prediction ends this trial, not the sweep: it is reported once with the objective at its
+    worst value so the searcher learns the region is bad; no retry."""
+    t.session.report({**progress, "diverged": 1, t.config.metric: worst_value(t.config.metric, t.config.mode),
+                      "train_loss": math.nan})
+
+
+def trial_state(t: Trial, unit: int, per_epoch: int, post: PostProcess) -> dict:
+    """What a checkpoint holds: the trained weights (resumed from) and the evaluated ones (what prediction uses), the
+    optimiser and schedule, the settings and the post-processing."""
+    return {"model": _unwrap(t.model).state_dict(), "eval_model": t.eval_model.state_dict(),
+            "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+            "ema": t.ema.state_dict() if t.ema else None, "epoch": unit // per_epoch, "unit": unit,
+            "config": t.config.to_dict(), "postprocess": post.to_dict(), **t.checkpoint_meta}
+
+
+def score_and_report(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0: float) -> bool:
+    """Evaluate, post-process and report one unit with its checkpoint. Returns False when the trial diverged (it is
+    reported once with the objective at its worst value, and ends)."""
+    progress, scored = score_unit(t, unit, per_epoch, result, t0)
+    if scored is None:
+        report_diverged(t, progress)
+        return False
+    report_with_checkpoint(t.session, scored.report, trial_state(t, unit, per_epoch, scored.post), scored.preds,
+                           scored.post)
     return True
+
+
+def restore(t: Trial, state: dict) -> None:
+    """Load a checkpoint's weights, optimiser, schedule and EMA into the trial."""
+    _unwrap(t.model).load_state_dict(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    if t.ema is not None and state.get("ema") is not None:
+        t.ema.load_state_dict(state["ema"])
 
 
 def resume_unit(t: Trial, per_epoch: int) -> int:
@@ -385,11 +427,7 @@ def resume_unit(t: Trial, per_epoch: int) -> int:
     state = t.session.load_state(t.session.device)
     if state is None:
         return 0
-    _unwrap(t.model).load_state_dict(state["model"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    t.scheduler.load_state_dict(state["scheduler"])
-    if t.ema is not None and state.get("ema") is not None:
-        t.ema.load_state_dict(state["ema"])
+    restore(t, state)
     return int(state.get("unit", int(state["epoch"]) * per_epoch))
 
 
@@ -402,6 +440,11 @@ def fit(config: dict, session) -> None:
     """
     session.marks.setdefault("fit_started_at", time.time())
     cfg = TrialConfig.from_dict(config, lenient=config.keys())
+    if cfg.cv is not None or cfg.refit is not None:
+        from trainables.crossval import fit_folds, refit
+
+        (fit_folds if cfg.cv is not None else refit)(cfg, session)
+        return
     t = build_trial(cfg, session)
     # Reports: one per epoch, or ``reports_per_epoch`` per epoch when the sweep's fidelity is a data fraction (each
     # report then follows 1/k of an epoch's batches, so ASHA can stop a trial before its first full epoch).
@@ -429,9 +472,10 @@ def fit(config: dict, session) -> None:
                 return
 
 
-def _report_with_checkpoint(session, report: dict, state: dict, preds: dict, post: PostProcess) -> None:
+def report_with_checkpoint(session, report: dict, state: dict, preds: dict, post: PostProcess,
+                           extra: dict[str, Any] | None = None) -> None:
     """Report on every worker; rank 0 attaches the checkpoint (weights, optimiser, post-processing, validation
-    predictions on the label timeline)."""
+    predictions on the label timeline; ``extra``: more JSON files by name)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = None
         if session.rank == 0:
@@ -442,6 +486,8 @@ def _report_with_checkpoint(session, report: dict, state: dict, preds: dict, pos
             report["checkpoint_write_s"] = time.perf_counter() - started
             (folder / "metrics.json").write_text(json.dumps(report, indent=1))
             (folder / "postprocess.json").write_text(json.dumps(post.to_dict(), indent=1))
+            for name, value in (extra or {}).items():
+                (folder / name).write_text(json.dumps(value, indent=1))
         session.report(report, checkpoint_dir=folder)
 
 

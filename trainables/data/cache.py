@@ -42,6 +42,7 @@ class CachedVideo:
     label_frames: np.ndarray | None = None
     label_times: np.ndarray | None = None
     frame_times: np.ndarray | None = None
+    subject: str = ""  # as the dataset index lists it (subject folds: trainables.prepare.folds)
 
     def __post_init__(self) -> None:
         # Entries whose labels are one per kept frame need no mapping files.
@@ -97,11 +98,11 @@ def kept_frame_indices(num_frames: int, native_fps: float, target_fps: float | N
     return label_frame_index(np.arange(count) / target_fps, native_fps, num_frames)
 
 
-def load_split(index_path: str | Path, split: str) -> list[CachedVideo]:
+def load_split(index_path: str | Path, split: str, missing_ok: bool = False) -> list[CachedVideo]:
     """Open (memory-mapped) every prepared video of ``split`` listed in a dataset index.
 
     Raises:
-        DataError: the index cannot be read, or lists no prepared video in ``split``.
+        DataError: the index cannot be read, or lists no prepared video in ``split`` (unless ``missing_ok``).
     """
     try:
         index = json.loads(Path(index_path).read_text())
@@ -112,6 +113,9 @@ def load_split(index_path: str | Path, split: str) -> list[CachedVideo]:
     if not root.is_dir():  # an index moved with its cache (e.g. onto shared storage) still resolves
         root = Path(index_path).parent
     videos = [open_entry(root / v["entry"], v["video_id"]) for v in index["videos"] if v["split"] == split]
-    if not videos:
+    subjects = [v.get("subject", "") for v in index["videos"] if v["split"] == split]
+    for video, subject in zip(videos, subjects):
+        video.subject = subject
+    if not videos and not missing_ok:
         raise DataError(f"dataset index {index_path} has no prepared video in split {split!r}")
     return videos

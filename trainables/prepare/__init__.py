@@ -11,6 +11,7 @@ flows:
 6. ``registration`` -- the registration settings and the crops: coarse (around a box) or fine (5-point alignment).
 7. ``build`` -- write one cache entry per video (content-addressed, atomic).
 8. ``run`` -- the driver: every video of a manifest -> cache entries + the dataset index, with a summary.
+9. ``folds`` -- the subject folds of a cross-validated sweep over a dataset index (planned by the sweep's driver).
 
 Trials read the result with :mod:`trainables.data` (the cache format lives there); imports go one way, from here to
 ``trainables.data``. Errors a user can fix are ``trainables.errors.DataError``s: ``ManifestError``,

@@ -31,6 +31,7 @@ class VideoEntry:
     labels: Path
     faces: Path | None
     label_format: str = "frame_csv"
+    fold: int | None = None  # the optional ``fold`` column: this video's cross-validation fold (1..K)
 
 
 def read_manifest(path: str | Path) -> list[VideoEntry]:
@@ -51,7 +52,7 @@ def read_manifest(path: str | Path) -> list[VideoEntry]:
         if missing:
             raise ManifestError(
                 f"manifest {path} lacks column(s) {', '.join(missing)}; required: {', '.join(REQUIRED_COLUMNS)}"
-                f" (optional: faces, label_format); found: {', '.join(columns) or 'none'}"
+                f" (optional: faces, label_format, fold); found: {', '.join(columns) or 'none'}"
             )
         rows = list(reader)
     if not rows:
@@ -63,6 +64,7 @@ def read_manifest(path: str | Path) -> list[VideoEntry]:
     entries: list[VideoEntry] = []
     seen: dict[str, int] = {}
     subject_split: dict[str, tuple[str, str]] = {}
+    subject_fold: dict[str, tuple[int, str]] = {}
     for line, row in enumerate(rows, start=2):
         vid = (row["video_id"] or "").strip()
         where = f"manifest {path} line {line} (video {vid!r})"
@@ -90,8 +92,25 @@ def read_manifest(path: str | Path) -> list[VideoEntry]:
             raise ManifestError(f"{where}: label_format {label_format!r} is unknown; allowed: {', '.join(adapters)}")
         labels = _resolve(root, row["labels"], where, "labels")
         faces = _resolve(root, row["faces"], where, "faces") if (row.get("faces") or "").strip() else None
-        entries.append(VideoEntry(vid, video, subject, split, labels, faces, label_format))
+        fold = _fold(row.get("fold"), where)
+        if fold is not None:
+            if subject in subject_fold and subject_fold[subject][0] != fold:
+                other_fold, other_vid = subject_fold[subject]
+                raise ManifestError(f"{where}: subject {subject!r} is in fold {fold} and also in fold {other_fold} "
+                                    f"(video {other_vid!r}); a subject's videos must share one fold")
+            subject_fold.setdefault(subject, (fold, vid))
+        entries.append(VideoEntry(vid, video, subject, split, labels, faces, label_format, fold))
     return entries
+
+
+def _fold(value: str | None, where: str) -> int | None:
+    """The optional ``fold`` cell: empty, or a whole number >= 1."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ManifestError(f"{where}: fold {value!r} is not allowed; allowed: a whole number >= 1, or empty")
+    return int(value)
 
 
 def _resolve(root: Path, value: str | None, where: str, column: str) -> Path:

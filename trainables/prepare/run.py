@@ -197,7 +197,8 @@ def prepare(manifest: str | Path, cache_root: str | Path, reg: Registration | No
         "manifest": str(Path(manifest).resolve()),
         "cache_root": str(cache_root.resolve()),
         "registration": asdict(reg),
-        "videos": [{"video_id": e.video_id, "subject": e.subject, "split": e.split, "entry": folders[e.video_id]}
+        "videos": [{"video_id": e.video_id, "subject": e.subject, "split": e.split, "entry": folders[e.video_id],
+                    **({"fold": e.fold} if e.fold is not None else {})}
                    for e in entries if e.video_id in folders],
         "skipped": summary.skipped,
         "face_share": summary.face_share,

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
-MANIFEST_COLUMNS = (*REQUIRED_COLUMNS, "label_format", "faces")
+MANIFEST_COLUMNS = (*REQUIRED_COLUMNS, "label_format", "faces", "fold")
 FACE_EXTENSION = ".csv"
 DEFAULT_SUBJECT_PATTERN = r"^(?P<subject>[^_]+)"
 
@@ -198,10 +198,10 @@ def _cell(value: object, root: str) -> str:
 
 
 def write_manifest(rows: Iterable[Mapping[str, object]], path: str | Path) -> Path:
-    """Write a manifest CSV (columns ``video_id,path,subject,split,labels[,label_format][,faces]``).
+    """Write a manifest CSV (columns ``video_id,path,subject,split,labels[,label_format][,faces][,fold]``).
 
     ``Path`` values (video, labels, faces) are written relative to the manifest's folder; ``str`` values are written as
-    given. The ``label_format`` / ``faces`` columns are written when any row has a value for them (rows without one get
+    given. The ``label_format`` / ``faces`` / ``fold`` columns are written when any row has a value for them (rows without one get
     an empty cell). The file is written to a temporary name and renamed, so a crash never leaves half a manifest.
 
     Args:
@@ -237,7 +237,7 @@ def write_manifest(rows: Iterable[Mapping[str, object]], path: str | Path) -> Pa
             raise ManifestError(f"{where}: duplicate video_id, first in row {seen[vid]}")
         seen[vid] = i
     check_disjoint((str(r["video_id"]), str(r["subject"]), str(r["split"])) for r in rows)
-    columns = list(REQUIRED_COLUMNS) + [c for c in ("label_format", "faces") if any(r.get(c) for r in rows)]
+    columns = list(REQUIRED_COLUMNS) + [c for c in ("label_format", "faces", "fold") if any(r.get(c) for r in rows)]
     path.parent.mkdir(parents=True, exist_ok=True)
     root = os.path.abspath(path.parent)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
