@@ -24,14 +24,18 @@ class ProgressPrinter(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        self._say(f"trial {trial.trial_id} {self.step_key} {result.get(self.step_key)}/{self.max_steps}: "
-                  f"{self.metric} {shown}")
+        # A cross-validated trial: which fold and epoch, and the objective is the mean over its folds so far.
+        where = (f"fold {result['fold']} epoch {result['fold_epoch']}" if "fold" in result else
+                 f"{self.step_key} {result.get(self.step_key)}/{self.max_steps}")
+        self._say(f"trial {trial.trial_id} {where}: {self.metric} {shown}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
-        steps = (trial.last_result or {}).get(self.step_key)
-        early = " (stopped early by ASHA)" if self.max_steps and steps is not None and steps < self.max_steps else ""
-        self._say(f"trial {trial.trial_id} finished after {steps} {self.step_key}(s){early}; {self.done} done")
+        last = trial.last_result or {}
+        steps = last.get(self.step_key)
+        early = " (stopped early)" if self.max_steps and steps is not None and steps < self.max_steps else ""
+        what = f"{last['folds_done']} fold(s)" if "folds_done" in last else f"{steps} {self.step_key}(s)"
+        self._say(f"trial {trial.trial_id} finished after {what}{early}; {self.done} done")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1

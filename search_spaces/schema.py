@@ -8,11 +8,16 @@ A study file::
     fidelity: {attr: epoch, max: 4, grace: 1, reduction_factor: 2}   # ASHA's time axis: epochs, or
     #   {attr: data_fraction, per_epoch: 4, max: 8, grace: 1}: a report after every quarter epoch, 2 epochs at most
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}  # defaults; the CLI may override
+    cv: {folds: 5}                                                   # optional: subject 5-fold CV of each trial
     fixed: {backbone: cnn_rnn_tiny, ...}                             # trial settings not searched
     params:
       lr: {type: loguniform, low: 3.0e-4, high: 3.0e-3}
       ssts_stride: {type: categorical, choices: [1, 2, 3, 4]}
       rnn_layers: {type: int, low: 1, high: 2, when: {rnn: [gru]}}  # conditional: only when rnn is gru
+
+A study may start from another: ``base: svfap_tpsbt`` (a shipped study's name, or a path relative to this file)
+takes that study's keys, and every top-level key this file gives replaces the base's whole (``cv: {folds: 5}`` turns
+a study into its cross-validated version).
 
 Every error names the file and the key and says what is allowed.
 """
@@ -34,7 +39,7 @@ DISTRIBUTIONS = {
 }
 OPTIONAL_PARAM_KEYS = {"step", "log", "when"}
 TOP_KEYS = {"name", "description", "objective", "fidelity", "resources", "fixed", "params", "constraints",
-            "initial_points", "cv"}
+            "initial_points", "cv", "base"}
 CV_KEYS = {"folds", "seed"}
 CONSTRAINT_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
                   "<": lambda a, b: a < b}
@@ -91,15 +96,7 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
         SpaceError: the message names the file, the key and what is allowed.
     """
     path = resolve_space_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SpaceError(f"{path}: the top level must be a mapping with keys {sorted(TOP_KEYS)}")
-    unknown = set(raw) - TOP_KEYS
-    if unknown:
-        raise SpaceError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    raw = _with_base(_read_raw(path), path)
 
     objective = _mapping(raw.get("objective", {}), path, "objective")
     metric = objective.get("metric", "val_ccc_mean")
@@ -189,6 +186,33 @@ def _check_cv(value: Any, path: Path, fidelity: dict[str, Any]) -> dict[str, int
         raise SpaceError(f"{path}: cv needs fidelity.attr epoch (a CV trial reports once per fold-epoch); "
                          f"fidelity.attr is {fidelity['attr']!r}")
     return {"folds": folds, "seed": seed}
+
+
+def _read_raw(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: the top level must be a mapping with keys {sorted(TOP_KEYS)}")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise SpaceError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    return raw
+
+
+def _with_base(raw: dict, path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """``raw`` over the study it names as ``base`` (module docstring); one level per file, no loops."""
+    if "base" not in raw:
+        return raw
+    name = raw["base"]
+    if not isinstance(name, str):
+        raise SpaceError(f"{path}: base must be a study name or a file path; got {name!r}")
+    base_path = path.parent / name if (path.parent / name).is_file() else resolve_space_path(name)
+    if base_path.resolve() in seen or base_path.resolve() == path.resolve():
+        raise SpaceError(f"{path}: base {name!r} leads back to this study; a study cannot be its own base")
+    base = _with_base(_read_raw(base_path), base_path, (*seen, path.resolve()))
+    return {**base, **{k: v for k, v in raw.items() if k != "base"}}
 
 
 def _values(spec_or_value: Any, is_param: bool) -> list[Any]:

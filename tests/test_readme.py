@@ -73,7 +73,7 @@ DEMO_LINES = [r"log of other tools' output: \S+/emotune-demo/emotune\.log",
               r"\[3/6\] sweep on search_spaces/smoke\.yaml",
               r"pre-flight: \d+ configurations and \d+ data views checked: ok",
               r"  \[ *\d+ s\] trial \w{8} (started|epoch \d+/\d+: val_ccc_mean -?[\d.]+|finished after \d+ epoch\(s\)"
-              r"( \(stopped early by ASHA\))?; \d+ done)",
+              r"( \(stopped early\))?; \d+ done)",
               r"", r"Leaderboard of sweep demo-\d{8}-\d{6} \(8 trials, objective val_ccc_mean\):",
               r"rank +trial +lr .* val_ccc_mean", r"-+", r"\d+ +\w{8} +.*(complete|stopped early) +.*",
               r"MLflow store:  sqlite:///\S+/mlflow\.db  \(parent run \w{32}\)",
