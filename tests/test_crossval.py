@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,44 @@ def test_the_best_trial_is_the_best_complete_mean_and_its_pooled_ccc_is_the_out_
     pooled = np.mean([_ccc(truth[:, d], pred[:, d]) for d in range(truth.shape[1])])
     assert best.data.metrics["cv_pooled_val_ccc_mean"] == pytest.approx(pooled, abs=1e-6)
     assert record["scores"] == pytest.approx([r.data.metrics["fold_score"] for r in folds[best.info.run_id]])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Resume
+
+RESUME_SPACE = """
+name: cvr
+objective: {metric: val_ccc_mean, mode: max}
+fidelity: {attr: epoch, max: 3, grace: 3, reduction_factor: 2}
+fixed: {backbone: cnn_rnn_tiny, window_length: 24, clip_len: 24, label_fusion: mean, batch_size: 8, seed: 0,
+        rnn_hidden: 16, window_overlap: 0.9, ssts_stride: 4, postprocess: false}
+params:
+  lr: {type: categorical, choices: [0.001, 0.002]}
+"""
+
+
+@pytest.mark.slow
+def test_a_cv_sweep_killed_mid_fold_and_resumed_trains_no_finished_fold_again(readme_cv, tmp_path):
+    from tests.processes import end, start_sweep, wait_for_line
+
+    work, _ = readme_cv
+    (tmp_path / "cvr.yaml").write_text(RESUME_SPACE)
+    proc = start_sweep(["sweep", "--space", "cvr.yaml", "--data", str(_index(work)), "--folds", "3", "--trials", "2",
+                        "--max-concurrent", "1", "--name", "cvr"], cwd=tmp_path)
+    try:
+        wait_for_line(proc, r"fold 2 epoch 1: ")
+        time.sleep(3)  # past Tune's next experiment snapshot (every second)
+    finally:
+        end(proc)  # the driver and the Ray it started, as a crash would
+    resumed = emotune("sweep", "--resume", "cvr", cwd=tmp_path, timeout=900)
+    assert "Leaderboard of sweep cvr" in resumed.stdout
+    first = sorted((tmp_path / "ray_results" / "cvr").glob("trial-*"), key=lambda p: p.stat().st_ctime)[0]
+    reports = [json.loads(line) for line in (first / "result.json").open()]
+    pairs = [(r["fold"], r["fold_epoch"]) for r in reports]
+    assert sorted(set(pairs)) == [(f, e) for f in (1, 2, 3) for e in (1, 2, 3)]
+    assert [p for p in pairs if p[0] == 1] == [(1, 1), (1, 2), (1, 3)]  # fold 1, finished before the kill: once
+    assert len({r["pid"] for r in reports}) == 2  # a new trial process after the resume
+    client, parent, trials, folds = _store(tmp_path)
+    assert parent.info.status == "FINISHED" and len(trials) == 2
+    for runs in folds.values():  # one run per fold, never a second one for a fold resumed
+        assert [r.data.tags["emotune.fold"] for r in runs] == [str(i) for i in range(1, len(runs) + 1)]
