@@ -9,10 +9,13 @@ from cluster.retention import tune_checkpointing
 
 
 def build_tuner(*, name: str, storage: str, runtime: dict, search_alg: Any, num_samples: int, concurrent: int,
-                callbacks: list, scheduler: Any = None, time_budget_s: float | None = None, verbose: int = 0):
+                callbacks: list, scheduler: Any = None, time_budget_s: float | None = None, verbose: int = 0,
+                function: Any = None):
     """A ``tune.Tuner`` over ``trainables.trial.run_trial``.
 
     Args:
+        function: another trial function with its resources, run the same way (a benchmark that replays recorded
+            trial results through the sweep's searcher and scheduler).
         runtime: the trials' runtime settings (``executor``, ``max_failures``, ``keep_checkpoints``, ``metric``,
             ``mode``, ...), as every trial's config carries them.
         callbacks: the MLflow callback first (and a progress printer, if any); retention and Tune's loggers are added.
@@ -21,7 +24,7 @@ def build_tuner(*, name: str, storage: str, runtime: dict, search_alg: Any, num_
 
     checkpointing, retention = tune_checkpointing(runtime)
     return tune.Tuner(
-        trainable(),
+        function or trainable(),
         tune_config=tune.TuneConfig(metric=runtime["metric"], mode=runtime["mode"], search_alg=search_alg,
                                     scheduler=scheduler, num_samples=num_samples, max_concurrent_trials=concurrent,
                                     time_budget_s=time_budget_s, trial_dirname_creator=trial_dirname,
