@@ -26,6 +26,8 @@ from trainables.provenance import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from trainables.storage import is_local, storage_uri
 
 SKIP_CONFIG_KEYS = ("runtime",)
+#: What every trial measures of its costs (trainables.costs), logged with its metrics.
+COST_KEYS = ("params_m", "gflops", "infer_ms", "train_s", "peak_mem_mb")
 
 
 def trial_params(config: dict) -> dict[str, Any]:
@@ -221,7 +223,7 @@ class MlflowTrialCallback(Callback):
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != self.step_key
                    and (k.startswith(("val_", "train_", "cv_")) or k in ("epoch_time_s", "clips_per_s", "folds_done",
-                                                                          "fold_best"))
+                                                                          "fold_best", *COST_KEYS))
                    and math.isfinite(float(v))]
         if metrics or tags:
             self._write(self._log, trial.trial_id, metrics, tags)

@@ -206,6 +206,9 @@ def test_the_readme_cv_sweep_records_three_levels_with_the_plan(readme_cv):
     with open(client.download_artifacts(parent.info.run_id, "folds.json", str(work))) as fh:
         assert FoldPlan.from_config(json.load(fh)) == plan
     assert len(trials) == 4
+    for trial in trials:  # every trial measures its costs (trainables.costs)
+        assert {"params_m", "gflops", "infer_ms", "train_s", "peak_mem_mb"} <= set(trial.data.metrics)
+        assert trial.data.metrics["gflops"] > 0 and trial.data.metrics["params_m"] > 0
     for trial in trials:
         runs = folds[trial.info.run_id]
         done = int(trial.data.tags["emotune.folds_done"])

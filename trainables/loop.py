@@ -170,8 +170,11 @@ def train_in_trial(config: dict, marks: dict[str, float] | None = None) -> None:
     wall-clock times of the trial's start-up so far (``trainables.trial``), reported with every result."""
     from trainables.session import TuneTrialSession
 
+    from trainables.costs import reset_peak_memory
+
     session = TuneTrialSession(gpus=float(config.get("gpus", 0) or 0))
     session.marks.update(marks or {})
+    reset_peak_memory(session.device)  # this process may have served other trials
     try:
         fit(config, session)
     finally:
@@ -204,6 +207,8 @@ class Trial:
     loss_fn: CompositeLoss
     label_stats: Any
     checkpoint_meta: dict
+    costs: dict = None  # measured once when the trial is built (trainables.costs)
+    train_seconds: float = 0.0
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -273,12 +278,25 @@ def build_trial(config: TrialConfig, session, videos: tuple[list, list] | None =
 
         ema = ModelEmaV3(_unwrap(model), decay=config.ema_decay)
     use_amp = config.amp and session.device.type == "cuda"
-    return Trial(config=config, session=session, spec=spec, val_videos=val_videos, train_set=train_set, loader=loader,
+    trial = Trial(config=config, session=session, spec=spec, val_videos=val_videos, train_set=train_set, loader=loader,
                  generator=generator, eval_transform=build_eval_transform(config.augmentations(), frame_size=frame_hw),
                  dims=dims, model=model, params=params, optimizer=optimizer, scheduler=scheduler, ema=ema,
                  scaler=torch.amp.GradScaler("cuda", enabled=use_amp), use_amp=use_amp, loss_fn=loss_fn,
                  label_stats=compute_stats(np.concatenate([v.labels for v in train_videos])),
                  checkpoint_meta={"in_chans": in_chans, "out_dims": out_dims, "n_bins": n_bins})
+    trial.costs = measure_costs(trial)
+    return trial
+
+
+def measure_costs(t: Trial) -> dict[str, Any]:
+    """The costs known before training (``trainables.costs``): parameters, GFLOPs and inference ms of one window at
+    the trial's input shape, on the trial's device."""
+    from trainables.costs import count_gflops, inference_ms, parameters_m
+
+    model = t.eval_model
+    window = t.train_set[0][0].unsqueeze(0).to(t.session.device)
+    return {"params_m": parameters_m(model), "gflops": count_gflops(model, window),
+            "infer_ms": inference_ms(model, window), "cost_device": t.session.device.type}
 
 
 @dataclass
@@ -368,7 +386,12 @@ def score_unit(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0: floa
             pass
     if metrics is None:
         return progress, None
-    report = {**progress, "train_loss": float(np.mean(result.losses)) if result.losses else math.nan,
+    from trainables.costs import peak_memory_mb
+
+    t.train_seconds += result.train_time
+    report = {**progress, **(t.costs or {}), "train_s": t.train_seconds,
+              "peak_mem_mb": peak_memory_mb(t.session.device),
+              "train_loss": float(np.mean(result.losses)) if result.losses else math.nan,
               "epoch_time_s": time.perf_counter() - t0, "train_time_s": result.train_time,
               "clips_per_s": result.clips / max(result.train_time, 1e-9), "lr": t.scheduler.get_last_lr()[0],
               **{f"val_{k}_raw": v for k, v in metrics.items()}}
