@@ -50,10 +50,12 @@ ROOT = SCRIPT.parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-FULL = {"lags": (2, 8, 14), "subjects_per_group": 4, "frames": 200, "folds": 5, "epochs": 4, "trials": 16,
+FULL = {"lags": (2, 8, 14), "subjects_per_group": 4, "frames": 300, "folds": 5, "epochs": 4, "trials": 16,
+        "variant": "per_frame",
         "grid": {"window_length": [16, 32, 64], "window_overlap": [0.25, 0.75], "label_fusion": ["mean", "extremum"],
-                 "lr": [3.0e-4, 3.0e-3]}}
+                 "lr": [1.0e-3, 3.0e-3]}}
 QUICK = {"lags": (2, 8, 14), "subjects_per_group": 2, "frames": 120, "folds": 3, "epochs": 2, "trials": 6,
+         "variant": "per_frame",
          "grid": {"window_length": [16, 32], "window_overlap": [0.25, 0.75], "label_fusion": ["mean"],
                   "lr": [3.0e-4, 3.0e-3]}}
 FIXED = {"backbone": "cnn_rnn_tiny", "rnn_hidden": 32, "sampler": "uniform", "num_frames": 8, "batch_size": 16,
@@ -79,7 +81,7 @@ def build_data(work: Path, setup: dict) -> Path:
     for g, lag in enumerate(setup["lags"]):
         manifest = synthesize(work / f"group{g}", subjects=max(3, setup["subjects_per_group"]), videos_per_subject=1,
                               frames=setup["frames"], size=64, lag_frames=lag, blank_rate=0.04,
-                              variant="subject_shift", seed=100 + g, progress=False)
+                              variant=setup["variant"], seed=100 + g, progress=False)
         with open(manifest, newline="") as fh:
             for row in list(csv.DictReader(fh))[: setup["subjects_per_group"]]:
                 rows.append({"video_id": f"g{g}{row['video_id']}", "subject": f"g{g}{row['subject']}",
