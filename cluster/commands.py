@@ -14,10 +14,12 @@ def print_outcome(outcome, max_epochs: int) -> dict[str, int]:
 
     params = list(outcome.space.params)
     key = "epoch" if outcome.space.fidelity["attr"] == "epoch" else "step"
+    folds = int((outcome.space.cv or {}).get("folds", 0))
     rows = rows_from_results(outcome.results, outcome.space.metric, outcome.space.mode, params, max_epochs,
-                             epoch_key=key)
+                             epoch_key=key, folds=folds)
     say()
-    say(f"Leaderboard of sweep {outcome.name} ({len(rows)} trials, objective {outcome.space.metric}):")
+    over = f", mean over {folds} subject folds" if folds else ""
+    say(f"Leaderboard of sweep {outcome.name} ({len(rows)} trials, objective {outcome.space.metric}{over}):")
     say(format_leaderboard(rows, outcome.space.metric, steps_label="epochs" if key == "epoch" else "reports"))
     say()
     say(f"MLflow store:  {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
