@@ -137,6 +137,20 @@ def cv_section(sweep: Sweep, fig_dir: Path) -> tuple[str, Racing]:
     return "".join(parts), racing
 
 
+def _refits(client, sweep: Sweep) -> str:
+    """The refits of a cross-validated sweep's best configuration (``emotune promote``), newest first."""
+    runs = client.search_runs([client.get_run(sweep.parent_run_id).info.experiment_id],
+                              f"tags.`emotune.refit_of_run_id` = '{sweep.parent_run_id}'",
+                              order_by=["attributes.start_time DESC"])
+    def text(run) -> str:
+        tags = run.data.tags
+        return (f"trial {tags.get('emotune.refit_trial', '?')} for {tags.get('emotune.refit_epochs', '?')} epoch(s) "
+                f"on every non-test subject, run {tags.get('emotune.refit_run_id', run.info.run_id)} "
+                f"({run.info.status.lower()})")
+
+    return "; ".join(text(r) for r in runs) or "none (`emotune promote` refits the best)"
+
+
 def importance_table(imp: Importance, metric: str) -> Table:
     return Table(f"Hyperparameter importance for {metric} (fANOVA)", ["parameter", "importance"],
                  [[k, v] for k, v in imp.values.items()], metric_columns=("importance",), note=imp.note)
@@ -191,6 +205,7 @@ def write_report(client, ref: str, out: str | Path | None, optuna_storage: str, 
                ("best trial", f"{best.trial_id} ({best.cv.text() if best.cv else fmt_metric(sweep.objective(best))}, "
                               f"run {best.run_id})" if best else "none"),
                *([("fold-epochs saved by racing", racing.text())] if racing is not None else []),
+               *([("refits", _refits(client, sweep))] if sweep.folds else []),
                ("pinned", ", ".join(f"{k}={v}" for k, v in sweep.overrides.items()) or "-"),
                ("written", time.strftime("%Y-%m-%d %H:%M:%S"))]
     head = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary)
