@@ -1,9 +1,15 @@
 """``emotune compare A B ...``: sweeps side by side (possibly from different MLflow experiments of one tracking store):
 each one's best trial with its metrics and configuration, the settings in which the best configurations differ, and a
-plot of each sweep's best objective so far against the number of trials."""
+plot of each sweep's best objective so far against the number of trials.
+
+Cross-validated sweeps compare too, with one-split sweeps or with each other: a row says how each sweep validated; a
+CV sweep's best trial is the best that finished every fold, its objective the mean over folds (with the sd over folds
+beside it), its per-dimension metrics those of its pooled out-of-fold predictions and its best epoch the median over
+folds. The notes under the table say what the figures of differently validated sweeps do and do not tell."""
 from __future__ import annotations
 
 import html
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,8 +20,9 @@ from analysis.sweeps import Sweep, load_sweep
 from trainables.errors import UserError
 
 METRICS = ("val_ccc_valence", "val_ccc_arousal", "val_rmse_valence", "val_rmse_arousal")
-# Keys of a trial's config that are plumbing, not a setting a reader compares.
-IGNORED = ("trial_id",)
+# Keys of a trial's config that are plumbing, not a setting a reader compares (a CV sweep's folds: the row
+# ``validation`` says how each sweep validated).
+IGNORED = ("trial_id", "cv")
 
 
 def _short(v: Any, width: int = 48) -> Any:
@@ -34,15 +41,21 @@ def comparison(sweeps: list[Sweep]) -> list[tuple[str, list[tuple[str, list[Any]
         ("study", [s.space for s in sweeps], False),
         ("parent run", [s.parent_run_id for s in sweeps], False),
         ("objective", [f"{s.metric} ({s.mode})" for s in sweeps], False),
+        ("validation", [s.validation for s in sweeps], False),
         ("trials", [len(s.trials) for s in sweeps], False),
         ("finished", [sum(t.status in ("complete", "stopped early") for t in s.trials) for s in sweeps], False),
+        *([("every fold done", [sum(t.cv_complete for t in s.trials) if s.folds else None for s in sweeps], False)]
+          if any(s.folds for s in sweeps) else []),
         ("best trial", [b.trial_id if b else "none" for b in bests], False),
     ]
+    cv = any(s.folds for s in sweeps)
     metrics = [("best objective", [s.objective(b) if b else math.nan for s, b in zip(sweeps, bests)], True)]
+    if cv:  # one-split sweeps have no spread over folds
+        metrics.append(("sd over folds", [b.cv.sd if b and b.cv else None for b in bests], True))
     for m in METRICS:
         metrics.append((m, [b.at_best(m, s.metric, s.mode) if b else math.nan for s, b in zip(sweeps, bests)], True))
-    metrics.append(("best epoch", [(b.best_epoch(s.metric, s.mode) if b else None) for s, b in zip(sweeps, bests)],
-                    False))
+    metrics.append(("best epoch" + (" (CV: median over folds)" if cv else ""),
+                    [_best_epoch(s, b) for s, b in zip(sweeps, bests)], False))
     metrics.append(("train time (s)", [b.train_time_s if b else None for b in bests], False))
 
     searched = list(dict.fromkeys(k for s in sweeps for k in (*s.searched, *s.overrides)))
@@ -53,6 +66,32 @@ def comparison(sweeps: list[Sweep]) -> list[tuple[str, list[tuple[str, list[Any]
     return [("Sweeps", overview), ("Best trial's metrics", metrics),
             ("Best configuration (searched or pinned parameters)", config),
             ("Other settings that differ between the best configurations", differ)]
+
+
+def _best_epoch(sweep: Sweep, trial) -> Any:
+    if trial is None:
+        return None
+    if trial.cv is not None:  # a median of epoch counts: 1.5 between 1 and 2
+        return None if trial.best_epoch_median is None else f"{trial.best_epoch_median:g}"
+    return trial.best_epoch(sweep.metric, sweep.mode)
+
+
+def notes(sweeps: list[Sweep]) -> list[str]:
+    """What the side-by-side figures do not say by themselves: different objectives, different validation."""
+    out = []
+    if len({s.metric for s in sweeps}) > 1:
+        out.append("the sweeps optimise different objectives; their best values are not comparable")
+    cv = [s for s in sweeps if s.folds]
+    one = [s for s in sweeps if not s.folds]
+    if cv and one:
+        out.append(f"{', '.join(s.name for s in cv)}: cross-validated (best objective = mean over subject folds, "
+                   f"val_* = pooled out-of-fold predictions, train time over every fold); "
+                   f"{', '.join(s.name for s in one)}: one split (best objective and val_* on its validation "
+                   f"subjects). Both estimate the same objective on different validation subjects: compare the "
+                   f"configurations, and read a difference smaller than the sd over folds as none")
+    if len(cv) > 1 and len({json.dumps(s.fold_subjects) for s in cv}) > 1:
+        out.append(f"{', '.join(s.name for s in cv)} use different subject folds: their fold scores are not paired")
+    return out
 
 
 def _cells(values: list[Any], metric: bool) -> list[str]:
@@ -75,7 +114,7 @@ def to_text(sweeps: list[Sweep], sections) -> str:
 
 
 def to_markdown(sweeps: list[Sweep], sections, plot: str | None) -> str:
-    out = ["# Sweep comparison", ""]
+    out = ["# Sweep comparison", "", *(f"Note: {n}\n" for n in notes(sweeps))]
     for title, entries in sections:
         out += [f"## {title}", "", "| | " + " | ".join(s.name for s in sweeps) + " |",
                 "|---|" + "---|" * len(sweeps)]
@@ -90,7 +129,8 @@ def to_html(sweeps: list[Sweep], sections, plot: str | None) -> str:
     from analysis.report import CSS
 
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Sweep comparison</title>",
-             f"<style>{CSS}</style></head><body><h1>Sweep comparison</h1>"]
+             f"<style>{CSS}</style></head><body><h1>Sweep comparison</h1>",
+             *(f"<p class='note'>note: {html.escape(n)}</p>" for n in notes(sweeps))]
     head = "<tr><th></th>" + "".join(f"<th>{html.escape(s.name)}</th>" for s in sweeps) + "</tr>"
     for title, entries in sections:
         body = "".join("<tr><th>" + html.escape(label) + "</th>" + "".join(
@@ -112,8 +152,8 @@ def compare(client, refs: list[str], out: str | Path | None = None, experiment: 
         raise UserError(f"the same sweep is named twice: {', '.join(refs)}")
     sections = comparison(sweeps)
     text = to_text(sweeps, sections)
-    if len({s.metric for s in sweeps}) > 1:
-        text += "\nnote: the sweeps optimise different objectives; their best values are not comparable"
+    for note in notes(sweeps):
+        text += f"\nnote: {note}"
     if out is not None:
         out = Path(out).resolve()
         out.mkdir(parents=True, exist_ok=True)

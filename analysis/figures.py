@@ -1,5 +1,6 @@
 """PNG figures of sweeps (matplotlib, no display): importance, parallel coordinates, learning curves with ASHA's
-stops, objective against training time, and best-so-far curves of several sweeps."""
+stops, objective against training time, the per-fold scores of a cross-validated sweep's top trials, and best-so-far
+curves of several sweeps."""
 from __future__ import annotations
 
 import math
@@ -106,9 +107,14 @@ def _scale(values: list[Any], log: bool = False) -> tuple[list[float], list[tupl
 
 
 def learning_curves(sweep: Sweep, path: Path) -> Path:
-    """The objective per epoch of every trial; an ``x`` at the last epoch of each trial ASHA stopped early."""
+    """The objective per epoch of every trial; an ``x`` at the last epoch of each trial ASHA stopped early. In a
+    cross-validated sweep, per fold-epoch (the mean over the folds so far), with a line at the end of each fold."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    if sweep.folds:
+        per_fold = max((int(t.params.get("max_units") or t.params.get("epochs") or 0) for t in sweep.trials), default=0)
+        for fold in range(1, sweep.folds):
+            ax.axvline(fold * per_fold + 0.5, color="0.8", lw=1, zorder=0)
     for t in sweep.trials:
         curve = [(e, v) for e, v in t.objective_curve(sweep.metric) if math.isfinite(v)]
         if not curve:
@@ -124,8 +130,8 @@ def learning_curves(sweep: Sweep, path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(sweep.metric)
+    ax.set_xlabel("fold-epoch (folds in turn)" if sweep.folds else "epoch")
+    ax.set_ylabel(f"{sweep.metric} (mean over the folds so far)" if sweep.folds else sweep.metric)
     ax.legend(fontsize=8)
     ax.set_title(f"{sweep.name}: learning curves")
     return _save(fig, path)
@@ -146,13 +152,49 @@ def objective_vs_time(sweep: Sweep, path: Path) -> Path:
     return _save(fig, path)
 
 
+def fold_strip(sweep: Sweep, trials: list, path: Path) -> Path:
+    """A strip plot of a cross-validated sweep's ``trials`` (best first): each fold's score (its run's ``fold_score``)
+    as a dot coloured by fold, the mean over the finished folds as a bar with ± one sd; an open dot for a trial
+    that did not finish every fold. A ``≈`` under a trial marks it within one sd of the best."""
+    plt = _plt()
+    from matplotlib import colormaps
+
+    near = sweep.near_best()
+    colors = colormaps["tab10"]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(trials) + 2), 4.5))
+    for x, t in enumerate(trials):
+        for f in t.folds:
+            if f.complete:
+                jitter = (f.fold - (sweep.folds + 1) / 2) * 0.06
+                color = colors((f.fold - 1) % 10)
+                ax.scatter([x + jitter], [f.score], s=28, zorder=3, edgecolors=[color],
+                           facecolors=[color] if t.cv_complete else "none")
+        cv = t.cv
+        if cv is not None and cv.scores:
+            ax.hlines(cv.mean, x - 0.25, x + 0.25, color="k", lw=2, zorder=2)
+            if math.isfinite(cv.sd):
+                ax.vlines(x, cv.mean - cv.sd, cv.mean + cv.sd, color="k", lw=1, zorder=2)
+    labels = [f"{t.trial_id}\n{t.cv.folds_text() if t.cv else ''}{' ≈' if t.trial_id in near else ''}"
+              for t in trials]
+    ax.set_xticks(range(len(trials)), labels, fontsize=8)
+    for fold in range(1, sweep.folds + 1):
+        subjects = sweep.fold_subjects[fold - 1] if fold <= len(sweep.fold_subjects) else []
+        ax.scatter([], [], color=colors((fold - 1) % 10), label=f"fold {fold}" + (
+            f" ({', '.join(subjects[:3])}{', ...' if len(subjects) > 3 else ''})" if subjects else ""))
+    ax.set_xlim(-0.6, len(trials) - 0.4)
+    ax.set_ylabel(f"{sweep.metric} per fold (bar: mean ± sd)")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"{sweep.name}: per-fold scores of the top {len(trials)} trials")
+    return _save(fig, path)
+
+
 def best_so_far(sweeps: list[Sweep], path: Path) -> Path:
     """Each sweep's best objective so far against the number of trials started (trials in start order)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for sweep in sweeps:
         xs, ys = best_so_far_curve(sweep)
-        ax.step(xs, ys, where="post", marker="o", label=f"{sweep.name} ({sweep.experiment})")
+        ax.step(xs, ys, where="post", marker="o", label=f"{sweep.name} ({sweep.experiment}, {sweep.validation})")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

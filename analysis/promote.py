@@ -13,6 +13,11 @@ nothing changes and the refusal names both figures.
 The parts live beside this module: the models it reads (:mod:`analysis.models`), the scoring with its interval
 (:mod:`analysis.scoring`), the registry and its alias (:mod:`analysis.registry`). Retraining the top configurations
 first (``--retrain-top``) runs trials on Ray and is driven from ``cluster``, which hands its outcome to :func:`promote`.
+
+A cross-validated sweep's trials hold fold models (each trained on part of the non-test subjects), so its candidate is
+a refit instead: the best configuration (the best trial that finished every fold) trained on every non-test subject
+for the median of its folds' best epochs, with the post-processing fitted on its pooled out-of-fold predictions
+(:func:`cluster.retrain.refit_best`, driven from ``cluster`` as retraining is); the gate is the same.
 """
 from __future__ import annotations
 
@@ -34,11 +39,13 @@ def find_sweep(client, sweep: str):
     Raises:
         UserError: no such sweep, or it has no best trial.
     """
-    from analysis.sweeps import resolve_sweep
+    from analysis.sweeps import cv_folds, resolve_sweep
 
     run = resolve_sweep(client, sweep)
     if not run.data.tags.get("emotune.best_run_id"):
-        raise UserError(f"sweep {sweep!r} has no best trial (no trial finished without an error)")
+        why = "no trial finished every fold without an error" if cv_folds(run) else \
+            "no trial finished without an error"
+        raise UserError(f"sweep {sweep!r} has no best trial ({why})")
     return run
 
 
@@ -53,26 +60,35 @@ class Outcome:
 
 
 def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emotune", margin: float = 0.0,
-            out_dir: str | Path = ".", retrained: Any = None) -> Outcome:
+            out_dir: str | Path = ".", retrained: Any = None, refit: Any = None) -> Outcome:
     """Evaluate the sweep's best trial on the test subjects and promote it if it beats production by ``margin``.
 
     ``retrained``: the outcome of :func:`cluster.retrain.retrain_top` (the sweep's K best configurations trained
     again with fresh seeds, the best mean over seeds; ``emotune promote --retrain-top``), whose chosen run is the
-    candidate instead of the sweep's best trial. Retraining runs trials on Ray, so it is driven from ``cluster``; this
+    candidate instead of the sweep's best trial. ``refit``: the outcome of :func:`cluster.retrain.refit_best` (a
+    cross-validated sweep's best configuration trained on every non-test subject), whose run is the candidate; a
+    cross-validated sweep is promoted only so. Both run trials on Ray, so they are driven from ``cluster``; this
     module only scores, registers and records.
 
     Raises:
-        UserError: no such sweep or checkpoint; the production model was trained on another face registration
-            (it cannot be scored on the same cached test videos).
+        UserError: no such sweep or checkpoint; a cross-validated sweep without its refit; the production model was
+            trained on another face registration (it cannot be scored on the same cached test videos).
     """
     import yaml
     from mlflow.tracking import MlflowClient
 
+    from analysis.sweeps import cv_folds
+
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     parent = find_sweep(client, sweep)
     run_id, trial = parent.data.tags["emotune.best_run_id"], parent.data.tags.get("emotune.best_trial", "")
+    if cv_folds(parent) and refit is None:
+        raise UserError(f"sweep {sweep!r} is cross-validated: its trials' checkpoints are fold models; its best "
+                        f"configuration is promoted by its refit on every non-test subject (`emotune promote`)")
     if retrained is not None:
         run_id, trial = retrained.run_id, retrained.chosen.trial_id
+    if refit is not None:
+        run_id, trial = refit.run_id, refit.trial_id
     candidate = resolve_model(f"runs:/{run_id}", tracking_uri)
     index_path = candidate.config.get("data_index") or \
         (candidate.config.get("data_indexes") or {}).get(candidate.config.get("registration"))
@@ -92,8 +108,8 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
         prod = score(videos, subjects, predict_cached(held, videos), key, truth=scored_labels(held, videos))
         gain = (cand.value - prod.value) if mode == "max" else (prod.value - cand.value)
         if not gain > margin:
-            return Outcome(False, cand, prod, _retrain_text(retrained) + (
-                f"not promoted: trial {trial} scores test {key} {cand.text()}, the production model "
+            return Outcome(False, cand, prod, _retrain_text(retrained) + _refit_text(refit) + (
+                f"not promoted: {_what(trial, refit)} scores test {key} {cand.text()}, the production model "
                 f"({model_name} version {current.version}) scores {prod.text()} on the same test subjects; "
                 f"it must be better by more than --margin {margin:g}; the alias {ALIAS!r} stays on version "
                 f"{current.version}"))
@@ -107,6 +123,10 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
                "emotune.test_subjects": str(cand.subjects)}
     if cand.has_interval:  # too few test subjects: no interval tag at all (never a NaN or a degenerate one)
         lineage[f"emotune.test_{key}_ci95"] = f"{cand.low:.6f},{cand.high:.6f}"
+    if refit is not None:
+        lineage.update({"emotune.refit_run_id": refit.parent_run_id, "emotune.refit_epochs": str(refit.epochs),
+                        f"emotune.cv_{refit.metric}_mean": f"{refit.cv_mean:.6f}",
+                        f"emotune.cv_{refit.metric}_sd": f"{refit.cv_sd:.6f}", "emotune.cv_folds": str(refit.folds)})
     if retrained is not None:
         lineage.update({"emotune.retrain_run_id": retrained.parent_run_id, "emotune.retrain_seed": str(retrained.seed),
                         f"emotune.retrain_{retrained.metric}_mean": f"{retrained.chosen.mean:.6f}",
@@ -122,6 +142,7 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
                       "run_id": retrained.parent_run_id, "seed": retrained.seed, "candidate_run_id": retrained.run_id,
                       "configurations": {c.trial_id: {"mean": c.mean, "std": c.std, "values": c.values}
                                          for c in retrained.configs}},
+                  **({} if refit is None else {"refit": refit.record()}),
                   **candidate.settings()}
     version = register(client, candidate, model_name, lineage, production, experiment_id=parent.info.experiment_id)
     production["version"] = version
@@ -130,10 +151,19 @@ def promote(sweep: str, tracking_uri: str | None = None, model_name: str = "emot
     yaml_path.write_text(yaml.safe_dump(production, sort_keys=False))
     before = "no model held it" if prod is None else \
         f"version {current.version} scored {prod.text()} on the same test subjects"
-    return Outcome(True, cand, prod, _retrain_text(retrained) + (
-        f"promoted: trial {trial} of sweep {lineage['emotune.sweep']} scores test {key} {cand.text()}; {model_name} "
-        f"version {version} now holds the alias {ALIAS!r} ({before})"), version, yaml_path)
+    return Outcome(True, cand, prod, _retrain_text(retrained) + _refit_text(refit) + (
+        f"promoted: {_what(trial, refit)} of sweep {lineage['emotune.sweep']} scores test {key} {cand.text()}; "
+        f"{model_name} version {version} now holds the alias {ALIAS!r} ({before})"), version, yaml_path)
 
 
 def _retrain_text(retrained) -> str:
     return "" if retrained is None else "\n".join(retrained.lines()) + "\n"
+
+
+def _refit_text(refit) -> str:
+    return "" if refit is None else "\n".join(refit.lines()) + "\n"
+
+
+def _what(trial: str, refit) -> str:
+    """The candidate in the verdict: ``trial T``, or ``the refit of trial T`` for a cross-validated sweep."""
+    return f"the refit of trial {trial}" if refit is not None else f"trial {trial}"

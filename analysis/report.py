@@ -1,6 +1,10 @@
 """``emotune report``: one HTML page about a sweep (leaderboard, hyperparameter importance, parallel coordinates,
 learning curves with ASHA's stops, objective against training time, the study's paper-style tables) with its PNG
-figures beside it in ``figures/``, all logged to the sweep's MLflow parent run under ``report/``."""
+figures beside it in ``figures/``, all logged to the sweep's MLflow parent run under ``report/``.
+
+A cross-validated sweep's page has a section of its own: the per-fold scores of its top trials (a strip plot) and
+the fold-epochs racing saved (ASHA stopping trials before their last fold); its leaderboard shows each trial's mean ±
+sd over folds, the folds it finished and the trials within one sd of the best (:mod:`analysis.leaderboard`)."""
 from __future__ import annotations
 
 import html
@@ -10,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis import figures
-from analysis.leaderboard import column_format, fmt_metric
+from analysis.leaderboard import NEAR_MARK, NEAR_NOTE, column_format, fmt_metric
 from analysis.sweeps import Sweep, load_sweep
 from analysis.tables import Table, study_tables
 
@@ -51,7 +55,13 @@ def importance(sweep: Sweep, optuna_storage: str) -> Importance:
     return Importance(dict(values), "" if values else "no parameter varied across the completed trials")
 
 
+#: Trials the strip plot of a cross-validated sweep shows (its best, ranked).
+STRIP_TRIALS = 10
+
+
 def leaderboard_table(sweep: Sweep) -> Table:
+    if sweep.folds:
+        return cv_leaderboard_table(sweep)
     rows = []
     for rank, t in enumerate(sweep.ranked(), 1):
         rows.append([rank, t.trial_id, *(t.params.get(p) for p in sweep.searched), t.epochs_run, t.status,
@@ -61,6 +71,84 @@ def leaderboard_table(sweep: Sweep) -> Table:
             "train time (s)"]
     return Table("Leaderboard", cols, rows, metric_columns=("ccc_valence", "ccc_arousal", sweep.metric),
                  note=f"objective {sweep.metric} ({sweep.mode}) at each trial's best epoch")
+
+
+def cv_leaderboard_table(sweep: Sweep) -> Table:
+    """A cross-validated sweep's leaderboard: complete trials first by their mean over folds, the within-one-sd mark,
+    folds finished, fold-epochs run, the pooled out-of-fold CCC per dimension and the mean ± sd over folds."""
+    near = sweep.near_best()
+    rows = []
+    for rank, t in enumerate(sweep.ranked(), 1):
+        cv = t.cv
+        rows.append([rank, NEAR_MARK if t.trial_id in near else "", t.trial_id,
+                     *(t.params.get(p) for p in sweep.searched), cv.folds_text() if cv else "-", t.epochs_run,
+                     t.status, *(t.at_best(d, sweep.metric, sweep.mode) if t.cv_complete else None
+                                 for d in ("val_ccc_valence", "val_ccc_arousal")),
+                     cv.text() if cv else "-", t.train_time_s])
+    cols = ["rank", NEAR_MARK, "trial", *sweep.searched, "folds", "fold-epochs", "status", "pooled ccc_valence",
+            "pooled ccc_arousal", f"{sweep.metric} mean ± sd", "train time (s)"]
+    return Table("Leaderboard", cols, rows, metric_columns=("pooled ccc_valence", "pooled ccc_arousal"),
+                 note=f"objective {sweep.metric} ({sweep.mode}): mean ± sample sd over the {sweep.folds} subject "
+                      f"folds (each fold scored at its best epoch); only trials that finished every fold are ranked "
+                      f"by it, the others follow by the folds they finished. pooled: the CCC of the out-of-fold "
+                      f"predictions of every fold together. {NEAR_NOTE}")
+
+
+@dataclass
+class Racing:
+    """What racing saved in a cross-validated sweep: the fold-epochs its trials ran against the K x E each would have
+    run to the end (trials that ended without an error; :meth:`analysis.sweeps.Sweep.fold_epochs`)."""
+
+    run: int
+    full: int
+    trials: int
+
+    @property
+    def saved(self) -> int:
+        return self.full - self.run
+
+    @property
+    def share(self) -> float:
+        return self.saved / self.full if self.full else math.nan
+
+    def text(self) -> str:
+        if not self.full:
+            return "- (no trial ended)"
+        return (f"{self.saved} of {self.full} fold-epochs ({100 * self.share:.1f}%): {self.trials} trial(s) ran "
+                f"{self.run} instead of {self.full}")
+
+
+def cv_section(sweep: Sweep, fig_dir: Path) -> tuple[str, Racing]:
+    """The HTML of a cross-validated sweep's own section (strip plot, folds, racing) and the racing figures."""
+    racing = Racing(*sweep.fold_epochs())
+    top = [t for t in sweep.ranked() if t.cv is not None and t.cv.scores][:STRIP_TRIALS]
+    parts = [f"<h2>Cross-validation ({sweep.folds} subject folds)</h2>"]
+    folds = Table("Folds", ["fold", "validation subjects"],
+                  [[i, ", ".join(s)] for i, s in enumerate(sweep.fold_subjects, 1)])
+    parts.append(folds.to_html())
+    parts.append("<h3>Fold-epochs saved by racing</h3><p class='racing'>" + html.escape(racing.text()) + "</p>")
+    if top:
+        path = figures.fold_strip(sweep, top, fig_dir / "folds.png")
+        title = f"Per-fold {sweep.metric} of the top {len(top)} trials"
+        parts.append(f"<h3>{html.escape(title)}</h3><p class='note'>dots: each fold's score (fold_score of its run; "
+                     f"open: a trial that did not finish every fold); bar: mean ± sd over the folds it finished; "
+                     f"{NEAR_MARK}: within one sd of the best</p>"
+                     f"<img src='figures/{path.name}' alt='{html.escape(title)}'>")
+    return "".join(parts), racing
+
+
+def _refits(client, sweep: Sweep) -> str:
+    """The refits of a cross-validated sweep's best configuration (``emotune promote``), newest first."""
+    runs = client.search_runs([client.get_run(sweep.parent_run_id).info.experiment_id],
+                              f"tags.`emotune.refit_of_run_id` = '{sweep.parent_run_id}'",
+                              order_by=["attributes.start_time DESC"])
+    def text(run) -> str:
+        tags = run.data.tags
+        return (f"trial {tags.get('emotune.refit_trial', '?')} for {tags.get('emotune.refit_epochs', '?')} epoch(s) "
+                f"on every non-test subject, run {tags.get('emotune.refit_run_id', run.info.run_id)} "
+                f"({run.info.status.lower()})")
+
+    return "; ".join(text(r) for r in runs) or "none (`emotune promote` refits the best)"
 
 
 def importance_table(imp: Importance, metric: str) -> Table:
@@ -86,6 +174,10 @@ def write_report(client, ref: str, out: str | Path | None, optuna_storage: str, 
     sections: list[str] = []
     board = leaderboard_table(sweep)
     sections.append(board.to_html())
+    racing = None
+    if sweep.folds:
+        html_cv, racing = cv_section(sweep, fig_dir)
+        sections.append(html_cv)
     sections.append(importance_table(imp, sweep.metric).to_html())
     figs: list[tuple[str, Path]] = []
     if imp.values:
@@ -105,11 +197,15 @@ def write_report(client, ref: str, out: str | Path | None, optuna_storage: str, 
 
     counts = {s: sum(t.status == s for t in sweep.trials) for s in figures.STATUS_COLORS}
     best = sweep.best()
+    over = f", mean over {sweep.folds} subject folds" if sweep.folds else ""
     summary = [("sweep", sweep.name), ("experiment", sweep.experiment), ("study", sweep.space),
-               ("parent run", sweep.parent_run_id), ("objective", f"{sweep.metric} ({sweep.mode})"),
+               ("parent run", sweep.parent_run_id), ("objective", f"{sweep.metric} ({sweep.mode}){over}"),
+               ("validation", sweep.validation),
                ("trials", ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"),
-               ("best trial", f"{best.trial_id} ({fmt_metric(sweep.objective(best))}, run {best.run_id})"
-                if best else "none"),
+               ("best trial", f"{best.trial_id} ({best.cv.text() if best.cv else fmt_metric(sweep.objective(best))}, "
+                              f"run {best.run_id})" if best else "none"),
+               *([("fold-epochs saved by racing", racing.text())] if racing is not None else []),
+               *([("refits", _refits(client, sweep))] if sweep.folds else []),
                ("pinned", ", ".join(f"{k}={v}" for k, v in sweep.overrides.items()) or "-"),
                ("written", time.strftime("%Y-%m-%d %H:%M:%S"))]
     head = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary)
@@ -124,4 +220,4 @@ def write_report(client, ref: str, out: str | Path | None, optuna_storage: str, 
     return report, sweep
 
 
-__all__ = ["Importance", "importance", "leaderboard_table", "write_report", "column_format"]
+__all__ = ["Importance", "Racing", "importance", "leaderboard_table", "write_report", "column_format"]

@@ -1,5 +1,11 @@
 """A finished (or running) sweep as its MLflow records hold it: the parent run, one trial per child run with its
-params, status and per-epoch history. ``emotune report`` and ``emotune compare`` read sweeps only through here."""
+params, status and per-epoch history. ``emotune report`` and ``emotune compare`` read sweeps only through here.
+
+A cross-validated sweep (parent tag ``emotune.cv_folds`` = K) has one more level: each trial run has one run per
+subject fold (``emotune.fold``), whose ``fold_score`` is the fold's score; a trial is complete only once it finished
+every fold, its objective is then ``cv_mean`` (the mean over folds) and its per-dimension metrics are those of its
+pooled out-of-fold predictions (``cv_pooled_val_*``). A trial that did not finish every fold has no objective: it is
+listed, after the complete ones, with the folds it finished (:class:`analysis.leaderboard.CV`)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from analysis.leaderboard import trial_status
+from analysis.leaderboard import CV, cv_rank_key, near_best, trial_status
 from trainables.errors import UserError
 from trainables.provenance import KIND_TAG, SWEEP_KIND
 
@@ -21,6 +27,18 @@ HISTORY_METRICS = ("val_ccc_valence", "val_ccc_arousal", "val_rmse_valence", "va
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 # A report reads a few small artifacts; MLflow's progress bar for each would bury what the command prints.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@dataclass
+class Fold:
+    """One subject fold of a cross-validated trial (one MLflow run under the trial's run)."""
+
+    fold: int
+    run_id: str
+    subjects: list[str]
+    score: float  # ``fold_score``: the objective at the fold's best epoch (NaN: the fold was cut short)
+    best_epoch: int | None
+    complete: bool
 
 
 @dataclass
@@ -34,6 +52,17 @@ class Trial:
     start_time: int  # ms since the epoch, orders trials as the sweep started them
     history: dict[str, dict[int, float]]  # metric -> {epoch: value}
     train_time_s: float  # sum of the epoch times (the run's duration when no epoch time was reported)
+    # A cross-validated trial: its standing over folds, its fold runs, the metrics of its pooled out-of-fold
+    # predictions (``val_*`` keys) and the median of its folds' best epochs (once every fold is done).
+    cv: CV | None = None
+    folds: list[Fold] = field(default_factory=list)
+    pooled: dict[str, float] = field(default_factory=dict)
+    best_epoch_median: float | None = None
+
+    @property
+    def cv_complete(self) -> bool:
+        """A cross-validated trial that finished every fold without an error."""
+        return self.cv is not None and self.cv.complete and self.status == "complete"
 
     def objective_curve(self, metric: str) -> list[tuple[int, float]]:
         return sorted(self.history.get(metric, {}).items())
@@ -45,7 +74,13 @@ class Trial:
         return (max if mode == "max" else min)(curve, key=lambda ev: ev[1])[0]
 
     def at_best(self, key: str, metric: str, mode: str) -> float:
-        """``key``'s value at this trial's best epoch by ``metric`` (NaN when the trial has none)."""
+        """``key``'s value at this trial's best epoch by ``metric`` (NaN when the trial has none). A cross-validated
+        trial's: ``metric`` is its mean over folds, any other key its pooled out-of-fold value (NaN until every fold
+        is done)."""
+        if self.cv is not None:
+            if not self.cv_complete:
+                return math.nan
+            return self.cv.mean if key == metric else self.pooled.get(key, math.nan)
         epoch = self.best_epoch(metric, mode)
         return self.history.get(key, {}).get(epoch, math.nan) if epoch is not None else math.nan
 
@@ -69,12 +104,45 @@ class Sweep:
     trials: list[Trial] = field(default_factory=list)
     results_dir: str | None = None  # the Ray Tune experiment folder, when the records name it
     log_scaled: set[str] = field(default_factory=set)  # searched parameters Optuna drew on a log scale
+    folds: int = 0  # K of a cross-validated sweep (0: one split)
+    fold_subjects: list[list[str]] = field(default_factory=list)  # the validation subjects of each fold
+
+    @property
+    def validation(self) -> str:
+        """How the sweep validated: ``K-fold CV`` or ``one split``."""
+        return f"{self.folds}-fold CV" if self.folds else "one split"
 
     def objective(self, trial: Trial) -> float:
         return trial.at_best(self.metric, self.metric, self.mode)
 
+    def near_best(self) -> set[str]:
+        """The trial ids within one sd of the best (:func:`analysis.leaderboard.near_best`; none in a one-split
+        sweep)."""
+        if not self.folds:
+            return set()
+        marks = near_best([t.cv for t in self.trials], [t.status for t in self.trials], self.mode)
+        return {t.trial_id for t, mark in zip(self.trials, marks) if mark}
+
+    def fold_epochs(self) -> tuple[int, int, int]:
+        """(fold-epochs run, fold-epochs a full run of every trial takes, trials counted) of a cross-validated sweep:
+        over the trials that ended without an error (complete or stopped early), K x E each, E being the epochs of a
+        fold (the trial's ``max_units``, else ``epochs``). Their difference is what racing (ASHA) saved."""
+        run = full = counted = 0
+        for t in self.trials:
+            if t.cv is None or t.status not in ("complete", "stopped early"):
+                continue
+            per_fold = int(t.params.get("max_units") or t.params.get("epochs") or 0)
+            run += t.epochs_run
+            full += self.folds * per_fold
+            counted += 1
+        return run, full, counted
+
     def ranked(self) -> list[Trial]:
-        """Trials best first; trials without a finite objective (errored, diverged, no report) last."""
+        """Trials best first; trials without a finite objective (errored, diverged, no report) last. A cross-validated
+        sweep's: complete trials by their mean over folds, then the others by the folds they finished
+        (:func:`analysis.leaderboard.cv_rank_key`)."""
+        if self.folds:
+            return sorted(self.trials, key=lambda t: cv_rank_key(t.cv, t.status, self.mode))
         sign = -1.0 if self.mode == "max" else 1.0
 
         def key(t: Trial):
@@ -160,13 +228,60 @@ def load_sweep(client, ref: str, experiment: str | None = None) -> Sweep:
                 if k not in overrides and not (isinstance(spec, dict) and spec.get("type") == "constant")]
     children = _search_all(client, [parent.info.experiment_id],
                            f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    trials = [_trial(client, run, metric) for run in children]
+    k = cv_folds(parent)
+    fold_runs = _fold_runs(client, parent, {r.info.run_id for r in children}) if k else {}
+    trials = [_trial(client, run, metric, k, fold_runs.get(run.info.run_id, [])) for run in children]
     trials.sort(key=lambda t: t.start_time)
     sweep = Sweep(tags["emotune.sweep"], parent.info.run_id, client.get_experiment(parent.info.experiment_id).name,
                   tags.get("emotune.space", study.get("name", "?")), metric, mode, searched, overrides, trials)
     sweep.results_dir = _results_dir(client, children)
     sweep.log_scaled = {k for k in searched if log_scaled(specs[k])}
+    if k:
+        sweep.folds = k
+        sweep.fold_subjects = _fold_subjects(client, parent, k, [f for t in trials for f in t.folds])
     return sweep
+
+
+def cv_folds(parent) -> int:
+    """K of a cross-validated sweep's parent run (tag ``emotune.cv_folds``), 0 for a one-split sweep."""
+    text = parent.data.tags.get("emotune.cv_folds") or ""
+    return int(text) if text.isdigit() else 0
+
+
+def _fold_runs(client, parent, trial_runs: set[str]) -> dict[str, list]:
+    """The fold runs of a cross-validated sweep's trials: trial run id -> its fold runs. One search of the experiment
+    for runs with a fold started since the sweep did, kept when their parent is one of the sweep's trials."""
+    runs = _search_all(client, [parent.info.experiment_id],
+                       f"tags.`emotune.fold` != '' and attributes.start_time >= {int(parent.info.start_time or 0)}")
+    out: dict[str, list] = {}
+    for run in runs:
+        owner = run.data.tags.get("mlflow.parentRunId")
+        if owner in trial_runs:
+            out.setdefault(owner, []).append(run)
+    return out
+
+
+def _fold(run) -> Fold:
+    tags, metrics = run.data.tags, run.data.metrics
+    score = metrics.get("fold_score", math.nan)
+    best = metrics.get("best_epoch")
+    return Fold(int(tags["emotune.fold"]), run.info.run_id,
+                [s for s in (tags.get("emotune.fold_subjects") or "").split(",") if s], float(score),
+                int(best) if best is not None else None,
+                tags.get("emotune.fold_complete") != "false" and math.isfinite(score))
+
+
+def _fold_subjects(client, parent, k: int, folds: list[Fold]) -> list[list[str]]:
+    """The validation subjects of each fold: the sweep's ``folds.json``, else its fold runs' tags."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="emotune-folds-") as tmp:
+            path = client.download_artifacts(parent.info.run_id, "folds.json", tmp)
+            return [list(f) for f in json.loads(Path(path).read_text())["folds"]]
+    except Exception:  # an artifact store that is gone: the fold runs name their subjects too
+        by_fold = {f.fold: f.subjects for f in folds}
+        return [by_fold.get(i, []) for i in range(1, k + 1)]
 
 
 def log_scaled(spec: Any) -> bool:
@@ -203,24 +318,37 @@ def _study_file(client, parent) -> dict:
         return {}
 
 
-def _trial(client, run, metric: str) -> Trial:
+def _trial(client, run, metric: str, k: int = 0, fold_runs: list | None = None) -> Trial:
     tags = run.data.tags
     history: dict[str, dict[int, float]] = {}
     for key in (metric, *HISTORY_METRICS):
         if key in run.data.metrics and key not in history:
             history[key] = {int(m.step): float(m.value) for m in client.get_metric_history(run.info.run_id, key)}
+    stopped_early = tags.get("emotune.stopped_early") == "true"
+    if k:  # complete only with every fold done
+        done = tags.get("emotune.folds_done")
+        stopped_early = (int(done) if done and done.isdigit() else int(run.data.metrics.get("folds_done", 0))) < k
     status = trial_status(errored=run.info.status == "FAILED", diverged=tags.get("emotune.diverged") == "true",
-                          stopped_early=tags.get("emotune.stopped_early") == "true",
-                          finished=run.info.status == "FINISHED")
+                          stopped_early=stopped_early, finished=run.info.status == "FINISHED")
     times = history.get("epoch_time_s", {})
     if times:
         train_time = float(sum(times.values()))
     else:
         end = run.info.end_time or run.info.start_time
         train_time = max(0.0, (end - run.info.start_time) / 1000.0)
-    params = {k: _parse(v) for k, v in run.data.params.items()}
-    return Trial(tags.get("emotune.trial_id", run.info.run_name or run.info.run_id[:8]), run.info.run_id, params,
-                 status, int(run.info.start_time or 0), history, train_time)
+    params = {key: _parse(v) for key, v in run.data.params.items()}
+    trial = Trial(tags.get("emotune.trial_id", run.info.run_name or run.info.run_id[:8]), run.info.run_id, params,
+                  status, int(run.info.start_time or 0), history, train_time)
+    if k:
+        metrics = run.data.metrics
+        trial.folds = sorted((_fold(r) for r in fold_runs or []), key=lambda f: f.fold)
+        scores = [f.score for f in trial.folds if f.complete]
+        complete = len(scores) >= k and "cv_mean" in metrics
+        trial.cv = CV.of(k, scores, metrics.get("cv_mean") if complete else None,
+                         metrics.get("cv_sd") if complete else None)
+        trial.pooled = {key[len("cv_pooled_"):]: float(v) for key, v in metrics.items() if key.startswith("cv_pooled_")}
+        trial.best_epoch_median = metrics.get("cv_best_epoch_median")
+    return trial
 
 
 def _parse(text: str) -> Any:

@@ -14,10 +14,12 @@ def print_outcome(outcome, max_epochs: int) -> dict[str, int]:
 
     params = list(outcome.space.params)
     key = "epoch" if outcome.space.fidelity["attr"] == "epoch" else "step"
+    folds = int((outcome.space.cv or {}).get("folds", 0))
     rows = rows_from_results(outcome.results, outcome.space.metric, outcome.space.mode, params, max_epochs,
-                             epoch_key=key)
+                             epoch_key=key, folds=folds)
     say()
-    say(f"Leaderboard of sweep {outcome.name} ({len(rows)} trials, objective {outcome.space.metric}):")
+    over = f", mean over {folds} subject folds" if folds else ""
+    say(f"Leaderboard of sweep {outcome.name} ({len(rows)} trials, objective {outcome.space.metric}{over}):")
     say(format_leaderboard(rows, outcome.space.metric, steps_label="epochs" if key == "epoch" else "reports"))
     say()
     say(f"MLflow store:  {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
@@ -77,23 +79,34 @@ def cmd_settings(a) -> int:
 
 def cmd_promote(a) -> int:
     """``emotune promote``: with ``--retrain-top K``, the sweep's K best configurations are trained again first
-    (:func:`cluster.retrain.retrain_top`, on Ray) and the chosen run is the candidate; the decision, the scoring and
-    the registry are :mod:`analysis`'s."""
-    from analysis.promote import promote
+    (:func:`cluster.retrain.retrain_top`, on Ray) and the chosen run is the candidate; a cross-validated sweep's best
+    configuration is refit on every non-test subject first (:func:`cluster.retrain.refit_best`, on Ray) and the refit
+    is the candidate. The decision, the scoring and the registry are :mod:`analysis`'s."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.promote import find_sweep, promote
+    from analysis.sweeps import cv_folds
     from trainables.storage import existing_store
 
     uri = existing_store(a.mlflow_uri)
-    retrained = None
-    if a.retrain_top:
-        from mlflow.tracking import MlflowClient
+    client = MlflowClient(uri, registry_uri=uri)
+    parent = find_sweep(client, a.sweep)
+    retrained = refit = None
+    if cv_folds(parent):
+        if a.retrain_top:
+            raise UserError(f"--retrain-top does not apply to sweep {a.sweep!r}: it is cross-validated (every trial "
+                            f"was scored on {cv_folds(parent)} subject folds), and `emotune promote {a.sweep}` refits "
+                            f"its best configuration on every non-test subject")
+        from cluster.retrain import refit_best
 
-        from analysis.promote import find_sweep
+        refit = refit_best(client, parent.info.run_id, uri, ray_address=a.address)
+    elif a.retrain_top:
         from cluster.retrain import retrain_top
 
-        client = MlflowClient(uri, registry_uri=uri)
-        retrained = retrain_top(client, find_sweep(client, a.sweep).info.run_id, uri, a.retrain_top, a.seeds,
-                                a.max_concurrent, ray_address=a.address)
-    outcome = promote(a.sweep, uri, model_name=a.model_name, margin=a.margin, out_dir=a.out, retrained=retrained)
+        retrained = retrain_top(client, parent.info.run_id, uri, a.retrain_top, a.seeds, a.max_concurrent,
+                                ray_address=a.address)
+    outcome = promote(a.sweep, uri, model_name=a.model_name, margin=a.margin, out_dir=a.out, retrained=retrained,
+                      refit=refit)
     say(outcome.message)
     if not outcome.promoted:
         return 1

@@ -28,10 +28,12 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 #: The tag that says what an emotune MLflow run is. A sweep's parent run is ``sweep`` (the only kind ``emotune report``,
-#: ``compare`` and ``promote`` take for a sweep name), a retraining's parent run ``retrain``, a promotion's run
-#: ``promotion``. The other runs carry lineage tags such as ``emotune.sweep`` too, so a name alone cannot tell them
-#: apart. Written by ``cluster`` and ``analysis``, read by ``analysis``: it is defined here, below both.
+#: ``compare`` and ``promote`` take for a sweep name), a retraining's parent run ``retrain``, the parent run of a
+#: cross-validated sweep's refit ``refit``, a promotion's run ``promotion``. The other runs carry lineage tags such
+#: as ``emotune.sweep`` too, so a name alone cannot tell them apart. Written by ``cluster`` and ``analysis``, read by
+#: ``analysis``: it is defined here, below both.
 KIND_TAG = "emotune.kind"
 SWEEP_KIND = "sweep"
 RETRAIN_KIND = "retrain"
+REFIT_KIND = "refit"
 PROMOTION_KIND = "promotion"
