@@ -218,12 +218,16 @@ class MlflowTrialCallback(Callback):
             history.append(str(node))
             tags = {"emotune.node_id": str(result.get("node_id", "")), "emotune.node_ip": str(result.get("node_ip", "")),
                     "emotune.hostname": str(result.get("hostname", "")), "emotune.nodes": ",".join(history)}
+        if result.get("memory_retries"):  # out of accelerator memory: the batch is now taken in micro-batches
+            tags["emotune.micro_batch_size"] = str(result.get("micro_batch_size"))
+            tags["emotune.memory_retries"] = str(result["memory_retries"])
         step = int(result.get(self.step_key, result.get("training_iteration", 0)))
         ts = int(result.get("timestamp", 0) * 1000)
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != self.step_key
                    and (k.startswith(("val_", "train_", "cv_")) or k in ("epoch_time_s", "clips_per_s", "folds_done",
-                                                                          "fold_best", *COST_KEYS))
+                                                                          "fold_best", *COST_KEYS, "micro_batch_size",
+                                                                          "memory_retries"))
                    and math.isfinite(float(v))]
         if metrics or tags:
             self._write(self._log, trial.trial_id, metrics, tags)

@@ -209,6 +209,7 @@ class Trial:
     checkpoint_meta: dict
     costs: dict = None  # measured once when the trial is built (trainables.costs)
     train_seconds: float = 0.0
+    accumulation: int = 1  # micro-batches per optimizer step (doubled after each out-of-memory error)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -327,26 +328,12 @@ def train_unit(t: Trial, batches, n_batches: int) -> UnitResult:
             break
         x, y = next(batches)
         x, y = x.to(device), y.to(device) * multiplier
-        with torch.autocast(device_type=device.type, enabled=t.use_amp):
-            res = t.model(x)
-            pred = res["frames"] if sequence else res["window"]
-            logits = res.get("frame_logits" if sequence else "logits")
-            loss = t.loss_fn(pred.float(), y, logits=None if logits is None else logits.float())
-        if not _all_finite(loss):
+        loss, pred = step_with_memory_retries(t, x, y, sequence)
+        if loss is None:
             out.diverged = True
             break
-        t.optimizer.zero_grad(set_to_none=True)
-        t.scaler.scale(loss).backward()
-        if t.config.grad_clip > 0:
-            t.scaler.unscale_(t.optimizer)
-            torch.nn.utils.clip_grad_norm_(t.params, t.config.grad_clip)
-        t.scaler.step(t.optimizer)
-        t.scaler.update()
-        t.scheduler.step()
-        if t.ema is not None:
-            t.ema.update(_unwrap(t.model))
-        out.losses.append(float(loss.detach()))
-        out.train_preds.append(pred.detach().float().reshape(-1, pred.shape[-1]).cpu().numpy() / multiplier)
+        out.losses.append(loss)
+        out.train_preds.append(pred)
         out.clips += len(x)
     out.train_time = time.perf_counter() - t0
     return out
@@ -363,6 +350,65 @@ class Scored:
     preds: dict
     post: PostProcess
     pred_stats: Any
+
+
+#: How many times a trial halves its micro-batch after running out of accelerator memory before it gives up.
+MAX_MEMORY_RETRIES = 3
+
+
+def step_with_memory_retries(t: Trial, x: torch.Tensor, y: torch.Tensor, sequence: bool):
+    """One optimizer step on the batch ``(x, y)``; (loss, predictions) or (None, None) when the loss is not finite.
+
+    Out of accelerator memory (``torch.cuda.OutOfMemoryError``), the step is taken again with the batch split into
+    twice as many micro-batches whose gradients are accumulated (each micro-batch's loss weighted by its share of the
+    batch), so every optimizer step still sees the trial's ``batch_size`` samples; at most :data:`MAX_MEMORY_RETRIES`
+    times and only in a one-worker trial, after which the error ends the trial (it is retried from its checkpoint like a crash). The split stays for
+    the rest of the trial and is reported (``micro_batch_size``, ``memory_retries``). What is not identical to the
+    whole batch: a batch-level loss (the CCC term is computed over each micro-batch, not the batch) and BatchNorm's
+    batch statistics (from the micro-batch); MSE-like losses and LayerNorm models give the same gradients up to
+    rounding.
+    """
+    while True:
+        try:
+            return _step(t, x, y, sequence)
+        except torch.cuda.OutOfMemoryError:
+            t.optimizer.zero_grad(set_to_none=True)
+            # DDP: the workers must run the same number of backward passes per step (each one all-reduces), and only
+            # this one ran out of memory, so a multi-worker trial ends here (retried from its checkpoint).
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized() and \
+                torch.distributed.get_world_size() > 1
+            if distributed or t.accumulation >= 2 ** MAX_MEMORY_RETRIES or t.accumulation * 2 > len(x):
+                raise
+            t.accumulation *= 2
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _step(t: Trial, x: torch.Tensor, y: torch.Tensor, sequence: bool):
+    device, multiplier = t.session.device, t.config.target_multiplier
+    t.optimizer.zero_grad(set_to_none=True)
+    total, preds = 0.0, []
+    for xs, ys in zip(x.tensor_split(t.accumulation), y.tensor_split(t.accumulation)):
+        with torch.autocast(device_type=device.type, enabled=t.use_amp):
+            res = t.model(xs)
+            pred = res["frames"] if sequence else res["window"]
+            logits = res.get("frame_logits" if sequence else "logits")
+            loss = t.loss_fn(pred.float(), ys, logits=None if logits is None else logits.float())
+        if not _all_finite(loss):
+            return None, None
+        t.scaler.scale(loss * (len(xs) / len(x))).backward()
+        total += float(loss.detach()) * len(xs) / len(x)
+        preds.append(pred.detach().float().reshape(-1, pred.shape[-1]).cpu().numpy() / multiplier)
+    if t.config.grad_clip > 0:
+        t.scaler.unscale_(t.optimizer)
+        torch.nn.utils.clip_grad_norm_(t.params, t.config.grad_clip)
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    t.scheduler.step()
+    if t.ema is not None:
+        t.ema.update(_unwrap(t.model))
+    return total, np.concatenate(preds)
 
 
 def score_unit(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0: float) -> tuple[dict, Scored | None]:
@@ -390,6 +436,8 @@ def score_unit(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0: floa
 
     t.train_seconds += result.train_time
     report = {**progress, **(t.costs or {}), "train_s": t.train_seconds,
+              "micro_batch_size": -(-t.config.batch_size // t.accumulation),
+              "memory_retries": int(math.log2(t.accumulation)),
               "peak_mem_mb": peak_memory_mb(t.session.device),
               "train_loss": float(np.mean(result.losses)) if result.losses else math.nan,
               "epoch_time_s": time.perf_counter() - t0, "train_time_s": result.train_time,
