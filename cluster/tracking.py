@@ -22,12 +22,11 @@ from typing import Any
 
 from ray.tune import Callback
 
+from trainables.reports import COST_KEYS
 from trainables.provenance import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from trainables.storage import is_local, storage_uri
 
 SKIP_CONFIG_KEYS = ("runtime",)
-#: What every trial measures of its costs (trainables.costs), logged with its metrics.
-COST_KEYS = ("params_m", "gflops", "infer_ms", "train_s", "peak_mem_mb")
 
 
 def trial_params(config: dict) -> dict[str, Any]:

@@ -5,6 +5,7 @@ A study file::
     name: smoke
     description: ...
     objective: {metric: val_ccc_mean, mode: max}
+    # or several: objectives: {val_ccc_mean: max, gflops: min}   (2 or 3; the first is the primary one)
     fidelity: {attr: epoch, max: 4, grace: 1, reduction_factor: 2}   # ASHA's time axis: epochs, or
     #   {attr: data_fraction, per_epoch: 4, max: 8, grace: 1}: a report after every quarter epoch, 2 epochs at most
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}  # defaults; the CLI may override
@@ -39,7 +40,10 @@ DISTRIBUTIONS = {
 }
 OPTIONAL_PARAM_KEYS = {"step", "log", "when"}
 TOP_KEYS = {"name", "description", "objective", "fidelity", "resources", "fixed", "params", "constraints",
-            "initial_points", "cv", "base"}
+            "initial_points", "cv", "base", "objectives", "sampler"}
+#: Optuna samplers a study may name (``sampler:``); NSGA-II for studies with several objectives.
+SAMPLERS = ("tpe", "random", "nsga2")
+MAX_OBJECTIVES = 3
 CV_KEYS = {"folds", "seed"}
 CONSTRAINT_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
                   "<": lambda a, b: a < b}
@@ -68,6 +72,8 @@ class SearchSpace:
     initial_points: tuple[dict[str, Any], ...] = ()
     overrides: dict[str, Any] = field(default_factory=dict)  # the user's --set, as given
     cv: dict[str, int] = field(default_factory=dict)  # {folds: K, seed: S}: subject K-fold CV; empty: one split
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of every objective, the primary one first
+    sampler: str = "tpe"
     raw: dict = field(default_factory=dict, repr=False)
 
 
@@ -103,6 +109,11 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     mode = objective.get("mode", "max")
     if mode not in ("min", "max"):
         raise SpaceError(f"{path}: objective.mode is {mode!r}; allowed: min, max")
+    objectives = _check_objectives(raw, path, (metric, mode))
+    metric, mode = objectives[0]
+    sampler = raw.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise SpaceError(f"{path}: sampler is {sampler!r}; allowed: {', '.join(SAMPLERS)}")
 
     fidelity = {"attr": "epoch", "max": 4, "grace": 1, "reduction_factor": 2,
                 **_mapping(raw.get("fidelity", {}), path, "fidelity")}
@@ -167,7 +178,34 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
                 raise SpaceError(f"{path}: initial_points[{i}].{key} = {value!r} lies outside its distribution")
     return SearchSpace(name=str(raw.get("name", path.stem)), path=path, metric=metric, mode=mode, fidelity=fidelity,
                        resources=resources, fixed=fixed, params=params, description=str(raw.get("description", "")),
-                       raw=raw, constraints=constraints, initial_points=tuple(points), overrides=overrides, cv=cv)
+                       raw=raw, constraints=constraints, initial_points=tuple(points), overrides=overrides, cv=cv,
+                       objectives=objectives, sampler=sampler)
+
+
+def _check_objectives(raw: dict, path: Path, single: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    """The study's objectives: ``objectives: {name: mode, ...}`` (2 or 3, in order, the first the primary one), or the
+    one ``objective``. Each name must be a metric trials report or a measured cost (``trainables.reports``)."""
+    from trainables.reports import COST_KEYS, reported_metrics
+
+    if "objectives" not in raw:
+        return (single,)
+    if "objective" in raw:
+        raise SpaceError(f"{path}: give objective (one) or objectives (several), not both")
+    given = _mapping(raw["objectives"], path, "objectives")
+    if not 2 <= len(given) <= MAX_OBJECTIVES:
+        raise SpaceError(f"{path}: objectives names {len(given)} metric(s); allowed: 2 to {MAX_OBJECTIVES} "
+                         "(one objective: objective: {metric: ..., mode: ...})")
+    known = reported_metrics() | reported_metrics(native_scale=(0.0, 1.0))
+    for name, mode in given.items():
+        if name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(str(name), sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"costs: {', '.join(COST_KEYS)}"
+            raise SpaceError(f"{path}: objectives.{name} is not a metric trials report or a measured cost; {hint}")
+        if mode not in ("min", "max"):
+            raise SpaceError(f"{path}: objectives.{name} is {mode!r}; allowed: min, max")
+    return tuple((str(k), str(v)) for k, v in given.items())
 
 
 def _check_cv(value: Any, path: Path, fidelity: dict[str, Any]) -> dict[str, int]:

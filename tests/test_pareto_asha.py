@@ -1,0 +1,55 @@
+"""Early stopping with several objectives (cluster/pareto_asha.py): the non-dominated sort and crowding distance on
+hand-made points, and the scheduler's stop decisions driven by a table of results whose answers are known."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from cluster.pareto_asha import ParetoASHA, crowding_distances, nondominated_fronts, pareto_order
+
+C, S = TrialScheduler.CONTINUE, TrialScheduler.STOP
+
+
+def test_fronts_by_hand():
+    #        0        1        2        3        4
+    pts = [(3, 1), (2, 2), (1, 3), (1, 1), (2, 0.5)]
+    assert nondominated_fronts(pts) == [[0, 1, 2], [3, 4]]
+    assert nondominated_fronts([(1, 1), (1, 1)]) == [[0, 1]]  # equal points dominate neither
+    crowd = crowding_distances(pts, [0, 1, 2])
+    assert crowd[0] == crowd[2] == math.inf and crowd[1] == pytest.approx((3 - 1) / 2 + (3 - 1) / 2)
+    assert pareto_order(pts)[:3] == [0, 2, 1]  # ends first (ties by the first objective), then the middle
+
+
+def test_the_rungs_promote_by_fronts():
+    """Objectives: CCC (max) and GFLOPs (min); rungs at epochs 1 and 2 (grace 1, rf 2, max 4)."""
+    s = ParetoASHA((("val_ccc_mean", "max"), ("gflops", "min")), time_attr="epoch", max_t=4, grace_period=1,
+                   reduction_factor=2)
+    table = [  # (trial, epoch, ccc, gflops, expected decision)
+        ("a", 1, 0.50, 2.0, C),  # alone at the rung
+        ("b", 1, 0.40, 3.0, S),  # dominated by a; 2 recorded, keep ceil(2/2) = 1
+        ("c", 1, 0.30, 0.5, C),  # cheaper than everyone: front 1 with a; 3 recorded, keep 2 (a, c: the ends)
+        ("d", 1, 0.45, 1.0, S),  # front 1 with a and c, but in its middle: 4 recorded, keep 2 (the ends a, c)
+        ("a", 2, 0.60, 2.0, C),
+        ("c", 2, 0.20, 0.5, S),  # not dominated, but the rung keeps ceil(2/2) = 1: the ends tie, the better CCC wins
+        ("a", 3, 0.70, 2.0, C),  # between rungs: nothing decided
+        ("a", 4, 0.70, 2.0, S),  # the end
+    ]
+    for trial, epoch, ccc, gflops, expected in table:
+        got = s.decide(trial, epoch, {"val_ccc_mean": ccc, "gflops": gflops}) if epoch < 4 else \
+            s.on_trial_result(None, type("T", (), {"trial_id": trial})(), {"epoch": epoch, "val_ccc_mean": ccc,
+                                                                           "gflops": gflops})
+        assert got == expected, (trial, epoch)
+    assert s.stopped == {"b", "d", "c"}
+
+
+def test_a_cost_known_early_keeps_a_cheap_trial_that_one_objective_would_stop():
+    both = ParetoASHA((("val_ccc_mean", "max"), ("gflops", "min")), max_t=4, grace_period=1, reduction_factor=2)
+    assert both.decide("big", 1, {"val_ccc_mean": 0.6, "gflops": 5.0}) == C
+    assert both.decide("mid", 1, {"val_ccc_mean": 0.5, "gflops": 6.0}) == S  # dominated: worse and costlier
+    assert both.decide("small", 1, {"val_ccc_mean": 0.3, "gflops": 0.1}) == C  # worse, but far cheaper: front 1
+    one = ParetoASHA((("val_ccc_mean", "max"), ("val_ccc_valence", "max")), max_t=4, reduction_factor=2)
+    for name, ccc in (("big", 0.6), ("mid", 0.5)):
+        one.decide(name, 1, {"val_ccc_mean": ccc, "val_ccc_valence": ccc})
+    assert one.decide("small", 1, {"val_ccc_mean": 0.3, "val_ccc_valence": 0.3}) == S  # CCC alone: behind
