@@ -236,7 +236,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     parent_id = _start_parent_run(client, experiment_id, name, space, opts, data_index, concurrent,
                                   workers, executor)
 
-    searcher = make_searcher(space, opts, name, concurrent, {**constants, "runtime": runtime}, storage=optuna_storage)
+    searcher = make_searcher(space, opts, name, concurrent, {**constants, "runtime": runtime}, storage=optuna_storage,
+                             progress=(time_attr, units))
     scheduler = ASHAScheduler(time_attr=time_attr, max_t=units, grace_period=space.fidelity["grace"],
                               reduction_factor=space.fidelity["reduction_factor"])
     callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=time_attr,
@@ -299,11 +300,12 @@ def open_optuna_storage(url: str):
 
 
 def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent: int, constants: dict[str, Any],
-                  storage):
+                  storage, progress: tuple[str, int] | None = None):
     """OptunaSearch over the space's define-by-run function, its study kept in an RDB storage (SQLite by default,
     which optuna-dashboard opens) under the sweep's name. The TPE sampler is seeded: the same seed gives the same
     suggestions. No configuration is trained twice (``cluster.searcher``). ``storage``: the study's store, already
-    opened (``open_optuna_storage``)."""
+    opened (``open_optuna_storage``). ``progress``: the scheduler's time attribute and a whole trial's units; a trial
+    stopped below them is told to Optuna as PRUNED."""
     import optuna
 
     from cluster.searcher import DistinctOptunaSearch
@@ -312,7 +314,9 @@ def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent:
                                 sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, concurrent)),
                                 study_name=name, storage=storage,
                                 points_to_evaluate=[dict(p) for p in space.initial_points] or None,
-                                points=finite_points(space), seed=opts.seed)
+                                points=finite_points(space), seed=opts.seed,
+                                progress_attr=progress[0] if progress else None,
+                                max_progress=progress[1] if progress else None)
 
 
 def resolve_data(data: str | dict[str, str], space: SearchSpace) -> str | dict[str, str]:
