@@ -179,7 +179,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     run, so no run is duplicated and exactly ``num_samples`` trials exist at the end.
     """
     import ray
-    from ray.tune.schedulers import ASHAScheduler
+
+    from cluster.racing import make_scheduler
 
     storage = str(Path(opts.storage).resolve()) if "://" not in opts.storage else opts.storage
     if opts.resume:
@@ -238,8 +239,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
 
     searcher = make_searcher(space, opts, name, concurrent, {**constants, "runtime": runtime}, storage=optuna_storage,
                              progress=(time_attr, units))
-    scheduler = ASHAScheduler(time_attr=time_attr, max_t=units, grace_period=space.fidelity["grace"],
-                              reduction_factor=space.fidelity["reduction_factor"])
+    scheduler = make_scheduler(space, time_attr, units, cv_folds=0)
     callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=time_attr,
                                    max_steps=units, metric=space.metric, mode=space.mode)
     callbacks = [callback, *([ProgressPrinter(space.metric, time_attr, units)] if opts.verbose == 0 else [])]
