@@ -65,6 +65,8 @@ def make_scheduler(space, time_attr: str, units: int, cv_folds: int = 0) -> Tria
         return ASHAScheduler(time_attr=time_attr, max_t=units, grace_period=grace, reduction_factor=rf)
     if cv_folds < 2:
         raise ValueError(f"cv_folds must be 0 (no cross-validation) or >= 2, got {cv_folds}")
+    if time_attr != FOLD_TIME_ATTR:
+        raise ValueError(f"a cross-validated sweep counts its progress in {FOLD_TIME_ATTR!r}, not {time_attr!r}")
     fold_len = int(space.fidelity["max"])
     if units not in (fold_len, cv_folds * fold_len):
         raise ValueError(f"units ({units}) is neither one fold's epochs ({fold_len}) nor all folds' "
@@ -100,7 +102,10 @@ class FoldRacing(FIFOScheduler):
     Inside fold 1 the objective is the fold's best value so far, and ASHA's rule applies at the rungs
     ``grace * reduction_factor**j`` < E: a trial below the (1 - 1/rf) quantile of the values recorded at its rung
     is stopped. Between rungs, and inside folds 2..K (where no rung is), nothing is decided: a trial that starts a
-    fold slowly is judged on the fold's score at its end.
+    fold slowly is judged on the fold's score at its end. In fold 1 a slow starter is kept as ASHA keeps it: its
+    value at the first rung (the study's ``grace``) must be in the top 1/rf of those recorded there, so a study whose
+    configurations differ in how much their first epoch teaches them (how many windows an epoch holds) puts its grace
+    past that epoch (paper 003's study: 2 of 20; ``benchmarks/bench_search_efficiency.py`` works the case through).
 
     Args:
         time_attr: the progress key, ``fold_epochs``.

@@ -212,6 +212,8 @@ def test_with_folds_the_scheduler_races(space):
         make_scheduler(space, "fold_epochs", 7, cv_folds=3)
     with pytest.raises(ValueError, match="cv_folds"):
         make_scheduler(space, "fold_epochs", 6, cv_folds=1)
+    with pytest.raises(ValueError, match="fold_epochs"):
+        make_scheduler(space, "epoch", 18, cv_folds=3)
 
 
 def test_the_scheduler_pickles_and_its_rungs_come_back_from_its_state_file(tmp_path):
