@@ -21,6 +21,17 @@ running) before Tune starts it:
 On a study with a continuous parameter (a learning rate) repeats do not occur in practice, and a repeat after the
 re-asks is trained.
 
+A trial that Tune stopped before its end (ASHA, ``cluster.racing``'s fold racing, or the sweep's time budget) is
+not a finished measurement: its last value is the objective after fewer epochs (or folds) than the study trains,
+usually far below what the configuration reaches. Told to Optuna as COMPLETE (Ray's ``OptunaSearch`` does that), TPE
+ranks it with the finished trials by that early value. :class:`DistinctOptunaSearch` tells it as PRUNED instead, with
+its last value as its last intermediate value (Ray reports every earlier result as one, at its
+``training_iteration``; the result that stopped it is not passed to ``on_trial_result``, so it is reported here, at
+its own ``training_iteration``). TPE ranks pruned trials below every complete one, among themselves by how far they
+got, then by that last value, and a pruned trial still counts as tried (no configuration is started twice). A trial is
+stopped before its end when its progress (the scheduler's time attribute) is below the study's maximum at completion
+and it did not error; a trial that diverged ends early too, but its worst value is its final answer: COMPLETE.
+
 A resumed sweep restores the searcher from Tune's last experiment snapshot. A driver killed after asking Optuna for a
 trial but before the next snapshot leaves that Optuna trial with no Tune trial behind it, running, or even finished
 (a short trial can end within the second between two snapshots): kept as it is, it would block its configuration for
@@ -60,14 +71,20 @@ class DistinctOptunaSearch(OptunaSearch):
             continuous or too large to list.
         seed: draws among equally close untried configurations.
         reasks: how many times TPE is asked again after a repeat before a neighbour is chosen.
+        progress_attr, max_progress: the scheduler's time attribute (``epoch``, ``step``, ``fold_epochs``) and the
+            progress a trial that ran to its end has reached; a trial completing below it was stopped and is told to
+            Optuna as PRUNED (module docstring). None: every trial is told as ``OptunaSearch`` tells it.
         (the rest): as ``OptunaSearch``.
     """
 
-    def __init__(self, *args, points: list[dict[str, Any]] | None = None, seed: int = 0, reasks: int = 1, **kwargs):
+    def __init__(self, *args, points: list[dict[str, Any]] | None = None, seed: int = 0, reasks: int = 1,
+                 progress_attr: str | None = None, max_progress: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._points = points
         self._seed = seed
         self._reasks = reasks
+        self._progress_attr = progress_attr
+        self._max_progress = max_progress
         self.repeats_skipped = 0
         self.neighbours_chosen = 0
         self.exhausted = False
@@ -116,7 +133,36 @@ class DistinctOptunaSearch(OptunaSearch):
         if self._told_already(trial_id):
             self._completed_trials.add(trial_id)
             return
+        if trial_id not in self._completed_trials and self.stopped_early(result, error):
+            self._tell_pruned(trial_id, result)
+            return
         super().on_trial_complete(trial_id, result=result, error=error)
+
+    def stopped_early(self, result: dict | None, error: bool = False) -> bool:
+        """Whether a trial completing with ``result`` was stopped before its end (module docstring)."""
+        attr, most = getattr(self, "_progress_attr", None), getattr(self, "_max_progress", None)
+        if error or not result or attr is None or most is None or isinstance(self.metric, list):
+            return False
+        progress, value = result.get(attr), result.get(self.metric)
+        if progress is None or value is None or result.get("diverged") == 1:
+            return False
+        return float(progress) < float(most)
+
+    def _tell_pruned(self, trial_id: str, result: dict) -> None:
+        """Tell Optuna that a stopped trial was PRUNED, its last value reported first as its last intermediate value
+        (Optuna takes no final value for a pruned trial; it records the last intermediate one as the trial's value)."""
+        from optuna.trial import TrialState
+
+        ot_trial = self._ot_trials[trial_id]
+        step = int(result.get("training_iteration") or result[self._progress_attr])
+        reported = self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values
+        if step not in reported:
+            ot_trial.report(float(result[self.metric]), step)
+        try:
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        except Exception as exc:  # as OptunaSearch does: a refused tell (a NaN value) is logged, not raised
+            logger.warning(exc)
+        self._completed_trials.add(trial_id)
 
     def recover_lost_trials(self) -> list[int]:
         """Set aside the study's trials this (restored) searcher did not start and enqueue their configurations

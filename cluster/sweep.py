@@ -181,7 +181,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     run, so no run is duplicated and exactly ``num_samples`` trials exist at the end.
     """
     import ray
-    from ray.tune.schedulers import ASHAScheduler
+
+    from cluster.racing import make_scheduler
 
     storage = str(Path(opts.storage).resolve()) if "://" not in opts.storage else opts.storage
     if opts.resume:
@@ -246,9 +247,9 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     parent_id = _start_parent_run(client, experiment_id, name, space, opts, data_index, concurrent,
                                   workers, executor, plan)
 
-    searcher = make_searcher(space, opts, name, concurrent, {**constants, "runtime": runtime}, storage=optuna_storage)
-    scheduler = ASHAScheduler(time_attr=time_attr, max_t=units, grace_period=space.fidelity["grace"],
-                              reduction_factor=space.fidelity["reduction_factor"])
+    searcher = make_searcher(space, opts, name, concurrent, {**constants, "runtime": runtime}, storage=optuna_storage,
+                             progress=(time_attr, units))
+    scheduler = make_scheduler(space, time_attr, units, cv_folds=0)
     callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=time_attr,
                                    max_steps=units, metric=space.metric, mode=space.mode,
                                    folds=plan.folds if plan is not None else ())
@@ -322,11 +323,12 @@ def open_optuna_storage(url: str):
 
 
 def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent: int, constants: dict[str, Any],
-                  storage):
+                  storage, progress: tuple[str, int] | None = None):
     """OptunaSearch over the space's define-by-run function, its study kept in an RDB storage (SQLite by default,
     which optuna-dashboard opens) under the sweep's name. The TPE sampler is seeded: the same seed gives the same
     suggestions. No configuration is trained twice (``cluster.searcher``). ``storage``: the study's store, already
-    opened (``open_optuna_storage``)."""
+    opened (``open_optuna_storage``). ``progress``: the scheduler's time attribute and a whole trial's units; a trial
+    stopped below them is told to Optuna as PRUNED."""
     import optuna
 
     from cluster.searcher import DistinctOptunaSearch
@@ -335,7 +337,9 @@ def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent:
                                 sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, concurrent)),
                                 study_name=name, storage=storage,
                                 points_to_evaluate=[dict(p) for p in space.initial_points] or None,
-                                points=finite_points(space), seed=opts.seed)
+                                points=finite_points(space), seed=opts.seed,
+                                progress_attr=progress[0] if progress else None,
+                                max_progress=progress[1] if progress else None)
 
 
 def resolve_data(data: str | dict[str, str], space: SearchSpace) -> str | dict[str, str]:

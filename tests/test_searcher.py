@@ -99,3 +99,81 @@ def test_a_running_configuration_is_not_started_again(space):
     running = [searcher.suggest(f"r{i}") for i in range(18)]
     assert len({tuple(sorted(c.items())) for c in running}) == 18
     assert searcher.suggest("r18") == Searcher.FINISHED
+
+
+# -- trials stopped before their end reach Optuna as PRUNED ----------------------------------------------------------
+def stopping_searcher(space, seed: int = 0, sampler=None) -> DistinctOptunaSearch:
+    """A sweep's searcher over 6-epoch trials (the progress attribute ``epoch``)."""
+    return DistinctOptunaSearch(space=DefineByRun(space, {}), metric="val_ccc_mean", mode="max",
+                                sampler=sampler or optuna.samplers.TPESampler(seed=seed, n_startup_trials=2),
+                                points=finite_points(space), seed=seed, progress_attr="epoch", max_progress=6)
+
+
+def train(searcher, trial_id: str, values: list[float], stop: bool, **last) -> dict:
+    """Tune's calls for one trial reporting ``values`` (one per epoch): every result but a stopping one goes to
+    ``on_trial_result`` (Tune does not pass the result that stops a trial; the trial's end at max progress is a stop
+    too), the last one to ``on_trial_complete``."""
+    config = searcher.suggest(trial_id)
+    results = [{"epoch": e, "training_iteration": e, "val_ccc_mean": v} for e, v in enumerate(values, 1)]
+    results[-1].update(last)
+    for r in results[:-1]:
+        searcher.on_trial_result(trial_id, r)
+    if not stop:
+        searcher.on_trial_result(trial_id, results[-1])
+    searcher.on_trial_complete(trial_id, results[-1])
+    return config
+
+
+def test_a_stopped_trial_is_pruned_with_its_last_value_a_finished_one_complete(space):
+    searcher = stopping_searcher(space)
+    train(searcher, "stopped", [0.40, 0.55, 0.52], stop=True)  # ASHA stopped it at epoch 3 of 6
+    train(searcher, "finished", [0.30, 0.40, 0.50, 0.60, 0.62, 0.61], stop=True)  # stopped at its end: finished
+    train(searcher, "returned", [0.2, 0.3], stop=False)  # ended by itself (a time budget), before its end
+    train(searcher, "diverged", [0.1, -1.0], stop=False, diverged=1)  # its worst value is its answer
+    searcher.suggest("errored")
+    searcher.on_trial_complete("errored", None, error=True)
+    by_id = {tid: searcher._ot_study._storage.get_trial(t._trial_id) for tid, t in searcher._ot_trials.items()}
+    stopped = by_id["stopped"]
+    assert stopped.state == TrialState.PRUNED
+    assert stopped.intermediate_values == {1: 0.40, 2: 0.55, 3: 0.52}  # the last value is the last intermediate
+    assert stopped.value == 0.52  # Optuna records a pruned trial's last intermediate value as its value
+    assert by_id["returned"].state == TrialState.PRUNED and by_id["returned"].intermediate_values == {1: 0.2, 2: 0.3}
+    assert by_id["finished"].state == TrialState.COMPLETE and by_id["finished"].value == 0.61
+    assert by_id["diverged"].state == TrialState.COMPLETE and by_id["diverged"].value == -1.0
+    assert by_id["errored"].state == TrialState.FAIL
+
+
+def test_tpe_ranks_a_stopped_trial_as_pruned(space):
+    """A trial stopped after one epoch at a value above a finished trial's final value: as PRUNED, TPE puts the
+    finished trial in its good group ("below") and the stopped one in the other, and the study's best is the
+    finished one. (Told as COMPLETE, as Ray's OptunaSearch tells it, the stopped trial's early value would win.)"""
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    searcher = stopping_searcher(space)
+    train(searcher, "early", [0.9], stop=True)
+    train(searcher, "whole", [0.3, 0.4, 0.5, 0.6, 0.7, 0.8], stop=True)
+    study = searcher._ot_study
+    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.COMPLETE]
+    assert study.best_trial.number == 1
+    below, above = _split_trials(study, study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)), 1)
+    assert [t.number for t in below] == [1] and [t.number for t in above] == [0]
+
+
+def test_pruned_trials_count_as_tried(space):
+    """ASHA stops half the trials: each configuration is still started once, and the space is used up."""
+    searcher = stopping_searcher(space)
+    started = []
+    for i in range(30):
+        config = searcher.suggest(f"t{i}")
+        if config == Searcher.FINISHED:
+            break
+        started.append(tuple(sorted(config.items())))
+        s = score(config) / 4
+        train_values = [s] if i % 2 else [s] * 6
+        for e, v in enumerate(train_values[:-1], 1):
+            searcher.on_trial_result(f"t{i}", {"epoch": e, "training_iteration": e, "val_ccc_mean": v})
+        e = len(train_values)
+        searcher.on_trial_complete(f"t{i}", {"epoch": e, "training_iteration": e, "val_ccc_mean": train_values[-1]})
+    assert len(started) == len(set(started)) == 18 and searcher.exhausted
+    states = [t.state for t in searcher._ot_study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    assert states.count(TrialState.PRUNED) == 9 and states.count(TrialState.COMPLETE) == 9
