@@ -61,6 +61,10 @@ def make_scheduler(space, time_attr: str, units: int, cv_folds: int = 0) -> Tria
         cv_folds: K, the number of folds of a cross-validated study; 0 for none.
     """
     grace, rf = int(space.fidelity["grace"]), space.fidelity["reduction_factor"]
+    if len(getattr(space, "objectives", ())) > 1:  # several objectives: ASHA promoting by non-dominated sorting
+        from cluster.pareto_asha import ParetoASHA
+
+        return ParetoASHA(space.objectives, time_attr=time_attr, max_t=units, grace_period=grace, reduction_factor=rf)
     if not cv_folds:
         return ASHAScheduler(time_attr=time_attr, max_t=units, grace_period=grace, reduction_factor=rf)
     if cv_folds < 2:

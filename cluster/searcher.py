@@ -32,6 +32,13 @@ got, then by that last value, and a pruned trial still counts as tried (no confi
 stopped before its end when its progress (the scheduler's time attribute) is below the study's maximum at completion
 and it did not error; a trial that diverged ends early too, but its worst value is its final answer: COMPLETE.
 
+With several objectives (``objectives:``) Optuna keeps no values for a pruned trial (a multi-objective study takes
+no intermediate reports), so a stopped trial would teach the sampler nothing. It is told COMPLETE with the values it
+had when it stopped (its rung values: an early CCC, and costs that do not change) and the user attribute
+``emotune_stopped_at`` (its progress then): TPE or NSGA-II place it by those values, which for the costs are exact and
+for the accuracy pessimistic (judgment call: a configuration stopped for a poor early CCC is a poor bet, as ASHA
+judged), and every analysis can tell it from a finished trial.
+
 A resumed sweep restores the searcher from Tune's last experiment snapshot. A driver killed after asking Optuna for a
 trial but before the next snapshot leaves that Optuna trial with no Tune trial behind it, running, or even finished
 (a short trial can end within the second between two snapshots): kept as it is, it would block its configuration for
@@ -56,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 REPEAT_ATTR = "emotune_repeat_of"
 LOST_ATTR = "emotune_lost_with_driver"
+STOPPED_ATTR = "emotune_stopped_at"
 
 
 def _key(params: dict[str, Any]) -> tuple:
@@ -134,17 +142,21 @@ class DistinctOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
             return
         if trial_id not in self._completed_trials and self.stopped_early(result, error):
-            self._tell_pruned(trial_id, result)
-            return
+            if isinstance(self.metric, list):  # several objectives: complete, with where it stopped (docstring)
+                self._ot_trials[trial_id].set_user_attr(STOPPED_ATTR, float(result[self._progress_attr]))
+            else:
+                self._tell_pruned(trial_id, result)
+                return
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def stopped_early(self, result: dict | None, error: bool = False) -> bool:
         """Whether a trial completing with ``result`` was stopped before its end (module docstring)."""
         attr, most = getattr(self, "_progress_attr", None), getattr(self, "_max_progress", None)
-        if error or not result or attr is None or most is None or isinstance(self.metric, list):
+        if error or not result or attr is None or most is None:
             return False
-        progress, value = result.get(attr), result.get(self.metric)
-        if progress is None or value is None or result.get("diverged") == 1:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        progress = result.get(attr)
+        if progress is None or any(result.get(m) is None for m in metrics) or result.get("diverged") == 1:
             return False
         return float(progress) < float(most)
 

@@ -249,7 +249,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
 
     searcher = make_searcher(space, opts, name, concurrent, {**constants, "runtime": runtime}, storage=optuna_storage,
                              progress=(time_attr, units))
-    scheduler = make_scheduler(space, time_attr, units, cv_folds=0)
+    scheduler = make_scheduler(space, time_attr, units, cv_folds=plan.k if plan is not None else 0)
     callback = MlflowTrialCallback(tracking_uri, experiment_id, parent_id, step_key=time_attr,
                                    max_steps=units, metric=space.metric, mode=space.mode,
                                    folds=plan.folds if plan is not None else ())
@@ -283,6 +283,9 @@ def with_folds(space: SearchSpace, folds: int | None) -> SearchSpace:
     if space.fidelity["attr"] != "epoch":
         raise UserError(f"--folds needs a study whose fidelity counts epochs; {space.name} has fidelity.attr "
                         f"{space.fidelity['attr']!r}")
+    if len(space.objectives) > 1:
+        raise UserError(f"--folds and several objectives do not go together yet ({space.name} has objectives "
+                        f"{', '.join(m for m, _ in space.objectives)}); cross-validate a single objective")
     return dataclasses.replace(space, cv={"folds": folds, "seed": space.cv.get("seed", 0)})
 
 
@@ -329,17 +332,32 @@ def make_searcher(space: SearchSpace, opts: SweepOptions, name: str, concurrent:
     suggestions. No configuration is trained twice (``cluster.searcher``). ``storage``: the study's store, already
     opened (``open_optuna_storage``). ``progress``: the scheduler's time attribute and a whole trial's units; a trial
     stopped below them is told to Optuna as PRUNED."""
-    import optuna
-
     from cluster.searcher import DistinctOptunaSearch
 
-    return DistinctOptunaSearch(space=DefineByRun(space, constants), metric=space.metric, mode=space.mode,
-                                sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, concurrent)),
+    several = len(space.objectives) > 1
+    return DistinctOptunaSearch(space=DefineByRun(space, constants),
+                                metric=[m for m, _ in space.objectives] if several else space.metric,
+                                mode=[mode for _, mode in space.objectives] if several else space.mode,
+                                sampler=make_sampler(space.sampler, opts.seed, concurrent, opts.num_samples),
                                 study_name=name, storage=storage,
                                 points_to_evaluate=[dict(p) for p in space.initial_points] or None,
                                 points=finite_points(space), seed=opts.seed,
                                 progress_attr=progress[0] if progress else None,
                                 max_progress=progress[1] if progress else None)
+
+
+def make_sampler(name: str, seed: int, concurrent: int, budget: int):
+    """The study's Optuna sampler by name, seeded. TPE (one objective or several) starts from
+    ``max(2, concurrent)`` random trials. NSGA-II's population is sized to the budget: ``max(4, budget // 4)``
+    (judgment call: at least four generations within the trials asked for, where Optuna's default of 50 would spend
+    a small sweep on its first, random generation)."""
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=max(4, budget // 4), seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, concurrent))
 
 
 def resolve_data(data: str | dict[str, str], space: SearchSpace) -> str | dict[str, str]:
@@ -391,6 +409,7 @@ def _start_parent_run(client, experiment_id: str, name: str, space: SearchSpace,
         "emotune.overrides": json.dumps(opts.overrides, default=str),
         "emotune.epochs": str(opts.epochs or ""),
         "emotune.cv_folds": str(plan.k if plan is not None else ""),
+        "emotune.objectives": json.dumps([list(o) for o in space.objectives]),
         "emotune.git_commit": git_commit(),
         "emotune.command": " ".join(sys.argv)})
     parent_id = parent.info.run_id

@@ -131,6 +131,9 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
         raise SpaceError(f"{path}: fidelity.grace ({fidelity['grace']}) exceeds fidelity.max ({fidelity['max']})")
 
     cv = _check_cv(raw.get("cv"), path, fidelity)
+    if cv and len(objectives) > 1:
+        raise SpaceError(f"{path}: cv and several objectives do not go together yet; cross-validate a single "
+                         "objective")
 
     resources = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0,
                  **_mapping(raw.get("resources", {}), path, "resources")}
@@ -250,6 +253,8 @@ def _with_base(raw: dict, path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if base_path.resolve() in seen or base_path.resolve() == path.resolve():
         raise SpaceError(f"{path}: base {name!r} leads back to this study; a study cannot be its own base")
     base = _with_base(_read_raw(base_path), base_path, (*seen, path.resolve()))
+    if {"objective", "objectives"} & set(raw):  # the objective is one concern: this study's replaces the base's
+        base = {k: v for k, v in base.items() if k not in ("objective", "objectives")}
     return {**base, **{k: v for k, v in raw.items() if k != "base"}}
 
 

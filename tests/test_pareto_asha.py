@@ -53,3 +53,66 @@ def test_a_cost_known_early_keeps_a_cheap_trial_that_one_objective_would_stop():
     for name, ccc in (("big", 0.6), ("mid", 0.5)):
         one.decide(name, 1, {"val_ccc_mean": ccc, "val_ccc_valence": ccc})
     assert one.decide("small", 1, {"val_ccc_mean": 0.3, "val_ccc_valence": 0.3}) == S  # CCC alone: behind
+
+
+BAD_OBJECTIVES = {
+    "objectives: {val_ccc_mean: max, gflop: min}": "objectives.gflop is not a metric trials report or a measured "
+                                                   "cost; did you mean 'gflops'?",
+    "objectives: {val_ccc_mean: max, gflops: smallest}": "objectives.gflops is 'smallest'; allowed: min, max",
+    "objectives: {val_ccc_mean: max, gflops: min, params_m: min, train_s: min}": "objectives names 4 metric(s); "
+                                                                                 "allowed: 2 to 3",
+    "objectives: {val_ccc_mean: max}": "objectives names 1 metric(s); allowed: 2 to 3",
+    "objective: {metric: val_ccc_mean}\nobjectives: {val_ccc_mean: max, gflops: min}": "not both",
+    "objectives: {val_ccc_mean: max, gflops: min}\ncv: {folds: 3}": "cv and several objectives do not go together",
+    "objectives: {val_ccc_mean: max, gflops: min}\nsampler: nsga3": "sampler is 'nsga3'; allowed: tpe, random, nsga2",
+}
+
+
+@pytest.mark.parametrize("text", sorted(BAD_OBJECTIVES))
+def test_bad_objectives_are_one_line_exit_2_before_anything_starts(text, tmp_path, prepared_index):
+    from tests.test_sweep_e2e import run_cli
+
+    (tmp_path / "mo.yaml").write_text("base: smoke\nname: mo\n" + text + "\n")
+    proc = run_cli("sweep", "--space", "mo.yaml", "--data", str(prepared_index), "--dry-run", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("emotune: error: "), proc.stderr
+    assert BAD_OBJECTIVES[text] in lines[0]
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_two_objective_study_and_its_scheduler(tmp_path):
+    from cluster.racing import make_scheduler
+    from search_spaces.schema import load_space
+
+    (tmp_path / "mo.yaml").write_text("base: smoke\nname: mo\nobjectives: {val_ccc_mean: max, gflops: min}\n"
+                                      "sampler: nsga2\n")
+    space = load_space(tmp_path / "mo.yaml")
+    assert space.objectives == (("val_ccc_mean", "max"), ("gflops", "min")) and space.metric == "val_ccc_mean"
+    assert isinstance(make_scheduler(space, "epoch", 4), ParetoASHA)
+    assert type(make_scheduler(load_space("smoke"), "epoch", 4)).__name__ == "AsyncHyperBandScheduler"
+
+
+def test_the_readme_two_objective_sweep(tmp_path):
+    """The README's accuracy-against-cost example as written: a two-objective sweep whose Optuna study holds both
+    objectives for every trial, and whose MLflow records name them and carry every trial's costs."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_readme import code_blocks, commands
+    from tests.test_sweep_e2e import emotune
+
+    outs = [emotune(*cmd[1:], cwd=tmp_path, timeout=900).stdout
+            for cmd in commands(code_blocks("Accuracy against cost")[0])]
+    assert "Trials:        " in outs[2] and "0 errored" in outs[2]
+    study = optuna.load_study(study_name="smoke-cost", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 6 and all(len(t.values) == 2 and t.values[1] > 0 for t in done)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("emotune").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("emotune.kind") == "sweep")
+    assert parent.data.tags["emotune.objectives"] == '[["val_ccc_mean", "max"], ["gflops", "min"]]'
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    gflops = {round(t.values[1], 9) for t in done}
+    assert {round(r.data.metrics["gflops"], 9) for r in trials} == gflops  # the searcher saw the measured costs
+    assert (tmp_path / "ray_results" / "smoke-cost-report" / "report.html").is_file()

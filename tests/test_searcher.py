@@ -177,3 +177,22 @@ def test_pruned_trials_count_as_tried(space):
     assert len(started) == len(set(started)) == 18 and searcher.exhausted
     states = [t.state for t in searcher._ot_study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))]
     assert states.count(TrialState.PRUNED) == 9 and states.count(TrialState.COMPLETE) == 9
+
+
+def test_a_stopped_trial_of_several_objectives_is_complete_with_its_rung_values_and_where_it_stopped(space):
+    """Optuna keeps no values for a pruned multi-objective trial: the searcher tells a stopped one COMPLETE with the
+    values it stopped at and ``emotune_stopped_at``, and NSGA-II / TPE then count it among the study's trials."""
+    from cluster.searcher import STOPPED_ATTR
+
+    searcher = DistinctOptunaSearch(space=DefineByRun(space, {}), metric=["val_ccc_mean", "gflops"],
+                                    mode=["max", "min"], sampler=optuna.samplers.TPESampler(seed=0),
+                                    points=finite_points(space), seed=0, progress_attr="epoch", max_progress=6)
+    for trial_id, epochs in (("stopped", 2), ("whole", 6)):
+        searcher.suggest(trial_id)
+        last = {"epoch": epochs, "training_iteration": epochs, "val_ccc_mean": 0.1 * epochs, "gflops": 1.5}
+        searcher.on_trial_complete(trial_id, last)
+    by_id = {tid: searcher._ot_study._storage.get_trial(t._trial_id) for tid, t in searcher._ot_trials.items()}
+    assert by_id["stopped"].state == TrialState.COMPLETE and by_id["stopped"].values == [pytest.approx(0.2), 1.5]
+    assert by_id["stopped"].user_attrs == {STOPPED_ATTR: 2.0}
+    assert by_id["whole"].state == TrialState.COMPLETE and STOPPED_ATTR not in by_id["whole"].user_attrs
+    assert len(searcher._ot_study.best_trials) == 1  # the whole trial dominates the stopped one
