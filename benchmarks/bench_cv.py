@@ -3,10 +3,10 @@ find a configuration as good as full cross-validation's best, against what a use
 
     python benchmarks/bench_cv.py [--work DIR] [--quick]
 
-1. **Data**: 12 synthetic subjects in three groups of four, each group rendered with its own annotator lag (2, 8 and
-   14 frames) and seed, every subject with its own appearance shift (``variant="subject_shift"``): subjects differ in
-   more than one global lag, so which subjects validate decides how good a window setting looks. Two subjects are
-   test (never used), ten take part in 5 subject folds of two subjects each.
+1. **Data**: 12 synthetic subjects (one 300-frame video each) in three groups of four, each group rendered with its own
+   annotator lag (2, 8 and 14 frames) and seed, every subject with its own appearance: subjects differ in more than
+   one global lag, so which subjects validate decides how good a window setting looks. Two subjects are test (never
+   used), ten take part in 5 subject folds of two subjects each.
 2. **Full CV**: a finite study of 24 configurations of ``cnn_rnn_tiny`` (window length x overlap x label fusion x
    learning rate) at small size, every configuration on every fold for every epoch (the platform's ``run_sweep`` with
    ``--folds 5``, the grid as initial points, and no early stopping: the one patch of this script), run once and cached
@@ -17,8 +17,8 @@ find a configuration as good as full cross-validation's best, against what a use
    SPEC evaluation rule 4; the live run below checks it):
    - racing + TPE, racing + random: CV sweeps of 16 trials;
    - TPE + ASHA on fold 1 only (what a user does today: one validation split, here fold 1's subjects), 16 trials.
-4. **Live**: one real racing + TPE CV sweep (seed 0, one trial at a time): every value it reports is checked against
-   the cached table.
+4. **Live**: one real racing + TPE CV sweep (seed 0, one trial at a time, its first 4 trials: a live trial costs
+   minutes on 2 cores): every value it reports is checked against the cached table.
 
 Per run: the fold-epochs spent until a trial with a complete K-fold mean at or above the target finished (racing), as
 a share of full CV's fold-epochs; the configuration it would promote (the best complete trial; fold-1-only: the best
@@ -51,10 +51,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 FULL = {"lags": (2, 8, 14), "subjects_per_group": 4, "frames": 300, "folds": 5, "epochs": 4, "trials": 16,
+        "live_trials": 4,
         "variant": "per_frame",
         "grid": {"window_length": [16, 32, 64], "window_overlap": [0.25, 0.75], "label_fusion": ["mean", "extremum"],
                  "lr": [1.0e-3, 3.0e-3]}}
 QUICK = {"lags": (2, 8, 14), "subjects_per_group": 2, "frames": 120, "folds": 3, "epochs": 2, "trials": 6,
+        "live_trials": 3,
          "variant": "per_frame",
          "grid": {"window_length": [16, 32], "window_overlap": [0.25, 0.75], "label_fusion": ["mean"],
                   "lr": [3.0e-4, 3.0e-3]}}
@@ -205,7 +207,6 @@ def replay_trial(config: dict) -> None:
 
 def replay(work: Path, setup: dict, table_path: Path, seed: int, sampler: str, cv: bool) -> list[dict]:
     """One replayed sweep: the platform's searcher and scheduler in a real Tune run; the reports in order."""
-    import optuna
     from ray import tune
 
     from cluster.racing import make_scheduler
@@ -219,14 +220,12 @@ def replay(work: Path, setup: dict, table_path: Path, seed: int, sampler: str, c
     folds = setup["folds"] if cv else 0
     time_attr, units = ("fold_epochs", setup["folds"] * setup["epochs"]) if cv else ("epoch", setup["epochs"])
     constants = {"setup": setup, "table": str(table_path), "cv": cv}
-    original = optuna.samplers.TPESampler
-    if sampler == "random":  # the same patch as bench_search_efficiency: only the sampler changes
-        optuna.samplers.TPESampler = lambda seed=None, **_: optuna.samplers.RandomSampler(seed=seed)
-    try:
-        searcher = make_searcher(space, SweepOptions(seed=seed), f"replay-{sampler}-{cv}-{seed}", 1, constants,
-                                 storage=None, time_attr=time_attr, max_units=units)
-    finally:
-        optuna.samplers.TPESampler = original
+    if sampler == "random":  # Optuna's random sampler in place of TPE; nothing else changes
+        import dataclasses
+
+        space = dataclasses.replace(space, sampler="random")
+    searcher = make_searcher(space, SweepOptions(seed=seed, num_samples=setup["trials"]),
+                             f"replay-{sampler}-{cv}-{seed}", 1, constants, storage=None, progress=(time_attr, units))
     name = f"replay-{sampler}-{'racing' if cv else 'fold1'}-{seed}"
     tuner = build_tuner(name=name, storage=str(work / "replays"), search_alg=searcher,
                         runtime={"metric": METRIC, "mode": "max", "executor": "inline", "max_failures": 0},
@@ -306,7 +305,7 @@ def main() -> None:
     ray.shutdown()
 
     write_study(work / "live.yaml", setup, points=False)
-    live = run_live(work, "live", study=str(work / "live.yaml"), index=str(index), trials=setup["trials"], seed=0,
+    live = run_live(work, "live", study=str(work / "live.yaml"), index=str(index), trials=setup["live_trials"], seed=0,
                     folds=setup["folds"], concurrent=1, full=False)
     mismatch = max(abs(r[f"fold_{METRIC}"] - table[config_key(r["config"], setup)][r["fold"] - 1][r["fold_epoch"] - 1])
                    for r in live)

@@ -71,8 +71,9 @@ def write_study(path: Path, setup: dict, grid: bool) -> None:
 
     study = {"name": path.stem, "description": "bench_pareto: tiny backbones x frames x stride x overlap x lr",
              "objectives": OBJECTIVES,
-             "fidelity": {"attr": "epoch", "max": setup["epochs"], "grace": setup["epochs"] if grid else 1,
-                          "reduction_factor": 2},
+             "fidelity": {"attr": "epoch", "max": setup["epochs"],
+                          "grace": setup["epochs"] if grid else setup.get("grace", 1),
+                          "reduction_factor": setup.get("reduction_factor", 2)},
              "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}, "fixed": FIXED,
              "params": {k: {"type": "categorical", "choices": v} for k, v in setup["grid"].items()}}
     if grid:
@@ -193,12 +194,13 @@ def main() -> None:
           f"{'to random final (mean)':>24}")
     reach = {}
     for label, runs in curves.items():
-        # A seed that never reaches the target counts with all it spent (a lower bound of what it would need).
-        spent = [min(spent_to_reach(c, target), c[-1][0]) for c in runs]
-        reached = sum(spent_to_reach(c, target) < float("inf") for c in runs)
+        # A seed that never reaches the target makes the mean infinite: the arm did not reach it.
+        spent = [spent_to_reach(c, target) for c in runs]
+        reached = sum(x < float("inf") for x in spent)
         reach[label] = statistics.fmean(spent)
         print(f"{label:<22}{statistics.fmean(c[-1][1] for c in runs):>26.4f}"
-              f"{statistics.fmean(c[-1][0] for c in runs):>21.1f}{reach[label]:>17.1f} ({reached}/3)")
+              f"{statistics.fmean(c[-1][0] for c in runs):>21.1f}{reach[label]:>17.1f} ({reached}/3)  "
+              f"per seed: {', '.join('-' if x == float('inf') else f'{x:.0f}' for x in spent)}")
     budget = statistics.fmean(c[-1][0] for c in curves["random"])
     print(f"\ngoal: TPE + scheduler reaches random's final hypervolume ({target:.4f}) in at most half random's "
           f"trial-epochs ({budget / 2:.1f}): {reach['TPE + scheduler']:.1f}: "
