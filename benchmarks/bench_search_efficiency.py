@@ -22,6 +22,21 @@ and 3 of 6) and no initial points. All params are categorical with the grid's va
 is one of the grid's; a configuration has the same seed everywhere, and CPU training is reproducible (SPEC, evaluation
 rule 4), so a searched trial scores what the grid's run of that configuration scored at the same epoch.
 
+Stopped trials and the rung rule. A trial ASHA stops reaches Optuna as PRUNED, its last value its last intermediate
+value (``cluster.searcher``): TPE ranks it below every finished trial, by how far it got, instead of as a finished
+trial worth its early value. The rungs are ASHA's at epochs 1 and 3 (grace 1, reduction factor 3): a trial whose value
+is below the top third of the values recorded at its rung stops there. The grid holds a slow starter, (16, 0.5,
+extremum, 25) -- 0.438 after one epoch, 0.934 after two, 0.964 after six; with the best one of the only two
+configurations that reach the target. That rule keeps it: at epoch 1 a value says mostly how many optimisation steps a
+configuration's first epoch holds (window length, overlap and frame rate set that), and even at 0.438 it is the 6th
+best of the 36 there, so it stops at epoch 1 only when more than a third of the values recorded at that rung come from
+the five configurations ahead of it: (16, 0.8, mean, 25) -- the best -- (16, 0.8, extremum, 25), (16, 0.5, mean, 25)
+and (32, 0.8, either fusion, 25), i.e. once the sweep has found the best's corner of the grid. At epoch 3 it is the
+3rd best (0.947). A first rung at epoch 2 (grace 2) would keep it whatever the rung holds, but every trial stopped at
+epoch 1 (most of them) would pay a second epoch, which this benchmark's measure cannot afford (the target at 20% is
+43 trial-epochs, for 12 trials): judgment call, not taken. The results list, for each searched run, how far it trained
+each configuration that reaches the target in the grid, marking one stopped before it got there.
+
 The dataset (built once with ``synthesize`` and prepared with the platform's own ``prepare``; cached under ``--work``)
 is chosen so that the four knobs matter:
 
@@ -44,12 +59,15 @@ the reports are put in wall-clock order; the run's cost is the number of trial-e
 first report at or above the target, and the wall time from the sweep's start to that report. The grid's share is 100%
 by definition (an exhaustive grid knows its best only when it has trained everything); the table also shows when the
 grid itself first reached the target in its (fixed) order. The plot shows best-so-far ``val_ccc_mean`` against
-cumulative trial-epochs for every run. Goal: TPE+ASHA within 20% of the grid's trial-epochs, and below random + ASHA.
+cumulative trial-epochs for every run. Goal: TPE+ASHA reaches the target on every seed, each within 20% of the grid's
+trial-epochs, and below random + ASHA.
 
 ``--quick``: a smoke version (a smaller dataset, a 2 x 2 x 2 x 1 grid of 3 epochs, budgets of 3 trials): about 5
 minutes on 2 quiet cores (15 on a loaded shared machine); the full version takes 11 minutes on 2 quiet cores (23 on
 the loaded machine).
-``--work DIR --stamp STAMP`` re-runs the analysis of an earlier run in DIR, running only the sweeps it lacks.
+``--work DIR --stamp STAMP`` re-runs the analysis of an earlier run in DIR, running only the sweeps it lacks;
+``--grid-stamp STAMP`` takes the grid (which trains every configuration to its end whatever the search's settings)
+from an earlier run in DIR and runs the searched sweeps anew under ``--stamp``.
 Not part of the test run (``benchmarks/`` is outside ``testpaths``).
 """
 from __future__ import annotations
@@ -301,6 +319,28 @@ def knob_effects(grid: dict, setup: dict) -> list[str]:
     return lines
 
 
+def target_configs(grid: dict, runs: dict[str, list[dict]], target: float, epochs: int) -> list[str]:
+    """The configurations that reach the target in the grid (with their curves there), and how far each searched run
+    trained each of them: a target configuration stopped before the epoch where it reaches the target was lost at a
+    rung."""
+    curves: dict[tuple, list[float]] = {}
+    for r in grid["reports"]:
+        curves.setdefault(config_key(r), []).append(score(r))
+    hits = {k: next(i for i, v in enumerate(c, 1) if v >= target) for k, c in curves.items() if max(c) >= target}
+    lines = ["configurations reaching the target in the grid (first epoch at or above it; the grid's curve):"]
+    lines += [f"  {k}: epoch {e}; {' '.join(f'{v:.3f}' for v in curves[k])}" for k, e in hits.items()]
+    for kind in ("tpe", "random"):
+        for run in runs[kind]:
+            trained = {}
+            for r in run["reports"]:
+                trained[config_key(r)] = max(trained.get(config_key(r), 0), r["epoch"])
+            fate = [f"{k} {'not tried' if k not in trained else f'to epoch {trained[k]}'}"
+                    f"{' (lost at a rung)' if k in trained and trained[k] < hits[k] and trained[k] < epochs else ''}"
+                    for k in hits]
+            lines.append(f"  {kind} seed {run['seed']}: " + "; ".join(fate))
+    return lines
+
+
 def plot(runs: dict[str, list[dict]], target: float, path: Path) -> None:
     import matplotlib
 
@@ -344,6 +384,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=None, help="trials per searched run (default: grid size / 3)")
     ap.add_argument("--stamp", default=None, help="name suffix of the sweeps (default: now); with the --work of an "
                     "earlier run, its finished sweeps are reused and only the missing ones run")
+    ap.add_argument("--grid-stamp", default=None, help="take the grid from the sweeps of this earlier --stamp in the "
+                    "same --work (the grid never stops a trial: it does not depend on the search's settings)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one sweep (see sweep())
     a = ap.parse_args()
     if a.child:
@@ -372,7 +414,8 @@ def main() -> None:
     write_study(search_study, setup, grid=False)
 
     print("[2/4] the grid (every configuration, every epoch)", flush=True)
-    grid = sweep(work, grid_study, index, f"grid-{stamp}", grid_size, 0, "grid")
+    grid_stamp = a.grid_stamp or stamp
+    grid = sweep(work, grid_study, index, f"grid-{grid_stamp}", grid_size, 0, "grid")
     keys = list(setup["grid"])
     done = {config_key(r) for r in grid["reports"]}
     missing = [dict(zip(keys, c)) for c in itertools.product(*setup["grid"].values()) if c not in done]
@@ -382,7 +425,7 @@ def main() -> None:
         print(f"  the grid sweep left out {len(missing)} configuration(s): {missing}; running them now", flush=True)
         fill_study = work / "grid-fill.yaml"
         write_study(fill_study, setup, grid=True, points=missing)
-        fill = sweep(work, fill_study, index, f"gridfill-{stamp}", len(missing), 0, "grid")
+        fill = sweep(work, fill_study, index, f"gridfill-{grid_stamp}", len(missing), 0, "grid")
         shift = fill["start"] - (grid["start"] + grid["wall"])
         grid["reports"] += [{**r, "timestamp": r["timestamp"] - shift} for r in fill["reports"]]
         grid["wall"] += fill["wall"]
@@ -405,6 +448,8 @@ def main() -> None:
           f"{grid['wall']:.0f} s")
     print("what the knobs do on this dataset (mean over the other knobs of each configuration's best):")
     for line in knob_effects(grid, setup):
+        print(line)
+    for line in target_configs(grid, runs, target, setup["epochs"]):
         print(line)
 
     rows = []
@@ -436,7 +481,7 @@ def main() -> None:
             rows.append((f"{label} mean", f">= {mean_n:.1f}", "-", f">= {100 * mean_n / total:.1f}%", "-",
                          f"{sum(len(r['reports']) for r in runs[kind]) / len(ns):.1f}",
                          sum(r["wall"] for r in runs[kind]) / len(ns), f"{len(reached)}/{len(ns)} reached"))
-        means[kind] = (mean_n, len(reached), len(ns))
+        means[kind] = (mean_n, len(reached), len(ns), max(spent))
 
     head = ("run", "trial-epochs to target", "wall s to target", "share of grid trial-epochs", "share of grid wall",
             "trial-epochs total", "wall s total", f"best {METRIC}")
@@ -452,13 +497,14 @@ def main() -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
     restarted = [f"{r['name']} ({r['restarts']})" for items in runs.values() for r in items if r["restarts"]]
     print(f"sweeps resumed after their Ray died or trials errored: {', '.join(restarted) or 'none'}")
-    (tpe, tpe_ok, n_seeds), (rnd, rnd_ok, _) = means["tpe"], means["random"]
-    ok_share = tpe_ok == n_seeds and tpe <= 0.2 * total
+    (tpe, tpe_ok, n_seeds, tpe_worst), (rnd, rnd_ok, _, _) = means["tpe"], means["random"]
+    ok_share = tpe_ok == n_seeds and tpe_worst <= 0.2 * total
     ok_random = tpe_ok >= rnd_ok and (tpe < rnd if tpe_ok == rnd_ok == n_seeds else tpe_ok > rnd_ok or tpe < rnd)
     print()
     print(f"(a mean marked >= counts a seed that never reached the target at everything it spent: a lower bound)")
-    print(f"goal 1, TPE+ASHA <= 20% of the grid's trial-epochs: {'met' if ok_share else 'NOT met'} "
-          f"(mean {'>= ' if tpe_ok < n_seeds else ''}{100 * tpe / total:.1f}%, {tpe_ok}/{n_seeds} seeds reached)")
+    print(f"goal 1, TPE+ASHA <= 20% of the grid's trial-epochs on every seed: {'met' if ok_share else 'NOT met'} "
+          f"({tpe_ok}/{n_seeds} seeds reached; worst {'>= ' if tpe_ok < n_seeds else ''}"
+          f"{100 * tpe_worst / total:.1f}%, mean {'>= ' if tpe_ok < n_seeds else ''}{100 * tpe / total:.1f}%)")
     print(f"goal 2, TPE+ASHA below random+ASHA: {'met' if ok_random else 'NOT met'} "
           f"({tpe_ok}/{n_seeds} vs {rnd_ok}/{n_seeds} seeds reached; mean trial-epochs "
           f"{'>= ' if tpe_ok < n_seeds else ''}{tpe:.1f} vs {'>= ' if rnd_ok < n_seeds else ''}{rnd:.1f})")

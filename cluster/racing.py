@@ -97,11 +97,11 @@ class FoldRacing(FIFOScheduler):
     the same subjects is not one a sweep needs to finish to rank. ``z`` (default 1, one standard error of the mean
     difference) widens the margin when the paired differences disagree from fold to fold: a trial that is far behind
     on one fold and level on another is kept, the same lead on every fold stops it (on two folds the rule reads
-    exactly "behind by more than delta on both"). F-Race and irace test the same
-    paired differences (Friedman's test, a paired t-test) but only after about five instances; a subject K-fold study
-    has five folds or fewer, so the first race is after one fold, with a margin instead of a test there. Judgment
-    call: a margin, not a significance level, is what bounds the cost of a wrong stop (a stopped configuration is at
-    most about ``delta`` better than its record shows, on the folds seen).
+    exactly "behind by more than delta on both"). F-Race and irace test the same paired differences (Friedman's
+    test, a paired t-test), but only from about five instances on; a subject K-fold study has five folds or fewer,
+    so the first race is after one fold. Judgment call: a margin, not a significance level: on one to four folds a
+    test has almost no power, while a margin says what a stop gives up (the stopped configuration trailed the best
+    one on the same subjects by more than ``delta``).
 
     Inside fold 1 the objective is the fold's best value so far, and ASHA's rule applies at the rungs
     ``grace * reduction_factor**j`` < E: a trial below the (1 - 1/rf) quantile of the values recorded at its rung
