@@ -152,7 +152,12 @@ def init_ray(address: str | None = None, log_to_driver: bool = True, dashboard: 
     global _OWN_RAY
     ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
              dashboard_port=_free_port() if dashboard else None, log_to_driver=log_to_driver,
-             runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}})
+             runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}},
+             # No idle worker processes started ahead: Ray starts one per CPU for tasks without a runtime environment,
+             # and made ``ray.init`` wait until they had started, but every process of a sweep has one (this job's,
+             # and Tune's for its trials), so none was ever used: Ray ended them as idle once the trials' own
+             # processes started, after they had taken CPU from the start-up.
+             _system_config={"prestart_worker_first_driver": False})
     _OWN_RAY = True
 
 
