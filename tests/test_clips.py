@@ -159,6 +159,22 @@ def test_train_windows_skip_unlabelled_windows(videos):
     np.testing.assert_allclose(ds[0][1].numpy(), np.asarray(v.labels[32:48], np.float64).mean(axis=0), atol=1e-6)
 
 
+def test_the_windows_of_the_same_videos_are_computed_once_per_process(videos):
+    """Trials of one process get the same videos from ``load_split``: their windows are computed once for each window
+    setting, every dataset still gets lists of its own; other videos (here copies) get their own windows."""
+    from dataclasses import replace
+
+    spec = ClipSpec(length=32, overlap=0.5, clip_len=24, stride=1)
+    a, b = TrainWindows(videos, spec, seed=0), TrainWindows(videos, spec, seed=5)
+    assert b.views is a.views and b.items == a.items and b.items is not a.items
+    np.testing.assert_array_equal(b.labels, a.labels)
+    assert not np.shares_memory(b.labels, a.labels)
+    wider = TrainWindows(videos, ClipSpec(length=48, overlap=0.5, clip_len=24, stride=1))
+    assert wider.views is not a.views and wider.items == _expected_windows(videos, wider.spec)
+    copies = TrainWindows([replace(v) for v in videos], spec)
+    assert copies.views is not a.views and copies.items == a.items
+
+
 # ---------------------------------------------------------------------------
 # predict_timeline
 # ---------------------------------------------------------------------------

@@ -601,3 +601,23 @@ def test_load_split_follows_moved_cache(prepared_index, tmp_path):
     (v,) = load_split(moved / prepared_index.name, "train")
     assert Path(v.frames.filename).parent.parent == moved
     np.testing.assert_array_equal(v.frames, load_split(prepared_index, "train")[0].frames)
+
+
+def test_a_process_opens_a_split_once_until_its_index_is_rewritten(prepared_index, tmp_path):
+    """A trial process trains trial after trial on one split: a second ``load_split`` returns the same videos in a new
+    list; once ``emotune data prepare`` has rewritten the index (a new file in its place), the split is opened again."""
+    import os
+
+    index = tmp_path / prepared_index.name
+    shutil.copy(prepared_index, index)
+    first, again = load_split(index, "train"), load_split(index, "train")
+    assert again is not first and len(again) == len(first)
+    assert all(a is b for a, b in zip(first, again))
+    staged = tmp_path / "index.tmp"
+    staged.write_text(index.read_text())
+    os.replace(staged, index)
+    reopened = load_split(index, "train")
+    assert not any(a is b for a, b in zip(first, reopened))
+    for a, b in zip(first, reopened):
+        assert a.video_id == b.video_id
+        np.testing.assert_array_equal(a.frames, b.frames)

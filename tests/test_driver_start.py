@@ -4,6 +4,8 @@ torchvision. Trials import them in their own processes; the driver saved about 3
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -72,3 +74,39 @@ def test_a_typo_in_a_backbone_is_still_refused_without_torch(prepared_index, tmp
         "emotune: error: smoke.yaml (the fixed settings): backbone='cnn_rnn_tiyn' is not registered; did you mean "
         f"'cnn_rnn_tiny'? (valid backbones: {', '.join(sorted(SHIPPED))})"]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 2, "loaded": []}
+
+
+OWN_RAY = """
+import json
+from pathlib import Path
+import ray
+from ray._private import ray_constants
+from cluster import sweep
+sweep.init_ray(log_to_driver=False, dashboard=False)
+raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+children = Path(f"/proc/{raylet}/task/{raylet}/children").read_text().split()
+commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children]  # a worker retitles itself ray::IDLE
+workers = [c for c in commands if c.startswith(b"ray::IDLE") or b"default_worker.py" in c]
+started = {kind: [info.process for info in infos]
+           for kind, infos in ray._private.worker._global_node.all_processes.items()}
+monitor, asked = started[ray_constants.PROCESS_TYPE_MONITOR][0], []
+terminate = monitor.terminate
+monitor.terminate = lambda: (asked.append("SIGTERM"), terminate())
+sweep._end_own_ray().join()
+ended = [p.poll() for processes in started.values() for p in processes]
+print(json.dumps({"idle_workers": len(workers), "ray_left": ray.is_initialized(),
+                  "all_ended": None not in ended, "monitor": [*asked, monitor.returncode]}))
+"""
+
+
+def test_the_sweeps_own_ray_starts_no_idle_worker_processes_and_ends_without_waiting_for_its_monitor(tmp_path):
+    """Ray would start one worker process per CPU for tasks without a runtime environment, and ``ray.init`` would wait
+    for them; no process of a sweep could use them (see ``cluster.sweep.init_ray``). The local Ray a sweep starts has
+    none when ``init_ray`` returns. The sweep ends every process of it, the autoscaler monitor by SIGKILL (its SIGTERM
+    handler waits on the GCS that Ray ends first: ``cluster.sweep._end_own_ray``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
+    proc = subprocess.run([sys.executable, "-c", OWN_RAY], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"idle_workers": 0, "ray_left": False,
+                                                                "all_ended": True, "monitor": [-signal.SIGKILL]}

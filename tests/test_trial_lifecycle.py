@@ -252,3 +252,35 @@ def test_user_errors_are_recognised_through_ray_wrappers():
     found = find_user_error(group)
     assert isinstance(found, ConfigError) and str(found) == "bad key"
     assert find_user_error(WorkerGroupError("crash", {0: RuntimeError("killed")})) is None
+
+
+def test_a_trial_process_freezes_what_it_imported_once_and_still_collects_each_trials_garbage(monkeypatch):
+    """``freeze_imports`` sets the objects alive at a process's first trial aside from the garbage collector (what a
+    reused process's collection after each trial no longer walks), once: a later trial freezes nothing more, and its
+    own cyclic garbage is still collected."""
+    import gc
+    import weakref
+
+    from trainables import trial
+
+    class Node:
+        pass
+
+    monkeypatch.setattr(trial, "_IMPORTS_FROZEN", False)
+    before = gc.get_freeze_count()
+    try:
+        imported = Node()
+        imported.ref = imported
+        trial.freeze_imports()
+        frozen = gc.get_freeze_count()
+        assert frozen > before
+        leftover = Node()
+        leftover.ref = leftover
+        gone = weakref.ref(leftover)
+        del leftover
+        trial.freeze_imports()
+        assert gc.get_freeze_count() == frozen
+        gc.collect()
+        assert gone() is None
+    finally:
+        gc.unfreeze()

@@ -17,6 +17,7 @@ and entry folder; :func:`load_split` opens the videos of one split. Entries and 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,12 +99,43 @@ def kept_frame_indices(num_frames: int, native_fps: float, target_fps: float | N
     return label_frame_index(np.arange(count) / target_fps, native_fps, num_frames)
 
 
+#: The splits this process has opened, most recent last: (index file, its inode, modification time and size, split)
+#: -> videos.
+_OPENED: OrderedDict[tuple, tuple[CachedVideo, ...]] = OrderedDict()
+_OPENED_KEPT = 8
+
+
 def load_split(index_path: str | Path, split: str, missing_ok: bool = False) -> list[CachedVideo]:
     """Open (memory-mapped) every prepared video of ``split`` listed in a dataset index.
+
+    A process opens a split once: a trial process trains one trial after another on the same data, and reopening
+    its entries (a hundred small files for 14 videos) was part of every trial's start. A later call for the same
+    index file, unchanged, returns the same videos (nothing writes to them) in a new list; a rewritten index (a new
+    ``emotune data prepare``) is opened again.
 
     Raises:
         DataError: the index cannot be read, or lists no prepared video in ``split`` (unless ``missing_ok``).
     """
+    try:
+        stat = Path(index_path).stat()
+        key = (str(Path(index_path).resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size, split)
+    except OSError:
+        key = None  # reported below, where the index is read
+    if key in _OPENED:
+        _OPENED.move_to_end(key)
+        videos = list(_OPENED[key])
+    else:
+        videos = _open_split(index_path, split)
+        if key is not None:
+            _OPENED[key] = tuple(videos)
+            while len(_OPENED) > _OPENED_KEPT:
+                _OPENED.popitem(last=False)
+    if not videos and not missing_ok:
+        raise DataError(f"dataset index {index_path} has no prepared video in split {split!r}")
+    return videos
+
+
+def _open_split(index_path: str | Path, split: str) -> list[CachedVideo]:
     try:
         index = json.loads(Path(index_path).read_text())
     except (OSError, ValueError) as exc:
@@ -116,6 +148,4 @@ def load_split(index_path: str | Path, split: str, missing_ok: bool = False) -> 
     subjects = [v.get("subject", "") for v in index["videos"] if v["split"] == split]
     for video, subject in zip(videos, subjects):
         video.subject = subject
-    if not videos and not missing_ok:
-        raise DataError(f"dataset index {index_path} has no prepared video in split {split!r}")
     return videos

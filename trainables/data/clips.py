@@ -9,6 +9,7 @@ and keeps every ``stride``-th from a random offset; the uniform and consecutive 
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
@@ -44,9 +45,9 @@ class TrainWindows(torch.utils.data.Dataset):
 
     def __init__(self, videos: list[CachedVideo], spec: ClipSpec, seed: int = 0,
                  transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None):
-        self.views = [VideoView(v, spec.fps) for v in videos]
+        self.views, items, labels = _windows(videos, spec)
         self.videos, self.spec, self.seed, self.epoch, self.transform = videos, spec, seed, 0, transform
-        self.items, self.labels = training_windows(self.views, spec)
+        self.items, self.labels = list(items), labels.copy()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -67,6 +68,28 @@ class TrainWindows(torch.utils.data.Dataset):
         if spec.target == "sequence":
             return normalise(clip), torch.from_numpy(view.frame_labels()[chosen])
         return normalise(clip), torch.from_numpy(self.labels[i])
+
+
+#: The training windows this process has computed, most recent last: (ids of the videos, spec) -> (the videos, their
+#: views, windows, labels). The entry holds the videos, so their ids stay theirs while it is kept.
+_WINDOWS: OrderedDict[tuple, tuple] = OrderedDict()
+_WINDOWS_KEPT = 4
+
+
+def _windows(videos: list[CachedVideo], spec: ClipSpec) -> tuple[list[VideoView], list, np.ndarray]:
+    """The views of ``videos`` at ``spec.fps`` and their training windows, computed once per process for the same
+    videos (``load_split`` returns the same objects to every trial of a process) and window settings."""
+    key = (tuple(map(id, videos)), spec)
+    kept = _WINDOWS.get(key)
+    if kept is not None and all(a is b for a, b in zip(kept[0], videos)):
+        _WINDOWS.move_to_end(key)
+        return kept[1], kept[2], kept[3]
+    views = [VideoView(v, spec.fps) for v in videos]
+    items, labels = training_windows(views, spec)
+    _WINDOWS[key] = (tuple(videos), views, items, labels)
+    while len(_WINDOWS) > _WINDOWS_KEPT:
+        _WINDOWS.popitem(last=False)
+    return views, items, labels
 
 
 @torch.no_grad()
