@@ -180,14 +180,36 @@ def test_prepare_records_the_settings_and_keeps_the_face_share(tmp_path):
     assert shares["fast"] == shares["full"] == (FRAMES - len(BLANK) - len(BLANK_KEY)) / FRAMES
 
 
+
+def test_key_frames_detected_on_their_own_thread_give_the_same_entry(tmp_path, monkeypatch):
+    """The Haar cascade is thread-safe, so preparation detects key frames on a thread of their own: the entry is the
+    one detecting them inline (``feed``) writes, crops, faces and scores alike."""
+    from trainables.data.cache import open_entry
+    from trainables.prepare.faces import OpenCVHaarDetector
+    from trainables.prepare.run import prepare
+
+    manifest = _dataset(tmp_path / "ds", _write_clip(tmp_path / "cuts.mp4", blank=(BLANK, BLANK_KEY)))
+    reg = Registration(size=32, detector="opencv")
+    entries = []
+    for safe in (True, False):
+        monkeypatch.setattr(OpenCVHaarDetector, "thread_safe", safe)
+        index, _ = prepare(manifest, tmp_path / f"cache-{safe}", reg, progress=False)
+        entries.append(open_entry(tmp_path / f"cache-{safe}" / json.loads(index.read_text())["videos"][0]["entry"]))
+    threaded, inline = entries
+    assert threaded.valid.sum() == FRAMES - len(BLANK) - len(BLANK_KEY)
+    assert np.array_equal(threaded.valid, inline.valid) and np.array_equal(threaded.scores, inline.scores)
+    assert np.array_equal(np.asarray(threaded.frames), np.asarray(inline.frames))
+
 class _Boom(Exception):
     pass
 
 
+@pytest.mark.parametrize("thread_safe", [False, True])
 @pytest.mark.parametrize("where", ["decode", "detect"])
-def test_an_error_in_any_thread_reaches_the_caller_and_stops_the_others(monkeypatch, tmp_path, where):
-    """Decoding runs ahead in a thread and cropping behind in another: an error while decoding (a file corrupt past its
-    index) or detecting is raised to the caller, and no thread is left running."""
+def test_an_error_in_any_thread_reaches_the_caller_and_stops_the_others(monkeypatch, tmp_path, where, thread_safe):
+    """Decoding runs ahead in a thread, key frames are detected in another (a thread-safe detector) and cropping
+    behind in a third: an error while decoding (a file corrupt past its index) or detecting is raised to the caller,
+    and no thread is left running."""
     import threading
     from types import SimpleNamespace
 
@@ -202,8 +224,11 @@ def test_an_error_in_any_thread_reaches_the_caller_and_stops_the_others(monkeypa
                 raise VideoDecodeError(f"video {path}: frames {start}..{start + 7} cannot be decoded")
             yield start, frames
 
+    safe = thread_safe
+
     class Detector:
         name, gives_landmarks, calls = "fake", False, 0
+        thread_safe = safe
 
         def detect(self, batch):
             Detector.calls += 1
@@ -216,7 +241,8 @@ def test_an_error_in_any_thread_reaches_the_caller_and_stops_the_others(monkeypa
     entry = SimpleNamespace(video_id="v", path=tmp_path / "v.mp4", faces=None)
     with pytest.raises(VideoDecodeError if where == "decode" else _Boom):
         build.detect_and_crop(entry, None, 200, np.arange(200), out, Registration(detector="opencv"), Detector())
-    alive = [t.name for t in threading.enumerate() if t.name.startswith(("emotune-decode", "emotune-crop"))]
+    alive = [t.name for t in threading.enumerate() if t.name.startswith(("emotune-decode", "emotune-detect",
+                                                                         "emotune-crop"))]
     assert alive == []
 
 

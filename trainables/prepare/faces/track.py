@@ -2,14 +2,14 @@
 ``SparseFaceTrack``, which detects on reduced frames every k-th frame and carries the boxes between detections."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import cv2
 import numpy as np
 
 from trainables.prepare.faces.base import Detection
 
-__all__ = ["SparseFaceTrack", "box_iou", "patch_similarity", "pick_main_face", "smooth_boxes"]
+__all__ = ["KeyFrames", "SparseFaceTrack", "box_iou", "patch_similarity", "pick_main_face", "smooth_boxes"]
 
 
 def _centre(box: np.ndarray) -> np.ndarray:
@@ -120,6 +120,14 @@ def patch_similarity(frame_a: np.ndarray, box_a: np.ndarray, frame_b: np.ndarray
     return float(pa @ pb) if pa is not None and pb is not None else 0.0
 
 
+class KeyFrames(NamedTuple):
+    """What ``SparseFaceTrack.detect_keys`` hands to ``resolve`` for one chunk: its key frame positions, and the last
+    box found on a key frame before them (ties between a span's detections fall back on it)."""
+
+    keys: list[int]
+    previous: np.ndarray | None
+
+
 class SparseFaceTrack:
     """The main face of each frame of a video fed in order, chunk by chunk, with few detector calls.
 
@@ -200,10 +208,13 @@ class SparseFaceTrack:
         self.scores = np.zeros(self.t_out, dtype=np.float32)
         self.landmarks = np.full((self.t_out, 5, 2), np.nan, dtype=np.float32)
         self.detected = np.zeros(self.t_out, dtype=bool)
+        # resolve's state: the last key frame whose spans are done
         self._last_key: int | None = None
         self._last_key_frame: np.ndarray | None = None  # kept: the caller may have let go of it (its box is final)
+        # detect_keys' state (it may run ahead on another thread): the last key frame box, the last key frame with a
+        # face (narrowed detection follows it)
         self._previous_box: np.ndarray | None = None
-        self._face_key: int | None = None  # the last key frame with a face (narrowed detection follows it)
+        self._face_key: int | None = None
 
     def is_key(self, t: int) -> bool:
         return t % self.key_every == 0 or t == self.t_out - 1
@@ -327,7 +338,8 @@ class SparseFaceTrack:
         return True
 
     def feed(self, start: int, chunk: np.ndarray, frame_at: Callable[[int], np.ndarray]) -> int:
-        """Take the frames ``start .. start + len(chunk) - 1`` (uint8 RGB) and detect what can be decided.
+        """Take the frames ``start .. start + len(chunk) - 1`` (uint8 RGB) and detect what can be decided:
+        ``detect_keys`` then ``resolve``.
 
         Args:
             frame_at: returns the frame at an earlier position that is not final yet (after the last position this
@@ -335,16 +347,18 @@ class SparseFaceTrack:
         Returns:
             The last position whose box, score and landmarks are final (-1 when none is yet).
         """
+        return self.resolve(start, chunk, self.detect_keys(start, chunk), frame_at)
+
+    def detect_keys(self, start: int, chunk: np.ndarray) -> KeyFrames:
+        """The first half of ``feed``: detect the chunk's key frames.
+
+        A key frame depends on earlier key frames only (the face it is narrowed around, the box that breaks ties), so
+        the key frames of later chunks may be detected, in order, on another thread while ``resolve`` works on earlier
+        ones; the two touch different frames' rows. Returns what ``resolve`` needs for this chunk."""
         keys = [start + k for k in range(len(chunk)) if self.is_key(start + k)]
+        before = previous = self._previous_box
         if not keys:
-            return -1 if self._last_key is None else self._last_key
-
-        def get(t: int) -> np.ndarray:
-            if t >= start:
-                return chunk[t - start]
-            return self._last_key_frame if t == self._last_key else frame_at(t)
-
-        previous = self._previous_box
+            return KeyFrames(keys, before)
         if self.narrow:
             # One key frame at a time, each narrowed around the face of the last key frame that had one.
             for t in keys:
@@ -360,6 +374,21 @@ class SparseFaceTrack:
                 self._assign(t, dets, previous)
                 if np.isfinite(self.boxes[t]).all():
                     previous = self.boxes[t].copy()
+        self._previous_box = previous
+        return KeyFrames(keys, before)
+
+    def resolve(self, start: int, chunk: np.ndarray, keyed: KeyFrames, frame_at: Callable[[int], np.ndarray]) -> int:
+        """The second half of ``feed``, once ``detect_keys`` has detected the chunk's key frames: carry or split the
+        spans that end at them. Chunks must come in order; arguments and result as in ``feed``."""
+        keys = keyed.keys
+        if not keys:
+            return -1 if self._last_key is None else self._last_key
+
+        def get(t: int) -> np.ndarray:
+            if t >= start:
+                return chunk[t - start]
+            return self._last_key_frame if t == self._last_key else frame_at(t)
+
         # Spans between key frames that cannot be carried are split at their middle frame, which is detected (the
         # middles of all such spans in one batch), and each half is carried or split again.
         spans: list[tuple[int, int]] = []
@@ -375,14 +404,9 @@ class SparseFaceTrack:
             found = self._detect_following([get(m) for m in mids], near)
             for (a, b), m, dets in zip(spans, mids, found):
                 self._assign(m, dets, self.boxes[a] if np.isfinite(self.boxes[a]).all() else
-                             self.boxes[b] if np.isfinite(self.boxes[b]).all() else self._previous_box)
+                             self.boxes[b] if np.isfinite(self.boxes[b]).all() else keyed.previous)
             spans = [(x, y) for a, b in spans for x, y in ((a, (a + b) // 2), ((a + b) // 2, b))
                      if y - x > 1 and not self._carry(x, y, get)]
         self._last_key = keys[-1]
         self._last_key_frame = chunk[keys[-1] - start]
-        last = self.boxes[keys[-1]]
-        if np.isfinite(last).all():
-            self._previous_box = last.copy()
-        elif previous is not None:
-            self._previous_box = previous
         return self._last_key
