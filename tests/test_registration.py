@@ -228,6 +228,19 @@ def test_coarse_crop_pads_black_outside_the_frame_and_grayscale():
     assert coarse_crop(frame, np.array([300, 300, 340, 340]), 32).max() == 0
 
 
+
+def test_coarse_crop_inside_the_frame_is_the_region_resized_and_outside_it_the_padded_region():
+    import cv2
+
+    rng = np.random.default_rng(4)
+    frame = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    for box in ([40, 30, 90, 80], [110, 30, 150, 70], [120, 60, 170, 110]):  # inside, touching the edge, across it
+        x1, y1, x2, y2 = crop_region(np.array(box), 64, 0.15)
+        padded = np.zeros((240, 320, 3), np.uint8)
+        padded[60:180, 80:240] = frame
+        expected = cv2.resize(padded[y1 + 60:y2 + 60, x1 + 80:x2 + 80].copy(), (64, 64), interpolation=cv2.INTER_AREA)
+        assert np.array_equal(coarse_crop(frame, np.array(box), 64), expected), box
+
 @pytest.mark.parametrize("box, size, match", [
     ([10, 10, 5, 20], 96, "box"),
     ([np.nan, 0, 10, 10], 96, "box"),

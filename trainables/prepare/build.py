@@ -198,8 +198,8 @@ def _from_crops_folder(entry: VideoEntry, n: int, keep: np.ndarray, frames: np.n
     return valid, valid.astype(np.float32)
 
 
-#: Frames per decoded chunk, and chunks decoded ahead of detection (memory: (DECODE_AHEAD + 2) chunks of frames, about
-#: 350 MB at 720p, plus the frames waiting for their boxes).
+#: Frames per decoded chunk, and chunks decoded ahead of detection (memory: (DECODE_AHEAD + 4) chunks of frames with
+#: the detection thread, about 530 MB at 720p, plus the frames waiting for their boxes).
 CHUNK_FRAMES = 32
 DECODE_AHEAD = 2
 #: Chunks of crops queued for the writer thread.
@@ -209,13 +209,14 @@ _END = object()
 
 
 class _Prefetch:
-    """Runs an iterator (decord decoding, which releases the GIL) in a thread, ``depth`` items ahead of the consumer;
-    its exceptions are raised in the consumer. ``close`` stops it early."""
+    """Runs an iterator (decord decoding or OpenCV detection, which release the GIL) in a thread, ``depth`` items
+    ahead of the consumer; its exceptions are raised in the consumer. ``close`` stops it early (and ends a consumer
+    waiting for its next item: the iterator of a later stage)."""
 
-    def __init__(self, iterator, depth: int = DECODE_AHEAD):
+    def __init__(self, iterator, depth: int = DECODE_AHEAD, name: str = "emotune-decode"):
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(iterator,), name="emotune-decode", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(iterator,), name=name, daemon=True)
         self._thread.start()
 
     def _put(self, item) -> bool:
@@ -252,6 +253,12 @@ class _Prefetch:
                 self._queue.get_nowait()
             except queue.Empty:
                 self._thread.join(timeout=0.05)
+        while True:  # the thread is gone: drop what it left, and end a consumer still waiting (a later stage)
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._queue.put_nowait(_END)
 
 
 class _Writer:
@@ -286,9 +293,13 @@ def detect_and_crop(entry: VideoEntry, reader, n: int, keep: np.ndarray, frames:
     frames (a frame is cropped once the boxes ``reg.smooth`` frames after it are known), crops written into
     ``frames``.
 
-    Three threads share the work (decord and OpenCV release the GIL): one decodes chunks ahead, this one detects
-    (``SparseFaceTrack``: reduced frames, every ``reg.detect_every``-th frame), one crops and writes. Memory stays
-    bounded: a few chunks of decoded frames, and the frames since the last key frame.
+    Threads share the work (decord and OpenCV release the GIL): one decodes chunks ahead; with a detector that may be
+    called from two threads at once (``thread_safe``: the Haar cascade), one detects the key frames of the chunks
+    decoded so far (``SparseFaceTrack.detect_keys``, which depend on earlier key frames only); this one carries the
+    boxes between key frames and detects the frames between that need it (``SparseFaceTrack.resolve``; the whole
+    ``feed`` when the detector is not thread-safe); one crops and writes. Key frames are detected while this thread
+    resolves earlier spans, so the two cores stay busy between detector calls. Memory stays bounded: a few chunks of
+    decoded frames, and the frames since the last key frame.
     """
     from trainables.prepare.faces import SparseFaceTrack, create_detector, smooth_boxes
 
@@ -334,16 +345,27 @@ def detect_and_crop(entry: VideoEntry, reader, n: int, keep: np.ndarray, frames:
         writer.submit(items)
 
     chunks = _Prefetch(iter_frames(reader, n, chunk=CHUNK_FRAMES, indices=keep, path=entry.path))
+    keyed = None
+    if track is not None and getattr(track.detector, "thread_safe", False):
+        keyed = _Prefetch(((start, chunk, track.detect_keys(start, chunk)) for start, chunk in chunks), depth=1,
+                          name="emotune-detect")
     ok = False
     try:
-        for start, chunk in chunks:
+        for start, chunk, key_frames in keyed or ((start, chunk, None) for start, chunk in chunks):
             pending.update((start + k, frame) for k, frame in enumerate(chunk))
-            final = track.feed(start, chunk, pending.__getitem__) if track is not None else start + len(chunk) - 1
+            if track is None:
+                final = start + len(chunk) - 1
+            elif key_frames is not None:  # detected on the detection thread
+                final = track.resolve(start, chunk, key_frames, pending.__getitem__)
+            else:
+                final = track.feed(start, chunk, pending.__getitem__)
             flush(final - r)
         flush(t_out)
         ok = True
     finally:
-        chunks.close()
+        chunks.close()  # first: a detection thread waiting for a chunk then ends
+        if keyed is not None:
+            keyed.close()
         writer.close(wait=ok)
     valid = (scores >= reg.min_score) & np.isfinite(boxes).all(axis=1)
     if reg.align == "fine":

@@ -271,10 +271,13 @@ def coarse_crop(frame: np.ndarray, box: np.ndarray, size: int | tuple[int, int],
     h, w = _hw(size, "coarse_crop")
     x1, y1, x2, y2 = crop_region(box, (h, w), margin)
     fh, fw = frame.shape[:2]
-    region = np.zeros((y2 - y1, x2 - x1, frame.shape[2]), dtype=np.uint8)
-    sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, fw), min(y2, fh)
-    if sx2 > sx1 and sy2 > sy1:
-        region[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = frame[sy1:sy2, sx1:sx2]
+    if x1 >= 0 and y1 >= 0 and x2 <= fw and y2 <= fh:
+        region = frame[y1:y2, x1:x2]  # inside the frame: resized in place, no padded copy
+    else:
+        region = np.zeros((y2 - y1, x2 - x1, frame.shape[2]), dtype=np.uint8)
+        sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, fw), min(y2, fh)
+        if sx2 > sx1 and sy2 > sy1:
+            region[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = frame[sy1:sy2, sx1:sx2]
     out = cv2.resize(region, (w, h), interpolation=cv2.INTER_AREA)
     return _finish(out, grayscale)
 

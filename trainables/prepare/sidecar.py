@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from trainables.errors import DataError
 
@@ -27,6 +26,8 @@ def read_frame_labels(path: str | Path, dims: tuple[str, ...] = ("valence", "aro
         LabelFileError: unreadable file, wrong header, frames out of order, non-numeric or infinite values, or no
             annotated value at all.
     """
+    import pandas as pd  # here, not at the top: `data prepare` imports this module but reads no sidecar on most runs
+
     path = Path(path)
     try:
         df = pd.read_csv(path)
@@ -72,6 +73,8 @@ def read_face_sidecar(path: str | Path) -> FaceTrack:
     Raises:
         LabelFileError: unreadable file, missing columns, frames not counting 0..T-1, or a non-numeric value.
     """
+    import pandas as pd
+
     path = Path(path)
     try:
         df = pd.read_csv(path)

@@ -5,6 +5,7 @@ Needs nothing downloaded (the cascade ships with ``opencv-python<5``), gives box
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -76,18 +77,29 @@ class OpenCVHaarDetector:
     accepts_min_size = True
     #: ``detect(..., gray=True)`` takes gray frames (B, H, W), which the cascade works on anyway.
     accepts_gray = True
+    #: ``detect`` may be called from several threads at once: each thread gets its own cascade (OpenCV's keeps the
+    #: image pyramid of its current call in the object, so one cascade must not serve two calls at a time).
+    thread_safe = True
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 30,
                  min_score: float = 0.0) -> None:
-        path = haar_cascade_path()
-        self._cascade = cv2.CascadeClassifier(str(path))
+        self._path = haar_cascade_path()
+        self._local = threading.local()
         if self._cascade.empty():
-            raise DetectorUnavailableError(f"face detector 'opencv': OpenCV could not load the cascade {path}; "
+            raise DetectorUnavailableError(f"face detector 'opencv': OpenCV could not load the cascade {self._path}; "
                                            f"reinstall opencv-python<5")
         self.scale_factor = float(scale_factor)
         self.min_neighbors = int(min_neighbors)
         self.min_size = int(min_size)
         self.min_score = float(min_score)
+
+    @property
+    def _cascade(self) -> cv2.CascadeClassifier:
+        """This thread's cascade, loaded on its first call."""
+        cascade = getattr(self._local, "cascade", None)
+        if cascade is None:
+            cascade = self._local.cascade = cv2.CascadeClassifier(str(self._path))
+        return cascade
 
     def detect(self, frames: np.ndarray, min_size: int | None = None, gray: bool = False,
                max_size: int | None = None) -> list[list[Detection]]:
