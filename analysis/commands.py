@@ -15,6 +15,7 @@ def mlflow_client(uri: str | None):
 
 
 def cmd_report(a) -> int:
+    from analysis.fronts import sweep_fronts
     from analysis.report import write_report
     from trainables.provenance import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
@@ -27,6 +28,9 @@ def cmd_report(a) -> int:
                               EXPERIMENT_KIND)
     say(f"report: {report}")
     say(f"logged to MLflow parent run {sweep.parent_run_id} under report/")
+    for front in sweep_fronts(sweep):
+        members = ", ".join(front.member_ids()) or "none"
+        say(f"Pareto front {front.title}: {members}; hypervolume {front.hypervolume_text()}")
     return 0
 
 

@@ -1,6 +1,8 @@
 """``emotune compare A B ...``: sweeps side by side (possibly from different MLflow experiments of one tracking store):
-each one's best trial with its metrics and configuration, the settings in which the best configurations differ, and a
-plot of each sweep's best objective so far against the number of trials.
+each one's best trial with its metrics and configuration, the settings in which the best configurations differ, each
+one's Pareto front of its objective against GFLOPs per window with its hypervolume (over one reference point when the
+sweeps share their objective: :func:`analysis.fronts.shared_fronts`), and a figure of each sweep's best objective so
+far against the number of trials beside the sweeps' fronts overlaid.
 
 Cross-validated sweeps compare too, with one-split sweeps or with each other: a row says how each sweep validated; a
 CV sweep's best trial is the best that finished every fold, its objective the mean over folds (with the sd over folds
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import figures
+from analysis.fronts import shared_fronts
 from analysis.leaderboard import column_format, fmt_metric
 from analysis.sweeps import Sweep, load_sweep
 from trainables.errors import UserError
@@ -23,6 +26,7 @@ METRICS = ("val_ccc_valence", "val_ccc_arousal", "val_rmse_valence", "val_rmse_a
 # Keys of a trial's config that are plumbing, not a setting a reader compares (a CV sweep's folds: the row
 # ``validation`` says how each sweep validated).
 IGNORED = ("trial_id", "cv")
+PARETO_TITLE = "Pareto front: objective against gflops (complete trials)"
 
 
 def _short(v: Any, width: int = 48) -> Any:
@@ -58,12 +62,17 @@ def comparison(sweeps: list[Sweep]) -> list[tuple[str, list[tuple[str, list[Any]
                     [_best_epoch(s, b) for s, b in zip(sweeps, bests)], False))
     metrics.append(("train time (s)", [b.train_time_s if b else None for b in bests], False))
 
+    fronts, _ = shared_fronts(sweeps)
+    pareto = [("complete trials", [len(f.trials) for f in fronts], False),
+              ("on the front", [", ".join(f.member_ids()) or "none" for f in fronts], False),
+              ("hypervolume", [f.hypervolume if f.trials else None for f in fronts], False)]
+
     searched = list(dict.fromkeys(k for s in sweeps for k in (*s.searched, *s.overrides)))
     config = [(k, [_short(b.params.get(k)) if b else None for b in bests], False) for k in searched]
     keys = sorted({k for b in bests if b for k in b.params} - set(searched) - set(IGNORED))
     differ = [(k, [_short(b.params.get(k)) if b else None for b in bests], False) for k in keys
               if len({repr(b.params.get(k)) if b else None for b in bests}) > 1]
-    return [("Sweeps", overview), ("Best trial's metrics", metrics),
+    return [("Sweeps", overview), ("Best trial's metrics", metrics), (PARETO_TITLE, pareto),
             ("Best configuration (searched or pinned parameters)", config),
             ("Other settings that differ between the best configurations", differ)]
 
@@ -81,6 +90,15 @@ def notes(sweeps: list[Sweep]) -> list[str]:
     out = []
     if len({s.metric for s in sweeps}) > 1:
         out.append("the sweeps optimise different objectives; their best values are not comparable")
+    fronts, shared = shared_fronts(sweeps)
+    if shared and any(f.trials for f in fronts):
+        out.append(f"hypervolume: the region each sweep's front of {sweeps[0].metric} against gflops dominates, up to "
+                   f"one reference point for every sweep ({fronts[0].reference_text()}: 0 or the worst value below it "
+                   f"for a maximised objective, 1.1 x the largest gflops of any sweep); larger is better")
+    elif any(f.trials for f in fronts):
+        out.append("hypervolume: each sweep's against a reference point of its own (the sweeps optimise different "
+                   "objectives): " + "; ".join(f"{s.name}: {f.reference_text()}" for s, f in zip(sweeps, fronts)
+                                               if f.trials))
     cv = [s for s in sweeps if s.folds]
     one = [s for s in sweeps if not s.folds]
     if cv and one:
@@ -121,7 +139,10 @@ def to_markdown(sweeps: list[Sweep], sections, plot: str | None) -> str:
         out += ["| " + label + " | " + " | ".join(_cells(values, metric)) + " |" for label, values, metric in entries]
         out.append("")
     if plot:
-        out += ["## Best objective so far", "", f"![best objective so far against trials]({plot})", ""]
+        out += ["## Best objective so far and Pareto fronts", "",
+                f"![best objective so far against trials]({plot})", "",
+                "Left: each sweep's best objective so far against trials. Right: each sweep's complete trials by "
+                "objective against gflops per window, its Pareto front solid and joined, dominated trials faded.", ""]
     return "\n".join(out)
 
 
@@ -137,7 +158,10 @@ def to_html(sweeps: list[Sweep], sections, plot: str | None) -> str:
             f"<td>{html.escape(c)}</td>" for c in _cells(values, metric)) + "</tr>" for label, values, metric in entries)
         parts.append(f"<h2>{html.escape(title)}</h2><table>{head}{body}</table>")
     if plot:
-        parts.append(f"<h2>Best objective so far</h2><img src='{html.escape(plot)}' alt='best objective so far'>")
+        parts.append(f"<h2>Best objective so far and Pareto fronts</h2><p class='note'>left: each sweep's best "
+                     f"objective so far against trials; right: each sweep's complete trials by objective against "
+                     f"gflops per window, its Pareto front solid and joined, dominated trials faded</p>"
+                     f"<img src='{html.escape(plot)}' alt='best objective so far and Pareto fronts'>")
     return "".join(parts) + "</body></html>"
 
 
@@ -157,7 +181,7 @@ def compare(client, refs: list[str], out: str | Path | None = None, experiment: 
     if out is not None:
         out = Path(out).resolve()
         out.mkdir(parents=True, exist_ok=True)
-        plot = figures.best_so_far(sweeps, out / "compare.png")
+        plot = figures.comparison(sweeps, shared_fronts(sweeps)[0], out / "compare.png")
         (out / "compare.md").write_text(to_markdown(sweeps, sections, plot.name), encoding="utf-8")
         (out / "compare.html").write_text(to_html(sweeps, sections, plot.name), encoding="utf-8")
         text += f"\nplot: {plot}\nsummary: {out / 'compare.md'}, {out / 'compare.html'}"

@@ -1,6 +1,6 @@
 """PNG figures of sweeps (matplotlib, no display): importance, parallel coordinates, learning curves with ASHA's
-stops, objective against training time, the per-fold scores of a cross-validated sweep's top trials, and best-so-far
-curves of several sweeps."""
+stops, objective against training time, the per-fold scores of a cross-validated sweep's top trials, Pareto fronts,
+and best-so-far curves and fronts of several sweeps."""
 from __future__ import annotations
 
 import math
@@ -192,6 +192,11 @@ def best_so_far(sweeps: list[Sweep], path: Path) -> Path:
     """Each sweep's best objective so far against the number of trials started (trials in start order)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    _best_so_far_panel(ax, sweeps)
+    return _save(fig, path)
+
+
+def _best_so_far_panel(ax, sweeps: list[Sweep]) -> None:
     for sweep in sweeps:
         xs, ys = best_so_far_curve(sweep)
         ax.step(xs, ys, where="post", marker="o", label=f"{sweep.name} ({sweep.experiment}, {sweep.validation})")
@@ -201,7 +206,94 @@ def best_so_far(sweeps: list[Sweep], path: Path) -> Path:
     ax.set_xlabel("trials")
     ax.set_ylabel("best objective so far" + (f" ({sweeps[0].metric})" if len({s.metric for s in sweeps}) == 1 else ""))
     ax.legend(fontsize=8)
+
+
+def comparison(sweeps: list[Sweep], fronts: list, path: Path) -> Path:
+    """``emotune compare``'s figure: each sweep's best objective so far against trials (left) and, overlaid, each
+    sweep's Pareto front of its objective against GFLOPs per window (right; ``fronts``: one
+    :class:`analysis.fronts.Front` per sweep, over one reference point)."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    _best_so_far_panel(left, sweeps)
+    left.set_title("best objective so far")
+    colors = _colors(len(sweeps))
+    for sweep, front, color in zip(sweeps, fronts, colors):
+        _front_panel(right, front, 1, 0, color=color, label=f"{sweep.name} ({len(front.members)} on the front)")
+    metrics = {s.metric for s in sweeps}
+    right.set_ylabel(next(iter(metrics)) if len(metrics) == 1 else "each sweep's objective")
+    right.set_xlabel("gflops per window")
+    _log_if_wide(right, [v[1] for f in fronts for v in f.values])
+    right.set_title("Pareto fronts: objective against GFLOPs (faded: dominated)")
+    if any(f.trials for f in fronts):
+        right.legend(fontsize=8)
     return _save(fig, path)
+
+
+def pareto_fronts(sweep: Sweep, fronts: list, path: Path) -> Path:
+    """The report's Pareto figure: one panel per front of :func:`analysis.fronts.sweep_fronts` (the objective on the
+    y axis against each cost), the trials on the front solid and joined, the others faded; a front over three
+    objectives is drawn as its three pairwise views, the trials on the (three-dimensional) front marked in each."""
+    plt = _plt()
+    panels = []  # (front, x index, y index)
+    for front in fronts:
+        if len(front.names) == 3:
+            panels += [(front, 1, 0), (front, 2, 0), (front, 2, 1)]
+        else:
+            panels.append((front, 1, 0))
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.3 * rows), squeeze=False)
+    for ax, (front, x, y) in zip(axes.flat, panels):
+        _front_panel(ax, front, x, y, color="tab:blue", label=None, joined=len(front.names) == 2, annotate=True)
+        ax.set_xlabel(f"{front.names[x]} ({front.modes[x]})")
+        ax.set_ylabel(f"{front.names[y]} ({front.modes[y]})")
+        _log_if_wide(ax, [v[x] for v in front.values])
+        noisy = " (noisy: wall time)" if front.names[x] == "infer_ms" else ""
+        ax.set_title(f"{front.names[y]} against {front.names[x]}{noisy}: {len(front.members)} of "
+                     f"{len(front.trials)} on the front", fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{sweep.name}: Pareto front{'s' if len(panels) > 1 else ''} of the complete trials "
+                 "(solid: non-dominated, faded: dominated)", fontsize=10)
+    return _save(fig, path)
+
+
+def _front_panel(ax, front, x: int, y: int, color: str, label: str | None, joined: bool = True,
+                 annotate: bool = False) -> None:
+    """``front``'s trials on ``ax`` (coordinate ``x`` across, ``y`` up): dominated ones faded, the front's solid,
+    joined by a staircase when the front is two-dimensional."""
+    on = set(front.members)
+    faded = [v for i, v in enumerate(front.values) if i not in on]
+    if faded:
+        ax.scatter([v[x] for v in faded], [v[y] for v in faded], color=color, alpha=0.3, s=22, edgecolors="none")
+    members = [front.values[i] for i in front.members]
+    if not members:
+        return
+    ax.scatter([v[x] for v in members], [v[y] for v in members], color=color, s=40, edgecolors="k", linewidths=0.6,
+               zorder=3, label=label)
+    if joined:
+        ordered = sorted(members, key=lambda v: v[x])
+        # the best value of y reachable at each x: held from a member on to the next cheaper-or-better one
+        ax.step([v[x] for v in ordered], [v[y] for v in ordered], where="post" if front.modes[x] == "min" else "pre",
+                color=color, lw=1.2, zorder=2)
+    if annotate:
+        for i in front.members:
+            ax.annotate(front.trials[i].trial_id, (front.values[i][x], front.values[i][y]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+
+
+def _log_if_wide(ax, values: list[float]) -> None:
+    """A log x axis when the values are positive and span more than two orders of magnitude."""
+    positive = [v for v in values if v > 0]
+    if positive and len(positive) == len(values) and max(positive) / min(positive) > 100:
+        ax.set_xscale("log")
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
 
 
 def best_so_far_curve(sweep: Sweep) -> tuple[list[int], list[float]]:

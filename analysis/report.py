@@ -1,6 +1,11 @@
-"""``emotune report``: one HTML page about a sweep (leaderboard, hyperparameter importance, parallel coordinates,
-learning curves with ASHA's stops, objective against training time, the study's paper-style tables) with its PNG
-figures beside it in ``figures/``, all logged to the sweep's MLflow parent run under ``report/``.
+"""``emotune report``: one HTML page about a sweep (leaderboard, Pareto fronts, hyperparameter importance, parallel
+coordinates, learning curves with ASHA's stops, objective against training time, the study's paper-style tables) with
+its PNG figures beside it in ``figures/``, all logged to the sweep's MLflow parent run under ``report/``.
+
+The Pareto section (:mod:`analysis.fronts`) places the complete trials by the objective against each measured cost
+(or, for a study with several objectives, by those objectives), marks the non-dominated ones, and gives each front's
+table and hypervolume with the reference point it was taken against. A sweep with several objectives lists its
+Pareto front first in its leaderboard.
 
 A cross-validated sweep's page has a section of its own: the per-fold scores of its top trials (a strip plot) and
 the fold-epochs racing saved (ASHA stopping trials before their last fold); its leaderboard shows each trial's mean ±
@@ -14,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis import figures
+from analysis.fronts import COST_FRONTS, Front, front_rows, objective_ranks, sweep_fronts
 from analysis.leaderboard import NEAR_MARK, NEAR_NOTE, column_format, fmt_metric
 from analysis.sweeps import Sweep, load_sweep
 from analysis.tables import Table, study_tables
+from trainables.reports import COST_KEYS
 
 CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:0.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:2px 8px;text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
@@ -47,9 +54,11 @@ def importance(sweep: Sweep, optuna_storage: str) -> Importance:
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(done) < 2:
         return Importance({}, f"{len(done)} completed Optuna trial(s): fANOVA needs at least 2")
+    # A study with several objectives: the importance for the primary one (the first), which the page names.
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
     try:
         values = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=target)
     except (RuntimeError, ValueError) as err:  # e.g. every parameter took a single value
         return Importance({}, f"fANOVA could not be computed: {err}")
     return Importance(dict(values), "" if values else "no parameter varied across the completed trials")
@@ -62,6 +71,8 @@ STRIP_TRIALS = 10
 def leaderboard_table(sweep: Sweep) -> Table:
     if sweep.folds:
         return cv_leaderboard_table(sweep)
+    if sweep.multi_objective:
+        return multi_objective_leaderboard_table(sweep)
     rows = []
     for rank, t in enumerate(sweep.ranked(), 1):
         rows.append([rank, t.trial_id, *(t.params.get(p) for p in sweep.searched), t.epochs_run, t.status,
@@ -71,6 +82,68 @@ def leaderboard_table(sweep: Sweep) -> Table:
             "train time (s)"]
     return Table("Leaderboard", cols, rows, metric_columns=("ccc_valence", "ccc_arousal", sweep.metric),
                  note=f"objective {sweep.metric} ({sweep.mode}) at each trial's best epoch")
+
+
+def multi_objective_leaderboard_table(sweep: Sweep) -> Table:
+    """The leaderboard of a sweep with several objectives: its Pareto front first. Complete trials by their front in
+    the non-dominated sort over the objectives (1: the Pareto front), within a front by the primary objective; then
+    the other trials as a one-objective leaderboard ranks them."""
+    fronts = objective_ranks(sweep)
+    sign = -1.0 if sweep.mode == "max" else 1.0
+    placed = sorted((t for t in sweep.trials if t.trial_id in fronts),
+                    key=lambda t: (fronts[t.trial_id], sign * sweep.objective(t), t.start_time))
+    order = placed + [t for t in sweep.ranked() if t.trial_id not in fronts]
+    names = [n for n, _ in sweep.objectives]
+    rows = []
+    for rank, t in enumerate(order, 1):
+        rows.append([rank, fronts.get(t.trial_id, "-"), t.trial_id, *(t.params.get(p) for p in sweep.searched),
+                     t.epochs_run, t.status, t.at_best("val_ccc_valence", sweep.metric, sweep.mode),
+                     t.at_best("val_ccc_arousal", sweep.metric, sweep.mode), *(sweep.value(t, n) for n in names),
+                     t.train_time_s])
+    cols = ["rank", "front", "trial", *sweep.searched, "epochs", "status", "ccc_valence", "ccc_arousal", *names,
+            "train time (s)"]
+    objectives = ", ".join(f"{n} ({m})" for n, m in sweep.objectives)
+    return Table("Leaderboard", cols, rows,
+                 metric_columns=("ccc_valence", "ccc_arousal", *(n for n in names if n.startswith("val_"))),
+                 significant_columns=tuple(n for n in names if n in COST_KEYS),
+                 note=f"objectives {objectives}; the Pareto front first: front = the trial's front in the "
+                      f"non-dominated sort of the complete trials over the objectives (1: on the Pareto front), then "
+                      f"by {sweep.metric}; '-': not complete (stopped early, diverged, errored, running), ranked "
+                      f"after by {sweep.metric} at its best epoch")
+
+
+def pareto_section(sweep: Sweep, fig_dir: Path) -> tuple[str, list[Front]]:
+    """The report's Pareto section (:mod:`analysis.fronts`): a figure of every front, and per front a table of the
+    trials on it and its hypervolume with the reference point it was taken against."""
+    fronts = sweep_fronts(sweep)
+    complete = len(sweep.completed())
+    what = ("over its objectives " + ", ".join(f"{n} ({m})" for n, m in sweep.objectives) if sweep.multi_objective
+            else f"of {sweep.metric} ({sweep.mode}) against each cost: " + ", ".join(COST_FRONTS))
+    parts = ["<h2>Pareto front" + ("" if len(fronts) == 1 else "s") + "</h2>",
+             f"<p class='note'>The {complete} complete trial(s) of {len(sweep.trials)} (a trial stopped early is a "
+             f"model trained less, its training time cut short), {html.escape(what)}. A trial is on the front when "
+             f"no other is at least as good in every objective and better in one. Hypervolume: the region the front "
+             f"dominates up to the reference point, in the product of the objectives' units; the reference point "
+             f"is 0 for a maximised objective (or its worst value, when below 0) and 1.1 x the largest value of a "
+             f"minimised one. inference ms (infer_ms) is wall time: on shared CPU cores it is noisy.</p>"]
+    drawn = [f for f in fronts if f.trials]
+    if drawn:
+        path = figures.pareto_fronts(sweep, drawn, fig_dir / "pareto.png")
+        parts.append(f"<img src='figures/{path.name}' alt='Pareto fronts'>")
+    for front in fronts:
+        rows = front_rows(sweep, front)
+        note = front.note or ""
+        if front.left_out:
+            note = (note + "; " if note else "") + f"{front.left_out} complete trial(s) without every value left out"
+        table = Table(f"Pareto front: {front.title}", rows.columns, rows.rows,
+                      metric_columns=tuple(n for n in front.names if n.startswith("val_")),
+                      significant_columns=tuple(c for c in rows.columns if c in COST_KEYS),
+                      note=note or f"{len(front.members)} of {len(front.trials)} complete trial(s) on the front, "
+                                   f"best {front.names[0]} first")
+        parts.append(table.to_html())
+        parts.append(f"<p class='hypervolume'>hypervolume of {html.escape(front.title)}: "
+                     f"{html.escape(front.hypervolume_text())}</p>")
+    return "".join(parts), fronts
 
 
 def cv_leaderboard_table(sweep: Sweep) -> Table:
@@ -178,6 +251,8 @@ def write_report(client, ref: str, out: str | Path | None, optuna_storage: str, 
     if sweep.folds:
         html_cv, racing = cv_section(sweep, fig_dir)
         sections.append(html_cv)
+    html_pareto, fronts = pareto_section(sweep, fig_dir)
+    sections.append(html_pareto)
     sections.append(importance_table(imp, sweep.metric).to_html())
     figs: list[tuple[str, Path]] = []
     if imp.values:
@@ -198,13 +273,17 @@ def write_report(client, ref: str, out: str | Path | None, optuna_storage: str, 
     counts = {s: sum(t.status == s for t in sweep.trials) for s in figures.STATUS_COLORS}
     best = sweep.best()
     over = f", mean over {sweep.folds} subject folds" if sweep.folds else ""
+    objective = ("objectives", ", ".join(f"{n} ({m})" for n, m in sweep.objectives) + " (the first is primary)") \
+        if sweep.multi_objective else ("objective", f"{sweep.metric} ({sweep.mode}){over}")
     summary = [("sweep", sweep.name), ("experiment", sweep.experiment), ("study", sweep.space),
-               ("parent run", sweep.parent_run_id), ("objective", f"{sweep.metric} ({sweep.mode}){over}"),
+               ("parent run", sweep.parent_run_id), objective,
                ("validation", sweep.validation),
                ("trials", ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"),
                ("best trial", f"{best.trial_id} ({best.cv.text() if best.cv else fmt_metric(sweep.objective(best))}, "
                               f"run {best.run_id})" if best else "none"),
                *([("fold-epochs saved by racing", racing.text())] if racing is not None else []),
+               ("Pareto front" + ("" if len(fronts) == 1 else "s"),
+                "; ".join(f"{f.title}: {', '.join(f.member_ids()) or 'none'}" for f in fronts)),
                *([("refits", _refits(client, sweep))] if sweep.folds else []),
                ("pinned", ", ".join(f"{k}={v}" for k, v in sweep.overrides.items()) or "-"),
                ("written", time.strftime("%Y-%m-%d %H:%M:%S"))]

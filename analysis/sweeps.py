@@ -21,6 +21,7 @@ import yaml
 from analysis.leaderboard import CV, cv_rank_key, near_best, trial_status
 from trainables.errors import UserError
 from trainables.provenance import KIND_TAG, SWEEP_KIND
+from trainables.reports import COST_KEYS
 
 #: Per-epoch metrics read from each trial's history besides the objective.
 HISTORY_METRICS = ("val_ccc_valence", "val_ccc_arousal", "val_rmse_valence", "val_rmse_arousal", "epoch_time_s")
@@ -58,6 +59,9 @@ class Trial:
     folds: list[Fold] = field(default_factory=list)
     pooled: dict[str, float] = field(default_factory=dict)
     best_epoch_median: float | None = None
+    # What the trial measured of its costs (:data:`COST_KEYS`, :func:`run_costs`); a trial recorded before costs were
+    # measured has none.
+    costs: dict[str, float] = field(default_factory=dict)
 
     @property
     def cv_complete(self) -> bool:
@@ -106,6 +110,34 @@ class Sweep:
     log_scaled: set[str] = field(default_factory=set)  # searched parameters Optuna drew on a log scale
     folds: int = 0  # K of a cross-validated sweep (0: one split)
     fold_subjects: list[list[str]] = field(default_factory=list)  # the validation subjects of each fold
+    # (metric, mode) of every objective, the primary one (``metric``, ``mode``) first: several for a study with
+    # ``objectives:`` (the parent run's tag ``emotune.objectives``), else the one objective.
+    objectives: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.objectives:
+            self.objectives = [(self.metric, self.mode)]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def value(self, trial: Trial, name: str) -> float:
+        """A trial's value of ``name``: a cost as it measured it (:func:`run_costs`), the primary objective as
+        :meth:`objective` has it, any other metric at the trial's best epoch by the primary objective (the checkpoint
+        the trial kept; a cross-validated trial's: its pooled out-of-fold value). NaN when the trial has none (a metric
+        :func:`load_sweep` was not asked to read is none)."""
+        if name in COST_KEYS:
+            return trial.costs.get(name, math.nan)
+        if name == self.metric:
+            return self.objective(trial)
+        return trial.at_best(name, self.metric, self.mode)
+
+    def completed(self) -> list[Trial]:
+        """The trials that ran to their end without an error or a divergence: status ``complete`` (a cross-validated
+        trial: every fold). A trial stopped early (by ASHA or a time budget) is left out: its objective is that of a
+        model trained less, and its training time is cut short."""
+        return [t for t in self.trials if (t.cv_complete if t.cv is not None else t.status == "complete")]
 
     @property
     def validation(self) -> str:
@@ -215,14 +247,16 @@ def resolve_sweep(client, ref: str, experiment: str | None = None):
     return matches[0]  # newest first: a name reused in one experiment means its latest sweep
 
 
-def load_sweep(client, ref: str, experiment: str | None = None) -> Sweep:
-    """The sweep ``ref`` (name or parent run id) with every trial's params, status and per-epoch metric history."""
+def load_sweep(client, ref: str, experiment: str | None = None, metrics: tuple[str, ...] = ()) -> Sweep:
+    """The sweep ``ref`` (name or parent run id) with every trial's params, status, costs and per-epoch metric history
+    (the objectives', :data:`HISTORY_METRICS` and ``metrics``)."""
     parent = resolve_sweep(client, ref, experiment)
     tags = parent.data.tags
     overrides = json.loads(tags.get("emotune.overrides") or "{}")
     study = _study_file(client, parent)
-    objective = study.get("objective", {})
-    metric, mode = objective.get("metric", "val_ccc_mean"), objective.get("mode", "max")
+    objectives = objectives_of(parent, study)
+    metric, mode = objectives[0]
+    extra = tuple(dict.fromkeys(n for n in (*(m for m, _ in objectives[1:]), *metrics) if n not in COST_KEYS))
     specs = study.get("params") or {}
     searched = [k for k, spec in specs.items()
                 if k not in overrides and not (isinstance(spec, dict) and spec.get("type") == "constant")]
@@ -230,16 +264,50 @@ def load_sweep(client, ref: str, experiment: str | None = None) -> Sweep:
                            f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     k = cv_folds(parent)
     fold_runs = _fold_runs(client, parent, {r.info.run_id for r in children}) if k else {}
-    trials = [_trial(client, run, metric, k, fold_runs.get(run.info.run_id, [])) for run in children]
+    trials = [_trial(client, run, metric, k, fold_runs.get(run.info.run_id, []), extra) for run in children]
     trials.sort(key=lambda t: t.start_time)
     sweep = Sweep(tags["emotune.sweep"], parent.info.run_id, client.get_experiment(parent.info.experiment_id).name,
-                  tags.get("emotune.space", study.get("name", "?")), metric, mode, searched, overrides, trials)
+                  tags.get("emotune.space", study.get("name", "?")), metric, mode, searched, overrides, trials,
+                  objectives=list(objectives))
     sweep.results_dir = _results_dir(client, children)
     sweep.log_scaled = {k for k in searched if log_scaled(specs[k])}
     if k:
         sweep.folds = k
         sweep.fold_subjects = _fold_subjects(client, parent, k, [f for t in trials for f in t.folds])
     return sweep
+
+
+def objectives_of(parent, study: dict | None = None) -> list[tuple[str, str]]:
+    """(metric, mode) of each objective of the sweep whose parent run is ``parent``, the primary one first: its tag
+    ``emotune.objectives`` (a JSON list of [name, mode] pairs), else the ``objective`` of its study file ``study``
+    (default ``val_ccc_mean``, ``max``)."""
+    text = parent.data.tags.get("emotune.objectives") or ""
+    try:
+        pairs = [(str(m), str(mode)) for m, mode in json.loads(text)] if text else []
+    except (ValueError, TypeError):  # not what emotune writes: the study file says
+        pairs = []
+    if pairs and all(mode in ("min", "max") for _, mode in pairs):
+        return pairs
+    objective = (study or {}).get("objective", {})
+    return [(objective.get("metric", "val_ccc_mean"), objective.get("mode", "max"))]
+
+
+def run_costs(client, run) -> dict[str, float]:
+    """What the trial of ``run`` measured of its costs (:data:`COST_KEYS`), as its MLflow metrics hold them:
+    ``params_m``, ``gflops`` and ``infer_ms`` as last reported; ``peak_mem_mb`` the largest value reported (a
+    cross-validated trial counts its peak afresh in each fold); ``train_s`` the sum of the training seconds of every
+    report (``train_time_s``), which is the trial's last ``train_s`` unless its count started again (each fold of a
+    cross-validated trial, a trial resumed from a checkpoint after a crash: the epochs trained before count too), or
+    its last ``train_s`` where no ``train_time_s`` was logged. A run without a cost metric has none of it."""
+    metrics = run.data.metrics
+    costs = {k: float(metrics[k]) for k in COST_KEYS if k in metrics and k not in ("train_s", "peak_mem_mb")}
+    if "peak_mem_mb" in metrics:
+        history = client.get_metric_history(run.info.run_id, "peak_mem_mb")
+        costs["peak_mem_mb"] = max((float(m.value) for m in history), default=float(metrics["peak_mem_mb"]))
+    if "train_s" in metrics:
+        history = client.get_metric_history(run.info.run_id, "train_time_s") if "train_time_s" in metrics else []
+        costs["train_s"] = float(sum(m.value for m in history)) if history else float(metrics["train_s"])
+    return {k: costs[k] for k in COST_KEYS if k in costs}
 
 
 def cv_folds(parent) -> int:
@@ -318,10 +386,10 @@ def _study_file(client, parent) -> dict:
         return {}
 
 
-def _trial(client, run, metric: str, k: int = 0, fold_runs: list | None = None) -> Trial:
+def _trial(client, run, metric: str, k: int = 0, fold_runs: list | None = None, extra: tuple[str, ...] = ()) -> Trial:
     tags = run.data.tags
     history: dict[str, dict[int, float]] = {}
-    for key in (metric, *HISTORY_METRICS):
+    for key in (metric, *HISTORY_METRICS, *extra):
         if key in run.data.metrics and key not in history:
             history[key] = {int(m.step): float(m.value) for m in client.get_metric_history(run.info.run_id, key)}
     stopped_early = tags.get("emotune.stopped_early") == "true"
@@ -338,7 +406,7 @@ def _trial(client, run, metric: str, k: int = 0, fold_runs: list | None = None) 
         train_time = max(0.0, (end - run.info.start_time) / 1000.0)
     params = {key: _parse(v) for key, v in run.data.params.items()}
     trial = Trial(tags.get("emotune.trial_id", run.info.run_name or run.info.run_id[:8]), run.info.run_id, params,
-                  status, int(run.info.start_time or 0), history, train_time)
+                  status, int(run.info.start_time or 0), history, train_time, costs=run_costs(client, run))
     if k:
         metrics = run.data.metrics
         trial.folds = sorted((_fold(r) for r in fold_runs or []), key=lambda f: f.fold)

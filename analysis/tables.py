@@ -19,12 +19,15 @@ class Table:
     rows: list[list[Any]]
     metric_columns: tuple[str, ...] = ()  # written with 4 decimals; the others with one format chosen per column
     note: str = ""
+    # written with 4 significant digits (costs: GFLOPs of a tiny model are 1e-2, seconds of a large one 1e4)
+    significant_columns: tuple[str, ...] = ()
 
     def cells(self) -> list[list[str]]:
         fmts = []
         for i, col in enumerate(self.columns):
             values = [r[i] for r in self.rows]
-            fmts.append(fmt_metric if col in self.metric_columns else column_format(values))
+            fmts.append(fmt_metric if col in self.metric_columns else fmt_significant
+                        if col in self.significant_columns else column_format(values))
         return [[f(v) for f, v in zip(fmts, row)] for row in self.rows]
 
     def to_html(self) -> str:
@@ -44,6 +47,17 @@ class Table:
         lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(r) + " |" for r in self.cells()]
         return "\n".join(lines)
+
+
+def fmt_significant(v: Any) -> str:
+    """A cost cell: 4 significant digits (``0.01501``, ``1193``, ``2.4e+04``); ``-`` when missing."""
+    if v is None or (isinstance(v, str) and v in ("", "-")):
+        return "-"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return f"{float(v):.4g}"
 
 
 def _finished(sweep: Sweep) -> list[Trial]:

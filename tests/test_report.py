@@ -114,7 +114,8 @@ def test_every_figure_exists_and_is_logged_to_the_parent_run(report):
     work, path, _ = report
     page = path.read_text()
     images = re.findall(r"<img src='([^']+)'", page)
-    assert {Path(i).name for i in images} == {"importance.png", "parallel.png", "learning_curves.png", "time.png"}
+    assert {Path(i).name for i in images} == {"importance.png", "parallel.png", "learning_curves.png", "time.png",
+                                              "pareto.png"}
     for image in images:
         assert (path.parent / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
     client = _client(work)
@@ -323,7 +324,7 @@ def figure_widths(page: Path, tmp_path: Path) -> dict[str, int]:
 @pytest.mark.slow
 def test_every_figure_loads_in_a_browser(report, tmp_path):
     widths = figure_widths(report[1], tmp_path)
-    assert len(widths) == 4 and all(w > 0 for w in widths.values()), widths
+    assert len(widths) == 5 and all(w > 0 for w in widths.values()), widths
 
 
 def test_importance_without_the_study_says_where_it_looked(tmp_path):
