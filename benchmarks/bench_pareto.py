@@ -87,17 +87,9 @@ def config_key(config: dict, setup: dict) -> str:
 
 def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
     """Area dominated by ``points`` (CCC to maximise, GFLOPs to minimise) and bounded by ``reference`` (CCC, GFLOPs)."""
-    from cluster.pareto_asha import nondominated_fronts
+    from analysis.pareto import hypervolume as minimised_hypervolume
 
-    inside = [(c, g) for c, g in points if c > reference[0] and g < reference[1]]
-    if not inside:
-        return 0.0
-    front = sorted((inside[i] for i in nondominated_fronts([(c, -g) for c, g in inside])[0]), key=lambda p: p[1])
-    area, best = 0.0, reference[0]
-    for (ccc, gflops), nxt in zip(front, [p[1] for p in front[1:]] + [reference[1]]):
-        best = max(best, ccc)
-        area += (best - reference[0]) * (nxt - gflops)
-    return area
+    return minimised_hypervolume([(-c, g) for c, g in points], (-reference[0], reference[1])) if points else 0.0
 
 
 def replay_trial(config: dict) -> None:

@@ -26,16 +26,11 @@ __all__ = ["ParetoASHA", "crowding_distances", "nondominated_fronts"]
 
 
 def nondominated_fronts(points: list[tuple[float, ...]]) -> list[list[int]]:
-    """Indexes of ``points`` (every coordinate to maximise) by front, the first front first."""
-    def dominates(a, b) -> bool:
-        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+    """Indexes of ``points`` (every coordinate to maximise) by front, the first front first
+    (``analysis.pareto.non_dominated_sort``, which minimises)."""
+    from analysis.pareto import non_dominated_sort
 
-    left, fronts = set(range(len(points))), []
-    while left:
-        front = sorted(i for i in left if not any(dominates(points[j], points[i]) for j in left if j != i))
-        fronts.append(front)
-        left -= set(front)
-    return fronts
+    return non_dominated_sort([tuple(-x for x in p) for p in points])
 
 
 def crowding_distances(points: list[tuple[float, ...]], front: list[int]) -> dict[int, float]:

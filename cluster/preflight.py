@@ -307,3 +307,22 @@ def check_shape(where: str, config: TrialConfig, spec, index: str, frame_hw: tup
 def _needed_text(spec) -> str:
     return f"clip_len={spec.clip_len}" if spec.sampler == "ssts" else f"num_frames={spec.needed}"
 
+
+def check_objectives(space) -> None:
+    """Every objective of a study with several (``objectives:``) is a metric trials report or a measured cost.
+
+    Raises:
+        ConfigError: one line naming the study file, the objective and the closest valid name.
+    """
+    import difflib
+
+    from trainables.reports import COST_KEYS, reported_metrics
+
+    known = reported_metrics() | reported_metrics(native_scale=(0.0, 1.0))
+    for name, _ in space.objectives[1:] if len(space.objectives) > 1 else ():
+        if name not in known:
+            close = difflib.get_close_matches(str(name), sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"costs: {', '.join(COST_KEYS)}"
+            raise ConfigError(f"{space.path}: objectives.{name} is not a metric trials report or a measured cost; "
+                              f"{hint}")
+

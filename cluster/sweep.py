@@ -22,7 +22,7 @@ from trainables.storage import tracking_uri as resolve_tracking_uri
 from trainables.errors import DataError, UserError
 from trainables.trial import choose_executor
 
-from cluster.preflight import PreflightReport, preflight
+from cluster.preflight import PreflightReport, check_objectives, preflight
 from cluster.progress import ProgressPrinter
 from cluster.resources import max_concurrent_trials
 from cluster.records import data_fingerprint, package_versions
@@ -194,6 +194,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
         return _resume(opts, storage)
 
     space = with_folds(cap_epochs(load_space(opts.space, opts.overrides), opts.epochs), opts.folds)
+    check_objectives(space)
     data = resolve_data(opts.data_index, space)
     # Subject folds, planned once here (before anything starts) and handed to every trial.
     plan = plan_folds(data if isinstance(data, str) else next(iter(data.values())), space.cv["folds"],

@@ -187,9 +187,8 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
 
 def _check_objectives(raw: dict, path: Path, single: tuple[str, str]) -> tuple[tuple[str, str], ...]:
     """The study's objectives: ``objectives: {name: mode, ...}`` (2 or 3, in order, the first the primary one), or the
-    one ``objective``. Each name must be a metric trials report or a measured cost (``trainables.reports``)."""
-    from trainables.reports import COST_KEYS, reported_metrics
-
+    one ``objective``. Whether each name is a metric trials report or a measured cost is the sweep's check
+    (``cluster.preflight.check_objectives``), which knows what trials report."""
     if "objectives" not in raw:
         return (single,)
     if "objective" in raw:
@@ -198,14 +197,7 @@ def _check_objectives(raw: dict, path: Path, single: tuple[str, str]) -> tuple[t
     if not 2 <= len(given) <= MAX_OBJECTIVES:
         raise SpaceError(f"{path}: objectives names {len(given)} metric(s); allowed: 2 to {MAX_OBJECTIVES} "
                          "(one objective: objective: {metric: ..., mode: ...})")
-    known = reported_metrics() | reported_metrics(native_scale=(0.0, 1.0))
     for name, mode in given.items():
-        if name not in known:
-            import difflib
-
-            close = difflib.get_close_matches(str(name), sorted(known), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"costs: {', '.join(COST_KEYS)}"
-            raise SpaceError(f"{path}: objectives.{name} is not a metric trials report or a measured cost; {hint}")
         if mode not in ("min", "max"):
             raise SpaceError(f"{path}: objectives.{name} is {mode!r}; allowed: min, max")
     return tuple((str(k), str(v)) for k, v in given.items())
