@@ -16,7 +16,8 @@ running) before Tune starts it:
    rates highest: for each changed parameter the ratio of the value's frequency among the study's good trials to its
    frequency among the rest (TPE's own l(x) / g(x), with its split: the best 10% of the finished trials, a stopped
    trial ranked below every finished one, and a prior weight of one spread over the parameter's values), multiplied
-   over the changed parameters; remaining ties are drawn with the sweep's seed. It is enqueued in the Optuna study,
+   over the changed parameters (with TPE as the sampler; with another, the closest are equal); remaining ties are
+   drawn with the sweep's seed. It is enqueued in the Optuna study,
    so Optuna records it as its own trial. Judgment call: a neighbour keeps TPE's preference for the other
    parameters, where a uniformly random untried configuration would throw it away; and when TPE keeps proposing
    its best trial's configuration, that trial's neighbours differ in how promising the study has shown their one
@@ -239,14 +240,18 @@ class DistinctOptunaSearch(OptunaSearch):
 
     def _value_ratios(self) -> dict[tuple[str, Any], float] | None:
         """log(l / g) of every (parameter, value) of the listed space, with TPE's split of the study's finished and
-        stopped trials into good and the rest (module docstring); None with fewer than two such trials, or several
-        objectives."""
+        stopped trials into good and the rest (module docstring); None with fewer than two such trials, several
+        objectives, or a sampler other than TPE (random search keeps its draw)."""
         import math
 
         from optuna.study import StudyDirection
         from optuna.trial import TrialState
 
-        if len(self._ot_study.directions) != 1:
+        # The class from its own module: a caller may rebind the name optuna.samplers.TPESampler (the search
+        # benchmark does, to run random search through the same sweep).
+        from optuna.samplers._tpe.sampler import TPESampler
+
+        if len(self._ot_study.directions) != 1 or not isinstance(self._ot_study.sampler, TPESampler):
             return None
         lost = getattr(self, "_lost", ())
         sign = 1.0 if self._ot_study.direction == StudyDirection.MINIMIZE else -1.0

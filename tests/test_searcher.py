@@ -211,11 +211,15 @@ def test_a_neighbour_is_the_untried_one_tpe_rates_highest(tmp_path, seed):
     stopped = {(64, 0.5, "extremum", 25): 0.004, (32, 0.2, "extremum", 10): 0.035, (32, 0.5, "extremum", 25): 0.056,
                (32, 0.2, "mean", 25): 0.035, (32, 0.8, "mean", 10): 0.002, (64, 0.8, "mean", 25): -0.005,
                (64, 0.5, "mean", 10): 0.015, (32, 0.8, "extremum", 25): 0.871}
-    for config, value in finished.items():
-        searcher._ot_study.add_trial(create_trial(params=dict(zip(keys, config)), distributions=dists, value=value))
-    for config, value in stopped.items():
-        searcher._ot_study.add_trial(create_trial(params=dict(zip(keys, config)), distributions=dists,
-                                                  state=TrialState.PRUNED, intermediate_values={1: value}))
+    rand = stopping_searcher(space, sampler=optuna.samplers.RandomSampler(seed=seed))
+    for study in (searcher._ot_study, rand._ot_study):
+        for config, value in finished.items():
+            study.add_trial(create_trial(params=dict(zip(keys, config)), distributions=dists, value=value))
+        for config, value in stopped.items():
+            study.add_trial(create_trial(params=dict(zip(keys, config)), distributions=dists, state=TrialState.PRUNED,
+                                         intermediate_values={1: value}))
     best = {**dict(zip(keys, (32, 0.8, "mean", 25))), "backbone": "cnn_rnn_tiny"}
     chosen = searcher._closest_untried(best)
     assert {k: chosen[k] for k in keys} == dict(zip(keys, (16, 0.8, "mean", 25)))
+    # Random search keeps its draw: no TPE rating without TPE.
+    assert searcher._value_ratios() is not None and rand._value_ratios() is None
