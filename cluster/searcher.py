@@ -12,9 +12,16 @@ running) before Tune starts it:
    TPE draws at random, but it mostly proposes the same combination again, and every re-ask leaves one more closed
    trial in the study);
 2. if TPE still repeats itself and the space is finite, the sweep trains the untried configuration closest to TPE's
-   choice instead (fewest parameters changed; ties drawn with the sweep's seed). It is enqueued in the Optuna study,
+   choice instead (fewest parameters changed). Among equally close ones it takes the one whose changed values TPE
+   rates highest: for each changed parameter the ratio of the value's frequency among the study's good trials to its
+   frequency among the rest (TPE's own l(x) / g(x), with its split: the best 10% of the finished trials, a stopped
+   trial ranked below every finished one, and a prior weight of one spread over the parameter's values), multiplied
+   over the changed parameters (with TPE as the sampler; with another, the closest are equal); remaining ties are
+   drawn with the sweep's seed. It is enqueued in the Optuna study,
    so Optuna records it as its own trial. Judgment call: a neighbour keeps TPE's preference for the other
-   parameters, where a uniformly random untried configuration would throw it away;
+   parameters, where a uniformly random untried configuration would throw it away; and when TPE keeps proposing
+   its best trial's configuration, that trial's neighbours differ in how promising the study has shown their one
+   changed value to be (a window length every good trial used, or one only bad trials used), which a draw ignored;
 3. when every configuration of a finite space has been tried, the searcher reports that it is finished and the sweep
    ends with fewer trials than ``--trials``, saying so.
 
@@ -234,4 +241,55 @@ class DistinctOptunaSearch(OptunaSearch):
 
         fewest = min(changed(p) for p in untried)
         closest = [p for p in untried if changed(p) == fewest]
+        ratios = self._value_ratios()
+        if ratios is not None and len(closest) > 1:
+            def rating(point: dict[str, Any]) -> float:
+                return sum(ratios.get((k, v), 0.0) for k, v in point.items() if wanted.get(k) != v)
+
+            top = max(rating(p) for p in closest)
+            closest = [p for p in closest if rating(p) >= top - 1e-9]
         return random.Random(self._seed * 1_000_003 + len(tried)).choice(closest)
+
+    def _value_ratios(self) -> dict[tuple[str, Any], float] | None:
+        """log(l / g) of every (parameter, value) of the listed space, with TPE's split of the study's finished and
+        stopped trials into good and the rest (module docstring); None with fewer than two such trials, several
+        objectives, or a sampler other than TPE (random search keeps its draw)."""
+        import math
+
+        from optuna.study import StudyDirection
+        from optuna.trial import TrialState
+
+        # The class from its own module: a caller may rebind the name optuna.samplers.TPESampler (the search
+        # benchmark does, to run random search through the same sweep).
+        from optuna.samplers._tpe.sampler import TPESampler
+
+        if len(self._ot_study.directions) != 1 or not isinstance(self._ot_study.sampler, TPESampler):
+            return None
+        lost = getattr(self, "_lost", ())
+        sign = 1.0 if self._ot_study.direction == StudyDirection.MINIMIZE else -1.0
+        done = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+                if t.number not in lost]
+        if len(done) < 2:
+            return None
+
+        def order(t) -> tuple:  # TPE's: finished by value, then stopped by how far they got, then by their last value
+            if t.state == TrialState.COMPLETE:
+                return (0, 0, sign * t.value)
+            if not t.intermediate_values:
+                return (1, 1, 0.0)
+            step, value = max(t.intermediate_values.items())
+            return (1, -step, sign * value)
+
+        done.sort(key=order)
+        n_good = min(math.ceil(0.1 * len(done)), 25)  # TPE's default gamma
+        good, rest = done[:n_good], done[n_good:]
+        values: dict[str, set] = {}
+        for point in self._points:
+            for k, v in point.items():
+                values.setdefault(k, set()).add(v)
+
+        def density(group, k, v) -> float:
+            holding = [t.params[k] for t in group if k in t.params]
+            return (sum(x == v for x in holding) + 1 / len(values[k])) / (len(holding) + 1)
+
+        return {(k, v): math.log(density(good, k, v) / density(rest, k, v)) for k, vs in values.items() for v in vs}

@@ -196,3 +196,49 @@ def test_a_stopped_trial_of_several_objectives_is_complete_with_its_rung_values_
     assert by_id["stopped"].user_attrs == {STOPPED_ATTR: 2.0}
     assert by_id["whole"].state == TrialState.COMPLETE and STOPPED_ATTR not in by_id["whole"].user_attrs
     assert len(searcher._ot_study.best_trials) == 1  # the whole trial dominates the stopped one
+
+
+WINDOWS = """
+name: windows
+objective: {metric: val_ccc_mean, mode: max}
+fidelity: {attr: epoch, max: 6, grace: 1, reduction_factor: 3}
+fixed: {backbone: cnn_rnn_tiny}
+params:
+  window_length: {type: categorical, choices: [16, 32, 64]}
+  window_overlap: {type: categorical, choices: [0.2, 0.5, 0.8]}
+  label_fusion: {type: categorical, choices: [mean, extremum]}
+  fps: {type: categorical, choices: [10, 25]}
+"""
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_neighbour_is_the_untried_one_tpe_rates_highest(tmp_path, seed):
+    """The study of a window-grid sweep (bench_search_efficiency, TPE seed 1) when TPE keeps proposing its best
+    trial, (32, 0.8, mean, 25): two neighbours are untried, (16, 0.8, mean, 25) and (32, 0.5, mean, 25). Window 16 is
+    in the study's other good trial and in no bad one, overlap 0.5 only in bad ones: the neighbour is (16, 0.8, mean,
+    25), whatever the seed (a draw took either)."""
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    path = tmp_path / "windows.yaml"
+    path.write_text(textwrap.dedent(WINDOWS))
+    space = load_space(path)
+    searcher = stopping_searcher(space, seed=seed)
+    keys = ("window_length", "window_overlap", "label_fusion", "fps")
+    dists = {k: CategoricalDistribution(space.params[k]["choices"]) for k in keys}
+    finished = {(32, 0.8, "mean", 25): 0.950, (16, 0.2, "extremum", 25): 0.937, (32, 0.2, "extremum", 25): 0.329}
+    stopped = {(64, 0.5, "extremum", 25): 0.004, (32, 0.2, "extremum", 10): 0.035, (32, 0.5, "extremum", 25): 0.056,
+               (32, 0.2, "mean", 25): 0.035, (32, 0.8, "mean", 10): 0.002, (64, 0.8, "mean", 25): -0.005,
+               (64, 0.5, "mean", 10): 0.015, (32, 0.8, "extremum", 25): 0.871}
+    rand = stopping_searcher(space, sampler=optuna.samplers.RandomSampler(seed=seed))
+    for study in (searcher._ot_study, rand._ot_study):
+        for config, value in finished.items():
+            study.add_trial(create_trial(params=dict(zip(keys, config)), distributions=dists, value=value))
+        for config, value in stopped.items():
+            study.add_trial(create_trial(params=dict(zip(keys, config)), distributions=dists, state=TrialState.PRUNED,
+                                         intermediate_values={1: value}))
+    best = {**dict(zip(keys, (32, 0.8, "mean", 25))), "backbone": "cnn_rnn_tiny"}
+    chosen = searcher._closest_untried(best)
+    assert {k: chosen[k] for k in keys} == dict(zip(keys, (16, 0.8, "mean", 25)))
+    # Random search keeps its draw: no TPE rating without TPE.
+    assert searcher._value_ratios() is not None and rand._value_ratios() is None
