@@ -212,7 +212,9 @@ def test_compare_overlays_the_sweeps_fronts_against_gflops(store, tmp_path, caps
         members = non_dominated(both[name])
         assert float(cell) == pytest.approx(union_area([both[name][t] for t in members], ref), rel=2e-3,
                                             abs=5e-5), name
-    assert f"(val_ccc_mean = {ref[0]:.4g}, gflops = {ref[1]:.4g}: 0 or the worst" in out
+    reference = re.search(r"<th>reference point</th><td>([^<]*)</td><td>([^<]*)</td>", section).groups()
+    assert reference == (f"val_ccc_mean={ref[0]:.4g},gflops={ref[1]:.4g}",) * 2
+    assert re.search(rf"^  reference point +val_ccc_mean={ref[0]:.4g},gflops={ref[1]:.4g} ", out, re.M), out
     assert (tmp_path / "c" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<img src='compare.png' alt='best objective so far and Pareto fronts'>" in page
 
