@@ -27,6 +27,9 @@ METRICS = ("val_ccc_valence", "val_ccc_arousal", "val_rmse_valence", "val_rmse_a
 # ``validation`` says how each sweep validated).
 IGNORED = ("trial_id", "cv")
 PARETO_TITLE = "Pareto front: objective against gflops (complete trials)"
+PARETO_NOTE = ("Hypervolume: the region a sweep's front dominates up to its reference point (larger is better); the "
+               "sweeps share one when they share their objective: 0, or the worst value below it, for a maximised "
+               "objective, and 1.1 x the largest gflops of any sweep.")
 
 
 def _short(v: Any, width: int = 48) -> Any:
@@ -65,7 +68,8 @@ def comparison(sweeps: list[Sweep]) -> list[tuple[str, list[tuple[str, list[Any]
     fronts, _ = shared_fronts(sweeps)
     pareto = [("complete trials", [len(f.trials) for f in fronts], False),
               ("on the front", [", ".join(f.member_ids()) or "none" for f in fronts], False),
-              ("hypervolume", [f.hypervolume if f.trials else None for f in fronts], False)]
+              ("hypervolume", [f.hypervolume if f.trials else None for f in fronts], False),
+              ("reference point", [f.reference_text().replace(" = ", "=").replace(", ", ",") for f in fronts], False)]
 
     searched = list(dict.fromkeys(k for s in sweeps for k in (*s.searched, *s.overrides)))
     config = [(k, [_short(b.params.get(k)) if b else None for b in bests], False) for k in searched]
@@ -90,15 +94,6 @@ def notes(sweeps: list[Sweep]) -> list[str]:
     out = []
     if len({s.metric for s in sweeps}) > 1:
         out.append("the sweeps optimise different objectives; their best values are not comparable")
-    fronts, shared = shared_fronts(sweeps)
-    if shared and any(f.trials for f in fronts):
-        out.append(f"hypervolume: the region each sweep's front of {sweeps[0].metric} against gflops dominates, up to "
-                   f"one reference point for every sweep ({fronts[0].reference_text()}: 0 or the worst value below it "
-                   f"for a maximised objective, 1.1 x the largest gflops of any sweep); larger is better")
-    elif any(f.trials for f in fronts):
-        out.append("hypervolume: each sweep's against a reference point of its own (the sweeps optimise different "
-                   "objectives): " + "; ".join(f"{s.name}: {f.reference_text()}" for s, f in zip(sweeps, fronts)
-                                               if f.trials))
     cv = [s for s in sweeps if s.folds]
     one = [s for s in sweeps if not s.folds]
     if cv and one:
@@ -142,7 +137,8 @@ def to_markdown(sweeps: list[Sweep], sections, plot: str | None) -> str:
         out += ["## Best objective so far and Pareto fronts", "",
                 f"![best objective so far against trials]({plot})", "",
                 "Left: each sweep's best objective so far against trials. Right: each sweep's complete trials by "
-                "objective against gflops per window, its Pareto front solid and joined, dominated trials faded.", ""]
+                "objective against gflops per window, its Pareto front solid and joined, dominated trials faded.", "",
+                PARETO_NOTE, ""]
     return "\n".join(out)
 
 
@@ -160,7 +156,8 @@ def to_html(sweeps: list[Sweep], sections, plot: str | None) -> str:
     if plot:
         parts.append(f"<h2>Best objective so far and Pareto fronts</h2><p class='note'>left: each sweep's best "
                      f"objective so far against trials; right: each sweep's complete trials by objective against "
-                     f"gflops per window, its Pareto front solid and joined, dominated trials faded</p>"
+                     f"gflops per window, its Pareto front solid and joined, dominated trials faded. "
+                     f"{html.escape(PARETO_NOTE)}</p>"
                      f"<img src='{html.escape(plot)}' alt='best objective so far and Pareto fronts'>")
     return "".join(parts) + "</body></html>"
 

@@ -1,6 +1,15 @@
 """The MLflow model registry: a model bundle logged as a pyfunc model (:mod:`analysis.pyfunc_model`) in a run of its
 own, registered under a name and given the alias ``production``.
 
+Every move of the alias is recorded on the registered model, as one tag per move: ``emotune.alias_move.<version>``
+(the version that received the alias, zero-padded to six digits so the keys sort as the versions do) holding a JSON
+object: ``time`` (UTC, ISO 8601), ``alias``, ``version``, ``replaced`` (the version that held the alias before, or
+null), and what the promotion passed: ``sweep``, ``trial``, ``test`` (the objective, its value and the interval when
+there is one), ``costs`` (:func:`analysis.sweeps.run_costs` of the registered run), ``constraints``, and the runs it
+came from. One tag per move keeps each value small (a registry caps a tag's length) however many moves there are, and
+the record stays with the model when a version is deleted. ``emotune promote --history`` prints them
+(:func:`moves`). A version registered before emotune recorded moves has no record.
+
 Every call goes through an ``MlflowClient`` on the given store; the pyfunc model is written with
 ``mlflow.pyfunc.save_model`` into a temporary folder and uploaded with the client, so nothing here depends on, or
 changes, the process's MLflow settings (tracking URI, registry URI, active run, ``MLFLOW_*`` variables).
@@ -14,6 +23,8 @@ from typing import Any
 from trainables.provenance import KIND_TAG, PROMOTION_KIND
 
 ALIAS = "production"
+#: The registered-model tag of each move of the alias: ``MOVE_TAG + <version, 6 digits>``.
+MOVE_TAG = "emotune.alias_move."
 
 
 def production_version(client, name: str):
@@ -25,9 +36,10 @@ def production_version(client, name: str):
 
 
 def register(client, bundle, model_name: str, tags: dict, production: dict, experiment_id: str,
-             alias: str = ALIAS) -> str:
+             alias: str = ALIAS, move: dict | None = None) -> str:
     """Log ``bundle`` as a pyfunc model in a new run (kind ``promotion``), register it as ``model_name`` and give it
-    ``alias``; returns the version. ``client`` must be an ``MlflowClient`` whose registry is its tracking store."""
+    ``alias``, recording the move (``move``: what to say of it besides its time and versions; module docstring);
+    returns the version. ``client`` must be an ``MlflowClient`` whose registry is its tracking store."""
     import warnings
 
     import mlflow.pyfunc
@@ -63,8 +75,46 @@ def register(client, bundle, model_name: str, tags: dict, production: dict, expe
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
     mv = client.create_model_version(model_name, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags)
+    before = _alias_version(client, model_name, alias)
     client.set_registered_model_alias(model_name, alias, mv.version)
+    record_move(client, model_name, alias, str(mv.version), before, {**(move or {}), "promotion_run_id": run_id})
     return str(mv.version)
+
+
+def _alias_version(client, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except Exception:
+        return None
+
+
+def record_move(client, model_name: str, alias: str, version: str, replaced: str | None, details: dict) -> dict:
+    """Record on the registered model that ``alias`` moved to ``version`` from ``replaced`` (module docstring)."""
+    import json
+    from datetime import datetime, timezone
+
+    entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "alias": alias,
+             "version": str(version), "replaced": replaced, **details}
+    client.set_registered_model_tag(model_name, f"{MOVE_TAG}{int(version):06d}", json.dumps(entry, default=str))
+    return entry
+
+
+def moves(client, model_name: str) -> list[dict] | None:
+    """The recorded moves of the registered model's aliases, oldest first; None when no model has that name."""
+    import json
+
+    try:
+        model = client.get_registered_model(model_name)
+    except Exception:
+        return None
+    found = []
+    for key, value in (model.tags or {}).items():
+        if key.startswith(MOVE_TAG):
+            try:
+                found.append(json.loads(value))
+            except ValueError:  # not a record emotune wrote: left out
+                continue
+    return sorted(found, key=lambda m: (str(m.get("time", "")), int(m.get("version", 0) or 0)))
 
 
 def force_production(bundle, tracking_uri: str, model_name: str = "emotune", experiment: str = "emotune",
@@ -75,4 +125,5 @@ def force_production(bundle, tracking_uri: str, model_name: str = "emotune", exp
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    return register(client, bundle, model_name, dict(tags or {}), {"forced": True}, exp_id)
+    return register(client, bundle, model_name, dict(tags or {}), {"forced": True}, exp_id,
+                    move={"forced": True})

@@ -46,6 +46,15 @@ def _set_value(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def _constraint(text: str):
+    from analysis.constraints import parse_constraint
+
+    try:
+        return parse_constraint(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with emotune's error format: a usage error is one line, ``emotune: error: ...``, exit status 2 (as
     every other user error), naming the command whose ``--help`` tells what is allowed."""
@@ -155,7 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     pm = sub.add_parser("promote", help="evaluate a sweep's best trial on the test subjects and, if it beats the "
                                          "model holding the alias 'production', register it as an MLflow pyfunc "
                                          "model with that alias")
-    pm.add_argument("sweep", metavar="SWEEP", help="sweep name or its MLflow parent run id")
+    pm.add_argument("sweep", metavar="SWEEP", nargs="?", default=None,
+                    help="sweep name or its MLflow parent run id (not with --history)")
+    pm.add_argument("--constraint", dest="constraints", action="append", type=_constraint, default=[],
+                    metavar="NAME<OP>NUMBER",
+                    help="promote the best complete trial by the first objective among those meeting this, e.g. "
+                         "'gflops<=2' (op: <=, <, >=, >; name: a measured cost params_m, gflops, infer_ms, train_s, "
+                         "peak_mem_mb, or a validation metric such as val_ccc_arousal); repeat for several")
+    pm.add_argument("--history", action="store_true",
+                    help="print every recorded move of the model's alias (time, sweep, trial, test score, costs, the "
+                         "version it replaced) and stop")
     pm.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then "
                                                        "sqlite file ./mlflow.db)")
     pm.add_argument("--model-name", default="emotune", help="registered model name (default: emotune)")

@@ -81,16 +81,39 @@ def cmd_promote(a) -> int:
     """``emotune promote``: with ``--retrain-top K``, the sweep's K best configurations are trained again first
     (:func:`cluster.retrain.retrain_top`, on Ray) and the chosen run is the candidate; a cross-validated sweep's best
     configuration is refit on every non-test subject first (:func:`cluster.retrain.refit_best`, on Ray) and the refit
-    is the candidate. The decision, the scoring and the registry are :mod:`analysis`'s."""
+    is the candidate. With ``--constraint``, the candidate is the best complete trial meeting every constraint
+    (:func:`analysis.constraints.choose`; a cross-validated sweep's is refit); no trial meeting them is a user error
+    before anything runs. ``--history`` prints the recorded moves of the alias instead. The decision, the scoring and
+    the registry are :mod:`analysis`'s."""
     from mlflow.tracking import MlflowClient
 
-    from analysis.promote import find_sweep, promote
+    from analysis.promote import find_sweep, history, promote
     from analysis.sweeps import cv_folds
     from trainables.storage import existing_store
 
+    constraints = list(getattr(a, "constraints", None) or [])
+    if getattr(a, "history", False):
+        if a.sweep or constraints or a.retrain_top:
+            raise UserError("promote --history prints the recorded moves of the alias of --model-name; it takes no "
+                            "SWEEP, --constraint or --retrain-top")
+        uri = existing_store(a.mlflow_uri)
+        say(history(MlflowClient(uri, registry_uri=uri), a.model_name))
+        return 0
+    if not a.sweep:
+        raise UserError("promote needs SWEEP (a sweep name or its MLflow parent run id), or --history")
+    if constraints and a.retrain_top:
+        raise UserError("--constraint and --retrain-top do not go together: --retrain-top trains the sweep's best "
+                        "configurations again whatever they cost; give one of them")
     uri = existing_store(a.mlflow_uri)
     client = MlflowClient(uri, registry_uri=uri)
     parent = find_sweep(client, a.sweep)
+    chosen = None
+    if constraints:
+        from analysis.constraints import choose
+        from analysis.sweeps import load_sweep
+
+        chosen = choose(load_sweep(client, parent.info.run_id, metrics=tuple(c.name for c in constraints)),
+                        constraints)
     retrained = refit = None
     if cv_folds(parent):
         if a.retrain_top:
@@ -99,14 +122,15 @@ def cmd_promote(a) -> int:
                             f"its best configuration on every non-test subject")
         from cluster.retrain import refit_best
 
-        refit = refit_best(client, parent.info.run_id, uri, ray_address=a.address)
+        refit = refit_best(client, parent.info.run_id, uri, ray_address=a.address,
+                           trial=None if chosen is None else (chosen.run_id, chosen.trial_id))
     elif a.retrain_top:
         from cluster.retrain import retrain_top
 
         retrained = retrain_top(client, parent.info.run_id, uri, a.retrain_top, a.seeds, a.max_concurrent,
                                 ray_address=a.address)
     outcome = promote(a.sweep, uri, model_name=a.model_name, margin=a.margin, out_dir=a.out, retrained=retrained,
-                      refit=refit)
+                      refit=refit, chosen=chosen, constraints=constraints)
     say(outcome.message)
     if not outcome.promoted:
         return 1

@@ -255,8 +255,10 @@ def refit_config(config: dict, epochs: int, postprocess: dict, value: float, sto
 
 
 def refit_best(client, sweep_ref: str, tracking_uri: str, storage: str | None = None,
-               ray_address: str | None = None) -> Refit:
-    """Train the cross-validated sweep's best configuration on every non-test subject (module docstring).
+               ray_address: str | None = None, trial: tuple[str, str] | None = None) -> Refit:
+    """Train the cross-validated sweep's best configuration on every non-test subject (module docstring); ``trial``
+    (its run id and trial id): that trial's configuration instead (a constrained promotion's choice), which must have
+    finished every fold.
 
     Raises:
         UserError: no such sweep, no trial finished every fold, the sweep is not cross-validated, the best trial's
@@ -270,7 +272,8 @@ def refit_best(client, sweep_ref: str, tracking_uri: str, storage: str | None = 
     folds = cv_folds(parent)
     if not folds:
         raise UserError(f"sweep {name!r} is not cross-validated: there is no refit to train")
-    trial_run_id, trial_id = parent.data.tags["emotune.best_run_id"], parent.data.tags.get("emotune.best_trial", "")
+    trial_run_id, trial_id = trial or (parent.data.tags["emotune.best_run_id"],
+                                       parent.data.tags.get("emotune.best_trial", ""))
     metrics = client.get_run(trial_run_id).data.metrics
     missing = [k for k in ("cv_mean", "cv_sd", "cv_best_epoch_median") if k not in metrics]
     if missing:

@@ -1,6 +1,6 @@
 """The Pareto arithmetic of ``analysis.pareto`` against fronts and hypervolumes computed by hand, and against Optuna's
-public hypervolume history; a sweep's fronts, its leaderboard with several objectives and the comparison figure's
-overlay, on hand-made trials (no sweep needed)."""
+public hypervolume history; a sweep's fronts, its leaderboard with several objectives, the comparison figure's overlay
+and the constraints of a constrained promotion, on hand-made trials (no sweep needed)."""
 from __future__ import annotations
 
 import math
@@ -207,3 +207,53 @@ def test_the_comparison_figure_overlays_each_sweeps_front(monkeypatch, tmp_path)
     faded = [c for c in right.collections if c.get_label().startswith("_")]
     assert len(faded) == 2 and all(c.get_alpha() < 1 for c in faded)
     assert right.get_xlabel() == "gflops per window" and right.get_ylabel() == "val_ccc_mean"
+
+
+# ---- constraints ----
+
+@pytest.mark.parametrize("text, parsed", [("gflops<=2", ("gflops", "<=", 2.0)),
+                                          (" params_m < 1e1 ", ("params_m", "<", 10.0)),
+                                          ("val_ccc_arousal>=.25", ("val_ccc_arousal", ">=", 0.25)),
+                                          ("train_s>-3", ("train_s", ">", -3.0))])
+def test_constraint_grammar(text, parsed):
+    from analysis.constraints import parse_constraint
+
+    c = parse_constraint(text)
+    assert (c.name, c.op, c.bound) == parsed
+
+
+@pytest.mark.parametrize("text, words", [("gflops=2", "is not <name><op><number>"),
+                                         ("gflops<=two", "is not <name><op><number>"),
+                                         ("<=2", "is not <name><op><number>"),
+                                         ("flops<=2", "did you mean gflops?"),
+                                         ("lr<=0.1", "neither a measured cost nor a validation metric")])
+def test_bad_constraints_name_what_is_allowed(text, words):
+    from analysis.constraints import parse_constraint
+    from trainables.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        parse_constraint(text)
+    assert words in str(err.value)
+    assert "costs params_m, gflops, infer_ms, train_s, peak_mem_mb; metrics val_" in str(err.value)
+
+
+def test_choose_the_best_complete_trial_meeting_every_constraint():
+    from analysis.constraints import choose, parse_constraint
+    from trainables.errors import UserError
+
+    sweep = _sweep()
+    assert choose(sweep, []).trial_id == "t1"
+    chosen = choose(sweep, [parse_constraint("gflops<=2.5"), parse_constraint("params_m<=1")])
+    assert (chosen.trial_id, chosen.values) == ("t0", {"gflops": 2.0, "params_m": 1.0})
+    # the stopped-early trial t4 meets everything but is not complete; t3 is the only complete one under 0.6 params
+    assert choose(sweep, [parse_constraint("params_m<0.6")]).trial_id == "t3"
+    assert choose(sweep, [parse_constraint("val_ccc_mean<0.55")]).trial_id == "t0"
+    with pytest.raises(UserError) as err:
+        choose(sweep, [parse_constraint("gflops<=0.5"), parse_constraint("params_m<=0.6")])
+    # shortfalls: t0 3 + 0.67, t1 5 + 0.67, t2 1 + 2.33, t3 4 + 0: t2 misses by the least
+    assert str(err.value) == ("no complete trial of sweep 's' meets gflops<=0.5, params_m<=0.6 (4 complete "
+                              "trial(s)); closest: trial t2 (gflops 1, params_m 2); nothing promoted")
+    for t in sweep.trials:
+        t.costs.pop("train_s")
+    with pytest.raises(UserError, match="recorded train_s"):
+        choose(sweep, [parse_constraint("train_s<=10")])

@@ -1,22 +1,27 @@
-"""Pareto fronts through the real entry points, checked against the MLflow records.
+"""Pareto fronts and constrained promotion through the real entry points, checked against the MLflow records.
 
 The store is a copy of the one holding the one-split sweeps ``rep`` and ``rep-b`` of ``tests/test_report.py``
 (``tiny_sweeps``), with one more sweep, ``mo`` (experiment ``pareto``): a study with two objectives, validation CCC
 (max) against GFLOPs per window (min), whose three one-epoch trials differ in their GRU size (8, 16, 32), so their
 costs differ. Every expectation here is computed from the runs' metrics and tags by this file's own arithmetic (a
 brute-force dominance check, the hypervolume as the area of a union of rectangles over a grid of their edges), not by
-``analysis``: the report's fronts, hypervolumes and reference points, the multi-objective leaderboard's order, and
-``emotune compare``'s overlaid fronts."""
+``analysis``: the report's fronts, hypervolumes and reference points, the multi-objective leaderboard's order,
+``emotune compare``'s overlaid fronts, the trial a constrained promotion picks, the refusal when none qualifies (and
+the registry left as it was), bad constraints refused before anything runs, ``promote --history`` after two moves,
+and the README's lines. With ``-m slow``: a cross-validated sweep's constrained promotion refits the chosen trial."""
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 
 import pytest
+import yaml
 
+from test_cv_analysis import cv  # noqa: F401 (a fixture: the CV sweep, for the slow test)
 from test_report import cli, tiny_sweeps
-from test_sweep_e2e import emotune
+from test_sweep_e2e import emotune, run_cli
 
 MO_SPACE = """
 name: mo
@@ -34,6 +39,7 @@ initial_points:
   - {rnn_hidden: 32, lr: 0.002}
 """
 COSTS = ("gflops", "params_m", "train_s", "infer_ms")
+MODEL = "emotune-pareto"
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +212,9 @@ def test_compare_overlays_the_sweeps_fronts_against_gflops(store, tmp_path, caps
         members = non_dominated(both[name])
         assert float(cell) == pytest.approx(union_area([both[name][t] for t in members], ref), rel=2e-3,
                                             abs=5e-5), name
-    assert f"(val_ccc_mean = {ref[0]:.4g}, gflops = {ref[1]:.4g}: 0 or the worst" in out
+    reference = re.search(r"<th>reference point</th><td>([^<]*)</td><td>([^<]*)</td>", section).groups()
+    assert reference == (f"val_ccc_mean={ref[0]:.4g},gflops={ref[1]:.4g}",) * 2
+    assert re.search(rf"^  reference point +val_ccc_mean={ref[0]:.4g},gflops={ref[1]:.4g} ", out, re.M), out
     assert (tmp_path / "c" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<img src='compare.png' alt='best objective so far and Pareto fronts'>" in page
 
@@ -228,3 +236,203 @@ def test_compare_overlays_the_sweeps_fronts_against_gflops(store, tmp_path, caps
     import matplotlib.pyplot as plt
 
     plt.close(drawn["fig"])
+
+
+def _excluding_the_best(trials: dict[str, dict]) -> tuple[str, str]:
+    """A gflops constraint that leaves out the trial with the best CCC (another trial costs less, or more), and the
+    trial a constrained promotion must then pick: the best CCC among those that meet it."""
+    best = max(trials, key=lambda t: trials[t]["ccc"])
+    cheaper = [v["gflops"] for t, v in trials.items() if v["gflops"] < trials[best]["gflops"]]
+    if cheaper:
+        bound = (max(cheaper) + trials[best]["gflops"]) / 2
+        text, meets = f"gflops<={bound:.9g}", (lambda v: v <= bound)
+    else:
+        bound = (min(v["gflops"] for t, v in trials.items() if t != best) + trials[best]["gflops"]) / 2
+        text, meets = f"gflops>={bound:.9g}", (lambda v: v >= bound)
+    chosen = max((t for t, v in trials.items() if meets(v["gflops"])), key=lambda t: trials[t]["ccc"])
+    assert chosen != best
+    return text, chosen
+
+
+@pytest.fixture(scope="module")
+def promoted(store, tmp_path_factory):
+    """Sweep ``mo`` promoted twice to model ``emotune-pareto`` through the installed command: first its best trial,
+    then under a constraint that leaves that trial out (``--margin -2``: the second move happens whatever the two score
+    on the one test subject). (the constraint, the trial it must pick, each promotion's output and out folder)."""
+    work, uri = store
+    trials = records(_client(uri), "mo")
+    constraint, chosen = _excluding_the_best(trials)
+    params_bound = max(v["params_m"] for v in trials.values())  # met by every trial: the gflops bound decides
+    outs = []
+    for i, extra in enumerate(([], ["--constraint", constraint, "--constraint", f"params_m<={params_bound:.9g}",
+                                    "--margin", "-2"])):
+        folder = tmp_path_factory.mktemp(f"promote{i}")
+        proc = emotune("promote", "mo", "--mlflow-uri", uri, "--model-name", MODEL, "--out", str(folder), *extra,
+                       cwd=folder)
+        outs.append((proc.stdout, folder))
+    return (constraint, f"params_m<={params_bound:.9g}"), chosen, outs
+
+
+def test_a_constrained_promotion_picks_the_best_trial_meeting_every_constraint(store, promoted):
+    work, uri = store
+    client = _client(uri)
+    (gflops, params), chosen, outs = promoted
+    out, folder = outs[1]
+    trials = records(client, "mo")
+    assert re.search(rf"^constraints {re.escape(gflops)}, {re.escape(params)}: trial {chosen} \(gflops "
+                     rf"{trials[chosen]['gflops']:.4g}, params_m {trials[chosen]['params_m']:.4g}\) is the best "
+                     rf"complete trial of sweep mo meeting them$", out, re.M), out
+    assert re.search(rf"^promoted: trial {chosen} of sweep mo scores test ccc_mean", out, re.M), out
+    version = client.get_model_version_by_alias(MODEL, "production")
+    assert str(version.version) == "2" and version.tags["emotune.trial"] == chosen
+    assert version.tags["emotune.trial_run_id"] == trials[chosen]["run"].info.run_id
+    assert version.tags["emotune.constraints"] == f"{gflops}, {params}"
+    for cost in ("gflops", "params_m", "infer_ms", "peak_mem_mb"):
+        assert float(version.tags[f"emotune.cost.{cost}"]) == pytest.approx(trials[chosen][cost], rel=1e-5), cost
+    # train_s: the sum of every report's training seconds, which for a trial that never restarted is its last train_s
+    assert float(version.tags["emotune.cost.train_s"]) == pytest.approx(trials[chosen]["train_s"], rel=1e-4)
+    produced = yaml.safe_load((folder / "production.yaml").read_text())
+    assert produced["trial"] == chosen and produced["constraints"] == [gflops, params]
+    assert produced["costs"]["gflops"] == pytest.approx(trials[chosen]["gflops"])
+    # the first promotion (no constraint) registered the sweep's best trial, with its costs too
+    first = client.get_model_version(MODEL, "1")
+    best = max(trials, key=lambda t: trials[t]["ccc"])
+    assert first.tags["emotune.trial"] == best and "emotune.constraints" not in first.tags
+    assert float(first.tags["emotune.cost.gflops"]) == pytest.approx(trials[best]["gflops"], rel=1e-5)
+
+
+def test_promote_history_lists_both_moves(store, promoted, tmp_path):
+    work, uri = store
+    client = _client(uri)
+    (gflops, params), chosen, outs = promoted
+    proc = run_cli("promote", "--history", "--model-name", MODEL, "--mlflow-uri", uri, cwd=tmp_path)
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"2 move(s) of the aliases of model '{MODEL}', oldest first:"
+    head = lines[1].split("  ")
+    head = [h.strip() for h in head if h.strip()]
+    assert head == ["time (UTC)", "alias", "version", "replaced", "sweep", "trial", "test ccc_mean", "params_m",
+                    "gflops", "infer_ms", "train_s", "peak_mem_mb", "constraints"]
+    rows = [line.split() for line in lines[2:]]
+    assert len(rows) == 2
+    trials = records(client, "mo")
+    best = max(trials, key=lambda t: trials[t]["ccc"])
+    for row, number, replaced, trial, (_, folder) in zip(rows, ("1", "2"), ("-", "1"), (best, chosen), outs):
+        assert row[1:6] == ["production", number, replaced, "mo", trial]
+        produced = yaml.safe_load((folder / "production.yaml").read_text())
+        assert produced["version"] == number and row[6] == f"{produced['test']['value']:.4f}"
+        assert row[8] == f"{trials[trial]['gflops']:.4g}" and row[7] == f"{trials[trial]['params_m']:.4g}"
+    assert rows[0][-1] == "-" and " ".join(rows[1][-2:]) == f"{gflops}, {params}"
+    assert rows[0][0] <= rows[1][0]  # ISO times, oldest first
+    # recorded on the registered model, one tag per move
+    tags = client.get_registered_model(MODEL).tags
+    moves = {k: json.loads(v) for k, v in tags.items() if k.startswith("emotune.alias_move.")}
+    assert set(moves) == {"emotune.alias_move.000001", "emotune.alias_move.000002"}
+    assert moves["emotune.alias_move.000002"]["replaced"] == "1"
+    assert moves["emotune.alias_move.000002"]["costs"]["gflops"] == pytest.approx(trials[chosen]["gflops"])
+
+    proc = run_cli("promote", "--history", "--model-name", "nobody", "--mlflow-uri", uri, cwd=tmp_path)
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == "no model named 'nobody' is registered: no move of its alias 'production' is recorded"
+
+
+def _registry_state(client) -> tuple:
+    model = client.get_registered_model(MODEL)
+    versions = sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'"))
+    return versions, client.get_model_version_by_alias(MODEL, "production").version, dict(model.tags)
+
+
+def test_no_trial_meeting_the_constraints_moves_nothing(store, promoted, tmp_path):
+    work, uri = store
+    client = _client(uri)
+    before = _registry_state(client)
+    trials = records(client, "mo")
+    closest = min(trials, key=lambda t: trials[t]["gflops"])  # one constraint: the least gflops misses it least
+    proc = run_cli("promote", "mo", "--mlflow-uri", uri, "--model-name", MODEL, "--out", str(tmp_path),
+                   "--constraint", "gflops<=1e-9", "--margin", "-2", cwd=tmp_path)
+    assert proc.returncode == 2 and not proc.stdout, proc.stdout
+    line, = proc.stderr.splitlines()
+    assert line == (f"emotune: error: no complete trial of sweep 'mo' meets gflops<=1e-09 (3 complete trial(s)); "
+                    f"closest: trial {closest} (gflops {trials[closest]['gflops']:.4g}); nothing promoted")
+    assert _registry_state(client) == before
+    assert not (tmp_path / "production.yaml").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--constraint", "gflops=2"], "constraint 'gflops=2' is not <name><op><number>"),
+    (["--constraint", "gflops<=2", "--constraint", "flops<=2"], "names 'flops', which is neither a measured cost"),
+    (["--constraint", "val_ccc_mean>=high"], "is not <name><op><number>"),
+    (["--constraint", "epoch<=3"], "names 'epoch', which is neither"),
+], ids=["no-operator", "unknown-name", "not-a-number", "not-a-cost-or-metric"])
+def test_a_bad_constraint_is_one_line_before_anything_runs(args, words, tmp_path):
+    """Refused while the command line is read: no store is opened (none exists here, and none is created)."""
+    proc = run_cli("promote", "somesweep", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and not proc.stdout
+    line, = proc.stderr.splitlines()
+    assert line.startswith("emotune: error: promote: argument --constraint: ") and words in line, line
+    assert "names: costs params_m, gflops, infer_ms, train_s, peak_mem_mb; metrics val_" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_history_and_sweep_arguments_that_do_not_go_together(store, tmp_path, capsys):
+    work, uri = store
+    for args, words in ((["promote", "mo", "--history", "--mlflow-uri", uri], "it takes no SWEEP"),
+                        (["promote", "--mlflow-uri", uri], "promote needs SWEEP"),
+                        (["promote", "mo", "--constraint", "gflops<=1", "--retrain-top", "2", "--mlflow-uri", uri],
+                         "--constraint and --retrain-top do not go together")):
+        status, out, err = cli(*args, cwd=tmp_path, capsys=capsys)
+        assert status == 2 and not out and err.count("\n") == 1 and words in err, err
+
+
+def test_the_readme_constrained_promotion_and_history(store, tmp_path):
+    """The README's constrained promotion and history lines as written, with SWEEP=mo (model ``emotune``, which no
+    other test here promotes to): its bounds are far above what the tiny trials cost, so the best trial is chosen."""
+    from test_readme import code_blocks
+
+    work, uri = store
+    blocks = code_blocks("Promotion and prediction")
+    block = next(b for b in blocks if "--constraint" in b)
+    env = {"SWEEP": "mo", "MLFLOW": uri}
+    outputs = []
+    for line in block.replace("\\\n", " ").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        words = [re.sub(r"\$(\w+)", lambda m: env[m.group(1)], w) for w in shlex.split(line)]
+        assert words[0] == "emotune"
+        outputs.append(emotune(*words[1:], cwd=tmp_path).stdout)
+    assert len(outputs) == 2
+    trials = records(_client(uri), "mo")
+    best = max(trials, key=lambda t: trials[t]["ccc"])
+    assert re.search(rf"^constraints gflops<=2, params_m<=10: trial {best} ", outputs[0], re.M), outputs[0]
+    assert outputs[1].splitlines()[0] == "1 move(s) of the aliases of model 'emotune', oldest first:"
+    assert outputs[1].splitlines()[2].split()[1:6] == ["production", "1", "-", "mo", best]
+
+
+@pytest.mark.slow
+def test_a_cross_validated_sweeps_constrained_promotion_refits_the_chosen_trial(cv, tmp_path):
+    """On the CV sweep of ``tests/test_cv_analysis.py`` (in a copy of its store): the constraint leaves the best
+    configuration out when another finished every fold (a bound on the mean over folds), and the refit is of the
+    trial it picks; the registered version names the constraint."""
+    import test_cv_analysis
+
+    for name in ("mlflow.db", "optuna.db"):
+        shutil.copy(cv[0] / name, tmp_path / name)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = _client(uri)
+    trials = {t: v for t, v in test_cv_analysis.expected(client).items() if v["complete"]}
+    ranked = sorted(trials, key=lambda t: trials[t]["mean"], reverse=True)
+    if len(ranked) > 1:
+        bound = (trials[ranked[0]]["mean"] + trials[ranked[1]]["mean"]) / 2
+        constraint, chosen = f"val_ccc_mean<={bound:.9g}", ranked[1]
+    else:
+        constraint, chosen = "params_m<=1000", ranked[0]
+    out = emotune("promote", "cv", "--mlflow-uri", uri, "--model-name", "emotune-cv-constrained", "--constraint",
+                  constraint, "--margin", "-2", "--out", str(tmp_path), cwd=tmp_path).stdout
+    assert re.search(rf"^constraints {re.escape(constraint)}: trial {chosen} ", out, re.M), out
+    assert re.search(rf"^promoted: the refit of trial {chosen} of sweep cv ", out, re.M), out
+    refit, = client.search_runs([_parent(client, "cv").info.experiment_id], "tags.`emotune.refit_of` = 'cv'")
+    assert refit.data.tags["emotune.refit_trial"] == chosen
+    assert refit.data.tags["emotune.refit_trial_run_id"] == trials[chosen]["run"].info.run_id
+    version = client.get_model_version_by_alias("emotune-cv-constrained", "production")
+    assert version.tags["emotune.constraints"] == constraint and version.tags["emotune.trial"] == chosen
+    assert (tmp_path / "production.yaml").is_file()
