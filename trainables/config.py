@@ -30,10 +30,10 @@ from typing import Any, Iterable, Mapping
 
 from trainables.backbone_catalog import DEFAULT_BACKBONE, LAYER_DECAY_BACKBONES
 from trainables.errors import ConfigError
-from trainables.names import FUSIONS, SAMPLERS
+from trainables.names import FUSIONS, PRETRAIN_METHODS, SAMPLERS
 
 #: Groups of keys: ``runtime`` keys are written by the sweep, never by a study or ``--set``.
-GROUPS = ("model", "data", "optim", "loss", "augment", "runtime")
+GROUPS = ("model", "data", "optim", "loss", "augment", "pretrain", "runtime")
 FUSION_CHOICES = FUSIONS
 SAMPLER_CHOICES = SAMPLERS
 FACELESS_RULES = ("model", "affwild2")
@@ -178,6 +178,50 @@ class TrialConfig:
     aug_cropout_area: Any = setting(None, "augment", "crop-out total area fraction")
     aug_missing_frames: Any = setting(0.0, "augment", "fraction of frames set black")
     aug_salt_pepper: Any = setting(0.0, "augment", "salt and pepper amount")
+
+    # ---- self-supervised pretraining (``emotune pretrain``; trainables.pretrain): the papers' values as defaults
+    pretrain_method: str | None = setting(None, "pretrain", "pretraining method (a pretraining study; fine-tuning "
+                                          "leaves it unset)", choices=tuple(PRETRAIN_METHODS))
+    mask_ratio: float = setting(0.9, "pretrain", "share of a clip's spatial patches masked, the same at every time "
+                                "step (tube masking; 002, VideoMAE: 0.9)", low=0.0, high=1.0, low_open=True,
+                                high_open=True, when={"pretrain_method": ("mae",)})
+    decoder_depth: int = setting(4, "pretrain", "decoder blocks (002, VideoMAE: 4)", low=1,
+                                 when={"pretrain_method": ("mae",)})
+    decoder_width: int | None = setting(None, "pretrain", "decoder width (default: half the encoder's; VideoMAE "
+                                        "ViT-S 192, ViT-B 384)", low=1, when={"pretrain_method": ("mae",)})
+    decoder_heads: int | None = setting(None, "pretrain", "decoder attention heads (default: width / 64, at least "
+                                        "1)", low=1, when={"pretrain_method": ("mae",)})
+    norm_pix_loss: bool = setting(True, "pretrain", "reconstruct per-patch, per-channel normalised pixels "
+                                  "(VideoMAE), else raw pixels", when={"pretrain_method": ("mae",)})
+    ema_momentum: float = setting(0.996, "pretrain", "EMA target momentum at the start, rising to 1 on a cosine "
+                                  "(BYOL, DINO: 0.996)", low=0.0, high=1.0, when={"pretrain_method": ("byol", "dino")})
+    byol_hidden: int = setting(4096, "pretrain", "BYOL projector / predictor hidden width (BYOL: 4096)", low=1,
+                               when={"pretrain_method": ("byol",)})
+    byol_proj_dim: int = setting(256, "pretrain", "BYOL projection width (BYOL: 256)", low=1,
+                                 when={"pretrain_method": ("byol",)})
+    dino_out_dim: int = setting(65536, "pretrain", "DINO head output width (DINO: 65536)", low=1,
+                                when={"pretrain_method": ("dino",)})
+    dino_hidden: int = setting(2048, "pretrain", "DINO head hidden width (DINO: 2048)", low=1,
+                               when={"pretrain_method": ("dino",)})
+    dino_bottleneck: int = setting(256, "pretrain", "DINO head bottleneck width (DINO: 256)", low=1,
+                                   when={"pretrain_method": ("dino",)})
+    dino_student_temp: float = setting(0.1, "pretrain", "DINO student temperature (DINO: 0.1)", low=0.0,
+                                       low_open=True, when={"pretrain_method": ("dino",)})
+    dino_teacher_temp: float = setting(0.04, "pretrain", "DINO teacher sharpening temperature (DINO: 0.04)",
+                                       low=0.0, low_open=True, when={"pretrain_method": ("dino",)})
+    dino_center_momentum: float = setting(0.9, "pretrain", "DINO centre EMA momentum (DINO: 0.9)", low=0.0,
+                                          high=1.0, high_open=True, when={"pretrain_method": ("dino",)})
+    dino_local_crops: int = setting(8, "pretrain", "DINO local crops per clip besides the 2 global ones (DINO: 8)",
+                                    low=0, when={"pretrain_method": ("dino",)})
+    global_crop_scale: float = setting(0.4, "pretrain", "smallest area share of a global view's crop (BYOL 0.08, "
+                                       "DINO 0.4)", low=0.0, high=1.0, low_open=True,
+                                       when={"pretrain_method": ("byol", "dino")})
+    local_crop_scale: float = setting(0.4, "pretrain", "largest area share of a DINO local crop (DINO: 0.05-0.4)",
+                                      low=0.0, high=1.0, low_open=True, when={"pretrain_method": ("dino",)})
+    probe_epochs: int = setting(5, "pretrain", "epochs of the frozen probe's temporal head on the train subjects' "
+                                "labels", low=1, when={"pretrain_method": tuple(PRETRAIN_METHODS)})
+    probe_lr: float = setting(1e-3, "pretrain", "learning rate of the frozen probe's head", low=0.0, low_open=True,
+                              when={"pretrain_method": tuple(PRETRAIN_METHODS)})
 
     # ---- runtime: written by the sweep
     data_index: str | None = setting(None, "runtime", "dataset index (one registration)")
