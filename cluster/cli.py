@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lag-frames", type=int, default=4, help="planted annotator delay in frames")
     s.add_argument("--variant", default="per_frame")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--labelled-train-subjects", type=int, default=None, metavar="N",
+                   help="label only the first N train subjects; the others' videos are unlabelled (for pretraining)")
 
     pr = data.add_parser("prepare", help="decode videos once, crop faces, write the clip cache and a dataset index")
     pr.add_argument("--manifest", required=True)

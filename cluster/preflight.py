@@ -219,7 +219,7 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
     """
     # None of these imports torch: the driver checks before Ray starts, and a trial process imports the models.
     from trainables.data.augment_settings import crop_output_size
-    from trainables.data.cache import load_split
+    from trainables.data.cache import load_split, unlabelled_videos
     from trainables.data.views import VideoView, training_windows
     from trainables.reports import DIMS, reported_metrics
 
@@ -227,6 +227,7 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
     seen: set = set()
     shapes_seen: set = set()
     short: dict[str, tuple[int, int]] = {}  # validation video -> (its frames, the longest window) at the trial's fps
+    notes: list[str] = []
     for origin, config in configs:
         index = config.index_path
         if index not in splits:
@@ -234,6 +235,10 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
                 splits[index] = (load_split(index, "train"), load_split(index, "val"))
             except ValueError as err:
                 raise DataError(str(err)) from None
+            unlabelled = unlabelled_videos(index)
+            if unlabelled:
+                notes.append(f"{len(unlabelled)} unlabelled video(s) of {index} left out (pretraining only: "
+                             f"emotune pretrain)")
         train, val = splits[index]
         frame_hw = tuple(train[0].frames.shape[1:3])
         spec = config.clip_spec()
@@ -270,7 +275,7 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
             raise ConfigError(f"{space.path}: objective.metric {config.metric!r} is not a metric trials report{hint}")
     warnings = [f"validation video {vid} has {frames} frames, fewer than window_length={length}: with such windows "
                 "it is predicted as neutral 0 throughout" for vid, (frames, length) in sorted(short.items())]
-    return len(seen), warnings
+    return len(seen), notes + warnings
 
 
 def check_shape(where: str, config: TrialConfig, spec, index: str, frame_hw: tuple[int, int],

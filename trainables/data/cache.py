@@ -105,8 +105,12 @@ _OPENED: OrderedDict[tuple, tuple[CachedVideo, ...]] = OrderedDict()
 _OPENED_KEPT = 8
 
 
-def load_split(index_path: str | Path, split: str, missing_ok: bool = False) -> list[CachedVideo]:
+def load_split(index_path: str | Path, split: str, missing_ok: bool = False,
+               labelled: bool | None = True) -> list[CachedVideo]:
     """Open (memory-mapped) every prepared video of ``split`` listed in a dataset index.
+
+    ``labelled``: True (fine-tuning, scoring) opens only the videos with labels, False only the unlabelled ones (a
+    manifest row with an empty ``labels`` cell: pretraining only), None both.
 
     A process opens a split once: a trial process trains one trial after another on the same data, and reopening
     its entries (a hundred small files for 14 videos) was part of every trial's start. A later call for the same
@@ -118,24 +122,39 @@ def load_split(index_path: str | Path, split: str, missing_ok: bool = False) -> 
     """
     try:
         stat = Path(index_path).stat()
-        key = (str(Path(index_path).resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size, split)
+        key = (str(Path(index_path).resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size, split, labelled)
     except OSError:
         key = None  # reported below, where the index is read
     if key in _OPENED:
         _OPENED.move_to_end(key)
         videos = list(_OPENED[key])
     else:
-        videos = _open_split(index_path, split)
+        videos = _open_split(index_path, split, labelled)
         if key is not None:
             _OPENED[key] = tuple(videos)
             while len(_OPENED) > _OPENED_KEPT:
                 _OPENED.popitem(last=False)
     if not videos and not missing_ok:
-        raise DataError(f"dataset index {index_path} has no prepared video in split {split!r}")
+        kind = {True: " with labels", False: " without labels", None: ""}[labelled]
+        raise DataError(f"dataset index {index_path} has no prepared video in split {split!r}{kind}")
     return videos
 
 
-def _open_split(index_path: str | Path, split: str) -> list[CachedVideo]:
+def unlabelled_videos(index_path: str | Path) -> list[str]:
+    """Ids of the unlabelled (pretraining-only) videos a dataset index lists; [] when it cannot be read."""
+    try:
+        index = json.loads(Path(index_path).read_text())
+    except (OSError, ValueError):
+        return []
+    return [v["video_id"] for v in index.get("videos", []) if not is_labelled(v)]
+
+
+def is_labelled(entry: dict) -> bool:
+    """Whether a dataset index's video entry has labels (unlabelled ones are marked ``"labelled": false``)."""
+    return entry.get("labelled", True) is not False
+
+
+def _open_split(index_path: str | Path, split: str, labelled: bool | None = True) -> list[CachedVideo]:
     try:
         index = json.loads(Path(index_path).read_text())
     except (OSError, ValueError) as exc:
@@ -144,8 +163,10 @@ def _open_split(index_path: str | Path, split: str) -> list[CachedVideo]:
     root = Path(index["cache_root"])
     if not root.is_dir():  # an index moved with its cache (e.g. onto shared storage) still resolves
         root = Path(index_path).parent
-    videos = [open_entry(root / v["entry"], v["video_id"]) for v in index["videos"] if v["split"] == split]
-    subjects = [v.get("subject", "") for v in index["videos"] if v["split"] == split]
+    listed = [v for v in index["videos"]
+              if v["split"] == split and (labelled is None or is_labelled(v) == labelled)]
+    videos = [open_entry(root / v["entry"], v["video_id"]) for v in listed]
+    subjects = [v.get("subject", "") for v in listed]
     for video, subject in zip(videos, subjects):
         video.subject = subject
     return videos

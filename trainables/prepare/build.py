@@ -135,14 +135,18 @@ def build_entry(entry: VideoEntry, cache_root: str | Path, reg: Registration, de
         check_frame_size(entry.path)
     keep = kept_frame_indices(n, native_fps, reg.fps)
     out_fps = reg.fps or native_fps
-    track = read_labels(entry.label_format, entry.labels, fps=native_fps)
-    duration = n / native_fps
-    beyond = track.times > duration + 1.0 / max(track.rate, 1e-9)
-    if (track.times > duration + 1.0).any():
-        raise LabelFileError(f"video {entry.video_id}: labels in {entry.labels} run to {track.times.max():.2f} s but "
-                             f"the video lasts {duration:.2f} s ({n} frames at {native_fps:.3f} fps)")
-    # Up to one second of trailing labels past the last frame is common (rounding in annotation tools): dropped.
-    labels, label_times = track.values[~beyond], track.times[~beyond]
+    if entry.labels is None:  # unlabelled (pretraining only): no label steps
+        track = None
+        labels, label_times = np.zeros((0, 0), np.float32), np.zeros(0)
+    else:
+        track = read_labels(entry.label_format, entry.labels, fps=native_fps)
+        duration = n / native_fps
+        beyond = track.times > duration + 1.0 / max(track.rate, 1e-9)
+        if (track.times > duration + 1.0).any():
+            raise LabelFileError(f"video {entry.video_id}: labels in {entry.labels} run to {track.times.max():.2f} s "
+                                 f"but the video lasts {duration:.2f} s ({n} frames at {native_fps:.3f} fps)")
+        # Up to one second of trailing labels past the last frame is common (rounding in annotation tools): dropped.
+        labels, label_times = track.values[~beyond], track.times[~beyond]
     label_frames = label_frame_index(label_times, out_fps, len(keep))
 
     tmp = cache_root / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -165,8 +169,9 @@ def build_entry(entry: VideoEntry, cache_root: str | Path, reg: Registration, de
         np.save(tmp / "label_frames.npy", label_frames)
         meta = {"version": CACHE_VERSION, "video_id": entry.video_id, "source": str(entry.path), "fps": out_fps,
                 "native_fps": native_fps, "num_frames": int(len(keep)), "registration": asdict(reg),
-                "label_format": entry.label_format, "label_rate": track.rate, "label_scale": list(track.scale),
-                "dims": list(track.dims)}
+                "labelled": track is not None, "label_format": entry.label_format,
+                "label_rate": track.rate if track else None, "label_scale": list(track.scale) if track else None,
+                "dims": list(track.dims) if track else []}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.rename(tmp, final)

@@ -14,7 +14,8 @@ def cmd_synth(a) -> int:
 
     try:
         manifest = synthesize(a.out, subjects=a.subjects, videos_per_subject=a.videos_per_subject, frames=a.frames,
-                              fps=a.fps, size=a.size, lag_frames=a.lag_frames, variant=a.variant, seed=a.seed)
+                              fps=a.fps, size=a.size, lag_frames=a.lag_frames, variant=a.variant, seed=a.seed,
+                              labelled_train_subjects=a.labelled_train_subjects)
     except (ValueError, FileExistsError) as err:  # a setting out of range, or --out holds something else
         raise UserError(f"data synth: {err}") from None
     say(f"manifest: {manifest}")

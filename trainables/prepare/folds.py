@@ -75,7 +75,8 @@ def plan_folds(index_path: str | Path, k: int, seed: int = 0) -> FoldPlan:
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise UserError(f"cross-validation needs at least 2 folds; got {k!r}")
     index = _read_index(index_path)
-    videos = [v for v in index["videos"] if v["split"] in CV_SPLITS]
+    # Unlabelled videos (pretraining only) are never validated on: their subjects take no part in the folds.
+    videos = [v for v in index["videos"] if v["split"] in CV_SPLITS and v.get("labelled", True) is not False]
     subjects = sorted({v["subject"] for v in videos})
     test = sorted({v["subject"] for v in index["videos"] if v["split"] == "test"})
     if k > len(subjects):

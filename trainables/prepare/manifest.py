@@ -28,7 +28,7 @@ class VideoEntry:
     path: Path
     subject: str
     split: str
-    labels: Path
+    labels: Path | None  # None: an empty ``labels`` cell, a pretraining-only video (``emotune pretrain``)
     faces: Path | None
     label_format: str = "frame_csv"
     fold: int | None = None  # the optional ``fold`` column: this video's cross-validation fold (1..K)
@@ -36,6 +36,9 @@ class VideoEntry:
 
 def read_manifest(path: str | Path) -> list[VideoEntry]:
     """Read and validate a manifest CSV.
+
+    A row with an empty ``labels`` cell is an unlabelled video: ``data prepare`` caches it, ``emotune pretrain`` trains
+    on it (train-split subjects only), fine-tuning sweeps leave it out.
 
     Raises:
         ManifestError: missing file or columns, an empty manifest, a duplicate video id, an unknown split, a path that
@@ -90,7 +93,8 @@ def read_manifest(path: str | Path) -> list[VideoEntry]:
         label_format = (row.get("label_format") or "").strip() or "frame_csv"
         if label_format not in adapters:
             raise ManifestError(f"{where}: label_format {label_format!r} is unknown; allowed: {', '.join(adapters)}")
-        labels = _resolve(root, row["labels"], where, "labels")
+        # An empty labels cell: unlabelled video, cached for self-supervised pretraining only (fine-tuning leaves it out).
+        labels = _resolve(root, row["labels"], where, "labels") if (row["labels"] or "").strip() else None
         faces = _resolve(root, row["faces"], where, "faces") if (row.get("faces") or "").strip() else None
         fold = _fold(row.get("fold"), where)
         if fold is not None:

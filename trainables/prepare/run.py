@@ -55,6 +55,7 @@ class PrepareSummary:
     face_share: dict[str, float] = field(default_factory=dict)
     warn_face_share: float = WARN_FACE_SHARE
     min_face_share: float = MIN_FACE_SHARE
+    unlabelled: list[str] = field(default_factory=list)  # ids in the index without labels (pretraining only)
 
     @property
     def few_faces(self) -> list[str]:
@@ -63,7 +64,8 @@ class PrepareSummary:
         return sorted(low, key=lambda v: (self.face_share[v], v))
 
     def lines(self) -> list[str]:
-        out = [f"videos ok: {len(self.ok)}, skipped: {len(self.skipped)}",
+        unlabelled = f" ({len(self.unlabelled)} unlabelled: pretraining only)" if self.unlabelled else ""
+        out = [f"videos ok: {len(self.ok)}{unlabelled}, skipped: {len(self.skipped)}",
                f"frames with a face: {100 * self.face_fraction:.1f}%, mean detection score: {self.mean_score:.3f}"]
         shares = {v: self.face_share[v] for v in self.ok if v in self.face_share}
         if shares:
@@ -193,12 +195,14 @@ def prepare(manifest: str | Path, cache_root: str | Path, reg: Registration | No
     summary.face_fraction = valid_total / max(frames_total, 1)
     summary.mean_score = score_sum / max(valid_total, 1)
 
+    summary.unlabelled = [e.video_id for e in entries if e.video_id in folders and e.labels is None]
     index = {
         "manifest": str(Path(manifest).resolve()),
         "cache_root": str(cache_root.resolve()),
         "registration": asdict(reg),
         "videos": [{"video_id": e.video_id, "subject": e.subject, "split": e.split, "entry": folders[e.video_id],
-                    **({"fold": e.fold} if e.fold is not None else {})}
+                    **({"fold": e.fold} if e.fold is not None else {}),
+                    **({"labelled": False} if e.labels is None else {})}
                    for e in entries if e.video_id in folders],
         "skipped": summary.skipped,
         "face_share": summary.face_share,

@@ -451,8 +451,12 @@ def synthesize_heldout(out_dir, dataset: str | pathlib.Path, video: int = 0) -> 
 
 def synthesize(out_dir, *, subjects: int = 8, videos_per_subject: int = 2, frames: int = 250, fps: int = 25,
                size: int = 96, lag_frames: int = 4, blank_rate: float = 0.04, variant: str = "per_frame",
-               seed: int = 0, progress: bool = True) -> pathlib.Path:
+               seed: int = 0, progress: bool = True, labelled_train_subjects: int | None = None) -> pathlib.Path:
     """Write the synthetic dataset to ``out_dir`` and return the path of ``manifest.csv``.
+
+    ``labelled_train_subjects``: keep labels for only the first that many train subjects; the other train subjects'
+    rows get an empty ``labels`` cell (unlabelled video for ``emotune pretrain``; their label files are still written,
+    so a test can score what pretraining did not see). None: every video labelled.
 
     See the module docstring for the rendering rules and file formats. If
     ``out_dir`` already holds a complete dataset with the same parameters its
@@ -471,11 +475,16 @@ def synthesize(out_dir, *, subjects: int = 8, videos_per_subject: int = 2, frame
     if lag_frames < 0:
         raise ValueError("lag_frames must be >= 0")
     splits = assign_splits(subjects, seed)  # validates subjects
+    if labelled_train_subjects is not None and not 1 <= labelled_train_subjects <= len(splits["train"]):
+        raise ValueError(f"labelled_train_subjects must be between 1 and the {len(splits['train'])} train subjects")
+    unlabelled = set(splits["train"][labelled_train_subjects:]) if labelled_train_subjects is not None else set()
 
     out_dir = pathlib.Path(out_dir)
     params = _params(seed=int(seed), subjects=int(subjects), videos_per_subject=int(videos_per_subject),
                      frames=int(frames), fps=int(fps), size=int(size), lag_frames=int(lag_frames),
-                     blank_rate=float(blank_rate), variant=variant)
+                     blank_rate=float(blank_rate), variant=variant,
+                     **({"labelled_train_subjects": int(labelled_train_subjects)}
+                        if labelled_train_subjects is not None else {}))
     existing = _check_existing(out_dir, params)
     if existing is not None:
         return existing
@@ -507,7 +516,8 @@ def synthesize(out_dir, *, subjects: int = 8, videos_per_subject: int = 2, frame
                 apps[si] = _subject_appearance(seed, si, size, shifted)
             video_rel, labels_rel, faces_rel = _write_video(tmp, vid, apps[si], seed, si, vi, frames, fps, size,
                                                             lag_frames, blank_rate, variant)
-            manifest_rows.append([vid, video_rel, sid, split_of[sid], labels_rel, faces_rel])
+            manifest_rows.append([vid, video_rel, sid, split_of[sid], "" if sid in unlabelled else labels_rel,
+                                  faces_rel])
 
         _write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, manifest_rows)
         meta = dict(params)
