@@ -39,7 +39,7 @@ DISTRIBUTIONS = {
     "constant": ("value",),
 }
 OPTIONAL_PARAM_KEYS = {"step", "log", "when"}
-TOP_KEYS = {"name", "description", "objective", "fidelity", "resources", "fixed", "params", "constraints",
+TOP_KEYS = {"name", "kind", "description", "objective", "fidelity", "resources", "fixed", "params", "constraints",
             "initial_points", "cv", "base", "objectives", "sampler"}
 #: Optuna samplers a study may name (``sampler:``); NSGA-II for studies with several objectives.
 SAMPLERS = ("tpe", "random", "nsga2")
@@ -51,6 +51,11 @@ RESOURCE_KEYS = {"workers", "cpus_per_worker", "gpus_per_worker"}
 FIDELITY_KEYS = {"attr", "max", "grace", "reduction_factor", "per_epoch"}
 FIDELITY_ATTRS = ("epoch", "data_fraction")
 HERE = Path(__file__).parent
+
+
+#: What a study's trials do: fine-tune a model on the labels (``emotune sweep``), or pretrain an encoder without them
+#: (``emotune pretrain``).
+KINDS = ("finetune", "pretrain")
 
 
 class SpaceError(ValueError):
@@ -74,6 +79,7 @@ class SearchSpace:
     cv: dict[str, int] = field(default_factory=dict)  # {folds: K, seed: S}: subject K-fold CV; empty: one split
     objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of every objective, the primary one first
     sampler: str = "tpe"
+    kind: str = "finetune"  # or "pretrain": one trial = one self-supervised pretraining run (``emotune pretrain``)
     raw: dict = field(default_factory=dict, repr=False)
 
 
@@ -130,7 +136,12 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     if fidelity["grace"] > fidelity["max"]:
         raise SpaceError(f"{path}: fidelity.grace ({fidelity['grace']}) exceeds fidelity.max ({fidelity['max']})")
 
+    kind = raw.get("kind", "finetune")
+    if kind not in KINDS:
+        raise SpaceError(f"{path}: kind is {kind!r}; allowed: {', '.join(KINDS)}")
     cv = _check_cv(raw.get("cv"), path, fidelity)
+    if kind == "pretrain" and cv:
+        raise SpaceError(f"{path}: a pretraining study takes no cv (its probe scores the validation subjects)")
     if cv and len(objectives) > 1:
         raise SpaceError(f"{path}: cv and several objectives do not go together yet; cross-validate a single "
                          "objective")
@@ -166,6 +177,12 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     clash = set(fixed) & set(params)
     if clash:
         raise SpaceError(f"{path}: key(s) {sorted(clash)} are both fixed and searched; keep one")
+    if kind == "pretrain" and "pretrain_method" not in fixed and "pretrain_method" not in params:
+        raise SpaceError(f"{path}: a pretraining study (kind: pretrain) must set pretrain_method, fixed or searched "
+                         "(`emotune settings` lists the methods)")
+    if kind == "finetune" and ("pretrain_method" in fixed or "pretrain_method" in params):
+        raise SpaceError(f"{path}: pretrain_method belongs to a pretraining study; add `kind: pretrain` and run it "
+                         "with `emotune pretrain`")
     constraints = _check_constraints(raw.get("constraints", []), path, fixed, params)
     points = raw.get("initial_points", [])
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
@@ -182,7 +199,7 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     return SearchSpace(name=str(raw.get("name", path.stem)), path=path, metric=metric, mode=mode, fidelity=fidelity,
                        resources=resources, fixed=fixed, params=params, description=str(raw.get("description", "")),
                        raw=raw, constraints=constraints, initial_points=tuple(points), overrides=overrides, cv=cv,
-                       objectives=objectives, sampler=sampler)
+                       objectives=objectives, sampler=sampler, kind=kind)
 
 
 def _check_objectives(raw: dict, path: Path, single: tuple[str, str]) -> tuple[tuple[str, str], ...]:

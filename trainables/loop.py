@@ -459,8 +459,13 @@ def score_unit(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0: floa
 def report_diverged(t: Trial, progress: dict) -> None:
     """A NaN/inf loss or prediction ends this trial, not the sweep: it is reported once with the objective at its
     worst value so the searcher learns the region is bad; no retry."""
-    t.session.report({**progress, "diverged": 1, t.config.metric: worst_value(t.config.metric, t.config.mode),
-                      "train_loss": math.nan})
+    report_diverged_to(t.session, t.config, progress)
+
+
+def report_diverged_to(session, config: TrialConfig, progress: dict, loss_key: str = "train_loss") -> None:
+    """:func:`report_diverged` for any trial's ``session`` and ``config`` (a pretraining trial's too)."""
+    session.report({**progress, "diverged": 1, config.metric: worst_value(config.metric, config.mode),
+                    loss_key: math.nan})
 
 
 def trial_state(t: Trial, unit: int, per_epoch: int, post: PostProcess) -> dict:
@@ -511,6 +516,11 @@ def fit(config: dict, session) -> None:
     """
     session.marks.setdefault("fit_started_at", time.time())
     cfg = TrialConfig.from_dict(config, lenient=config.keys())
+    if cfg.pretrain_method is not None:
+        from trainables.pretrain.run import fit_pretrain
+
+        fit_pretrain(cfg, session)
+        return
     if cfg.cv is not None or cfg.refit is not None:
         from trainables.crossval import fit_folds, refit
 
@@ -544,9 +554,10 @@ def fit(config: dict, session) -> None:
 
 
 def report_with_checkpoint(session, report: dict, state: dict, preds: dict, post: PostProcess,
-                           extra: dict[str, Any] | None = None) -> None:
+                           extra: dict[str, Any] | None = None, weights: dict[str, Any] | None = None) -> None:
     """Report on every worker; rank 0 attaches the checkpoint (weights, optimiser, post-processing, validation
-    predictions on the label timeline; ``extra``: more JSON files by name)."""
+    predictions on the label timeline; ``extra``: more JSON files by name; ``weights``: more ``torch.save`` files by
+    name, e.g. a pretrained encoder)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = None
         if session.rank == 0:
@@ -559,6 +570,8 @@ def report_with_checkpoint(session, report: dict, state: dict, preds: dict, post
             (folder / "postprocess.json").write_text(json.dumps(post.to_dict(), indent=1))
             for name, value in (extra or {}).items():
                 (folder / name).write_text(json.dumps(value, indent=1))
+            for name, value in (weights or {}).items():
+                torch.save(value, folder / name)
         session.report(report, checkpoint_dir=folder)
 
 
