@@ -57,7 +57,7 @@ def download_registered(uri: str, tracking_uri: str | None, dst: str | Path) -> 
 
     try:
         client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-        folder = mlflow.artifacts.download_artifacts(artifact_uri=_version_location(client, uri),
+        folder = mlflow.artifacts.download_artifacts(artifact_uri=version_location(client, uri),
                                                      tracking_uri=tracking_uri, dst_path=str(dst))
     except UserError:
         raise
@@ -70,7 +70,7 @@ def download_registered(uri: str, tracking_uri: str | None, dst: str | Path) -> 
     return found[0]
 
 
-def _version_location(client, uri: str) -> str:
+def version_location(client, uri: str) -> str:
     """Where the artifacts of the model version ``uri`` (``models:/name@alias`` or ``models:/name/version``) are."""
     ref = uri[len("models:/"):].strip("/")
     if "@" in ref:

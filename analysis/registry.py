@@ -127,3 +127,32 @@ def force_production(bundle, tracking_uri: str, model_name: str = "emotune", exp
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     return register(client, bundle, model_name, dict(tags or {}), {"forced": True}, exp_id,
                     move={"forced": True})
+
+
+def register_pretrained(client, model_name: str, run_id: str, alias: str, tags: dict | None = None) -> str:
+    """Register the best checkpoint of a pretraining trial (its MLflow run ``run_id``, whose ``checkpoint/`` holds
+    ``encoder.pt``) as a new version of ``model_name`` and give it ``alias``; returns the version.
+
+    The version's source is the run's checkpoint folder itself (no copy): ``models:/<name>@<alias>`` downloads it and
+    a fine-tuning sweep takes its ``encoder.pt`` (``cluster.inputs``). The move of the alias is recorded as for
+    promotions (:func:`record_move`)."""
+    from mlflow.exceptions import MlflowException
+
+    run = client.get_run(run_id)
+    if "emotune.best_checkpoint" not in run.data.tags:
+        raise ValueError(f"run {run_id} has no logged checkpoint to register")
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    params = run.data.params
+    version_tags = {**(tags or {}), "emotune.run_id": run_id,
+                    **{f"emotune.{k}": params[k] for k in ("pretrain_method", "backbone") if k in params},
+                    **{k: str(v) for k, v in run.data.metrics.items() if k.startswith("best_")}}
+    mv = client.create_model_version(model_name, source=f"{run.info.artifact_uri}/checkpoint", run_id=run_id,
+                                     tags=version_tags)
+    before = _alias_version(client, model_name, alias)
+    client.set_registered_model_alias(model_name, alias, mv.version)
+    record_move(client, model_name, alias, str(mv.version), before, {"run_id": run_id, **(tags or {})})
+    return str(mv.version)

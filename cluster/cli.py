@@ -146,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="check every configuration the sweep can start against the trial settings, the data and "
                          "the cluster, then stop (nothing is started or recorded)")
 
+    pt = sub.add_parser("pretrain", help="pretrain an encoder without labels (a study with kind: pretrain), as a "
+                                         "sweep or one run, and register the best as a model")
+    _sweep_args(pt)
+    pt.set_defaults(space="pretrain_smoke", trials=1)
+    pt.add_argument("--data", default=None, action="append", metavar="INDEX",
+                    help="dataset index written by `emotune data prepare` (its train split's videos, labelled or "
+                         "not, are pretrained on; its labelled train and val videos train and score the probe)")
+    pt.add_argument("--dry-run", action="store_true", help="check every configuration, then stop")
+    pt.add_argument("--register-as", default="emotune-pretrained", metavar="NAME",
+                    help="registered model the best encoder becomes a new version of (default: emotune-pretrained)")
+    pt.add_argument("--alias", default="current", help="alias given to that version (default: current; MLflow "
+                                                        "reserves 'latest')")
+
     sub.add_parser("settings", help="list every trial setting: group, default and what is allowed")
 
     rp = sub.add_parser("report", help="write an HTML report of a sweep (leaderboard, importance, figures, the "
@@ -316,6 +329,7 @@ HANDLERS: dict[str, tuple[str, str]] = {
     "data manifest": ("trainables.prepare.commands", "cmd_manifest"),
     "data fetch-weights": ("trainables.prepare.commands", "cmd_fetch_weights"),
     "sweep": ("cluster.commands", "cmd_sweep"),
+    "pretrain": ("cluster.commands", "cmd_pretrain"),
     "settings": ("cluster.commands", "cmd_settings"),
     "promote": ("cluster.commands", "cmd_promote"),
     "demo": ("cluster.demo", "cmd_demo"),

@@ -41,11 +41,38 @@ def sweep_exit_status(counts: dict[str, int]) -> int:
     return 1 if counts["errored"] or not finished else 0
 
 
-def cmd_sweep(a) -> int:
+def cmd_sweep(a, kind: str = "finetune") -> int:
+    outcome, counts = _run_sweep_command(a, kind)
+    return 0 if counts is None else sweep_exit_status(counts)
+
+
+def cmd_pretrain(a) -> int:
+    """``emotune pretrain``: a pretraining study run as a sweep; its best trial's encoder becomes a new version of the
+    registered model ``--register-as`` with the alias ``--alias`` (:func:`analysis.registry.register_pretrained`)."""
+    if a.alias == "latest":
+        raise UserError("pretrain: MLflow reserves the alias 'latest'; choose another --alias")
+    outcome, counts = _run_sweep_command(a, "pretrain")
+    if counts is None:
+        return 0
+    if outcome.best_run_id:
+        from mlflow.tracking import MlflowClient
+
+        from analysis.registry import register_pretrained
+
+        client = MlflowClient(outcome.tracking_uri, registry_uri=outcome.tracking_uri)
+        version = register_pretrained(client, a.register_as, outcome.best_run_id, a.alias,
+                                      tags={"emotune.sweep": outcome.name, "emotune.trial": outcome.best_trial_id})
+        say(f"Registered:    {a.register_as} version {version} (alias {a.alias}); fine-tune from it with "
+            f"--set checkpoint=models:/{a.register_as}@{a.alias} (pretext_checkpoint= for conv3d_resnet_gru)")
+    return sweep_exit_status(counts)
+
+
+def _run_sweep_command(a, kind: str):
+    """Run the sweep the arguments describe; (outcome, trial counts), the counts None for a dry run."""
     from cluster.sweep import SweepOptions, run_sweep
 
     if not a.resume and not a.data:
-        raise UserError("sweep: --data is required (the dataset index from `emotune data prepare`)")
+        raise UserError(f"{a.command}: --data is required (the dataset index from `emotune data prepare`)")
 
     data = a.data or []
     if len(data) == 1 and "=" not in data[0]:
@@ -60,11 +87,11 @@ def cmd_sweep(a) -> int:
                         tracking_uri=a.mlflow_uri, experiment=a.experiment, overrides=dict(a.overrides),
                         resume=a.resume, optuna_storage=a.optuna_storage, keep_checkpoints=a.keep_checkpoints,
                         max_failures=a.max_failures, executor=a.executor, verbose=a.verbose, dry_run=a.dry_run,
-                        epochs=a.epochs, folds=a.folds, ray_address=a.address, release_ray=True)
+                        epochs=a.epochs, folds=a.folds, ray_address=a.address, release_ray=True, kind=kind)
     outcome = run_sweep(opts)
     if a.dry_run:
-        return 0
-    return sweep_exit_status(print_outcome(outcome, int(outcome.space.fidelity["max"])))
+        return outcome, None
+    return outcome, print_outcome(outcome, int(outcome.space.fidelity["max"]))
 
 
 def cmd_settings(a) -> int:

@@ -22,6 +22,7 @@ from trainables.storage import tracking_uri as resolve_tracking_uri
 from trainables.errors import DataError, UserError
 from trainables.trial import choose_executor
 
+from cluster.inputs import resolve_model_inputs
 from cluster.preflight import PreflightReport, check_objectives, preflight
 from cluster.progress import ProgressPrinter
 from cluster.resources import max_concurrent_trials
@@ -58,6 +59,7 @@ class SweepOptions:
     epochs: int | None = None  # cap on the epochs of every trial (the study's fidelity max otherwise)
     folds: int | None = None  # subject K-fold cross-validation (the study's cv.folds otherwise; none: one split)
     verbose: int = 0  # 0: one line per trial event; 1: Tune's status tables; 2: also every worker's log
+    kind: str = "finetune"  # what the command runs: "finetune" (emotune sweep) or "pretrain" (emotune pretrain)
     # End the local Ray this sweep started once Tune is done, while the sweep's records are written (the `emotune
     # sweep` command, which exits next); in-process callers keep Ray up for what they do next.
     release_ray: bool = False
@@ -195,6 +197,12 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
 
     space = with_folds(cap_epochs(load_space(opts.space, opts.overrides), opts.epochs), opts.folds)
     check_objectives(space)
+    if space.kind != opts.kind:
+        command = "emotune pretrain" if space.kind == "pretrain" else "emotune sweep"
+        raise UserError(f"{space.path} is a {'pretraining' if space.kind == 'pretrain' else 'fine-tuning'} study "
+                        f"(kind: {space.kind}); run it with `{command}`")
+    # A pretrained encoder named by MLflow URI: fetched here, so trials read a file and never talk to MLflow.
+    space = resolve_model_inputs(space, storage, resolve_tracking_uri(opts.tracking_uri))
     data = resolve_data(opts.data_index, space)
     # Subject folds, planned once here (before anything starts) and handed to every trial.
     plan = plan_folds(data if isinstance(data, str) else next(iter(data.values())), space.cv["folds"],

@@ -276,6 +276,9 @@ class TrialConfig:
         return config
 
     def _check_combinations(self) -> None:
+        if self.pretrain_method is not None and self.backbone not in PRETRAIN_METHODS[self.pretrain_method]:
+            raise ConfigError(f"pretrain_method={self.pretrain_method!r} does not fit backbone {self.backbone!r}; "
+                              f"{self.pretrain_method} pretrains: {', '.join(PRETRAIN_METHODS[self.pretrain_method])}")
         if self.data_indexes is not None and self.registration not in self.data_indexes:
             raise ConfigError(f"registration={self.registration!r} has no dataset index; the sweep has: "
                               f"{', '.join(sorted(self.data_indexes))}")
