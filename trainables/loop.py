@@ -208,6 +208,7 @@ class Trial:
     label_stats: Any
     checkpoint_meta: dict
     costs: dict = None  # measured once when the trial is built (trainables.costs)
+    loaded: dict = None  # what the model's checkpoints gave it (:func:`checkpoint_counts`), reported every time
     train_seconds: float = 0.0
     accumulation: int = 1  # micro-batches per optimizer step (doubled after each out-of-memory error)
 
@@ -286,7 +287,24 @@ def build_trial(config: TrialConfig, session, videos: tuple[list, list] | None =
                  label_stats=compute_stats(np.concatenate([v.labels for v in train_videos])),
                  checkpoint_meta={"in_chans": in_chans, "out_dims": out_dims, "n_bins": n_bins})
     trial.costs = measure_costs(trial)
+    trial.loaded = checkpoint_counts(_unwrap(model))
     return trial
+
+
+#: Model keys a checkpoint is not expected to fill: the task heads, fresh for these targets.
+_FRESH_HEADS = ("head.", "cls_head.", "bins.", "gru.")
+
+
+def checkpoint_counts(model: torch.nn.Module) -> dict[str, int]:
+    """What the checkpoints loaded into ``model`` at construction gave it (its ``load_report`` / ``load_reports``):
+    ``ckpt_loaded_keys`` and ``ckpt_missing_keys``, the model keys the files had nothing for besides the fresh task
+    heads (0 when a pretrained encoder was matched completely); {} without a checkpoint."""
+    reports = [r for r in (getattr(model, "load_report", None), *getattr(model, "load_reports", {}).values()) if r]
+    if not reports:
+        return {}
+    missing = [k for r in reports for k in r.missing if not k.startswith(_FRESH_HEADS)]
+    return {"ckpt_loaded_keys": sum(len(r.loaded) for r in reports), "ckpt_missing_keys": len(missing),
+            "ckpt_unexpected_keys": sum(len(r.unexpected) for r in reports)}
 
 
 def measure_costs(t: Trial) -> dict[str, Any]:
@@ -435,7 +453,7 @@ def score_unit(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0: floa
     from trainables.costs import peak_memory_mb
 
     t.train_seconds += result.train_time
-    report = {**progress, **(t.costs or {}), "train_s": t.train_seconds,
+    report = {**progress, **(t.costs or {}), **(t.loaded or {}), "train_s": t.train_seconds,
               "micro_batch_size": -(-t.config.batch_size // t.accumulation),
               "memory_retries": int(math.log2(t.accumulation)),
               "peak_mem_mb": peak_memory_mb(t.session.device),

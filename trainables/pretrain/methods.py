@@ -70,7 +70,13 @@ def create_pretrainer(method: str, model: nn.Module, config: Any) -> Pretrainer:
     Raises:
         ValueError: an unknown method (the message lists the valid ones).
     """
-    # The methods register themselves when their modules are imported.
-    from trainables.pretrain import mae, ssl  # noqa: F401
+    import importlib
 
+    # A method registers itself when its module is imported: only the chosen one's is.
+    if method in _MODULES:
+        importlib.import_module(_MODULES[method])
     return _METHODS.get(method)(model, config)
+
+
+#: Where each method is implemented.
+_MODULES = {"mae": "trainables.pretrain.mae", "byol": "trainables.pretrain.ssl", "dino": "trainables.pretrain.ssl"}
