@@ -14,8 +14,9 @@ Shared judgment calls (both backbones):
   the same up to the epsilon (which weighs half as much here), and raw-pixel targets stay in the units of the input.
 * ``norm_pix_loss`` normalises each patch per channel over its tubelet x p x p values: mean and *unbiased* std, then
   ``(x - mean) / (std + 1e-6)``, as VideoMAE's ``engine_for_pretraining.py`` (std plus eps, not sqrt(var + eps)).
-* Decoder defaults: width half the encoder's (VideoMAE: ViT-S 384 -> 192, ViT-B 768 -> 384; SVFAP-B 512 -> 384 is the
-  one exception, kept to one rule here), heads width // 64 at least 1 (VideoMAE's 64-wide heads), MLP ratio 4, the
+* Decoder defaults: width half the encoder's (VideoMAE: ViT-S 384 -> 192, ViT-B 768 -> 384; SVFAP's pretraining model
+  as its ``modeling_pretrain.py`` builds it: 768 -> 384), heads width // 64 at least 1 (VideoMAE's and SVFAP's
+  64-wide heads: 192 -> 3, 384 -> 6; a tiny test decoder of width 24 gets 1), MLP ratio 4, the
   VideoMAE block (:class:`~trainables.models.video_vit.Block`), LayerNorm eps 1e-6, no dropout or drop path (the
   authors' pretraining scripts leave them at 0), xavier-uniform linear weights (their pretraining init).
 * The encoder's last tokens pass a LayerNorm owned by the pretrainer before ``encoder_to_decoder``: the authors'
