@@ -20,6 +20,8 @@ def tube_mask(batch: int, spatial: int, ratio: float, generator: torch.Generator
 
     Every clip gets exactly ``floor(ratio * spatial)`` masked positions (VideoMAE's ``int(mask_ratio * num_patches)``;
     a fixed count keeps the visible token count equal across the batch, so the visible tokens stack into one tensor).
+    The product is taken in floating point, as VideoMAE's is, so a ratio whose product lands a hair below an
+    integer (0.29 * 100 = 28.999...) masks one fewer; the platform's ratios (0.75-0.95) on its grids do not.
     The positions are the first of a uniformly random permutation per clip: every subset of that size is equally
     likely, and clips of one batch get independent masks.
 
