@@ -243,10 +243,10 @@ class VideoViTMAE(MaskedAutoencoder):
         return tokens.view(b, t, keep.shape[1], d)
 
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, t, E): the unmasked clip's last-block tokens averaged over space per temporal slice."""
+        """(B, t, s, E): the unmasked clip's last-block tokens per temporal slice and spatial position."""
         t, s = self._grid(clips)
         tokens = self.model.forward_features(clips)
-        return tokens.view(tokens.shape[0], t, s, -1).mean(dim=2)
+        return tokens.view(tokens.shape[0], t, s, -1)
 
 
 class TPSBTMAE(MaskedAutoencoder):
@@ -270,11 +270,11 @@ class TPSBTMAE(MaskedAutoencoder):
         return fused.view(fused.shape[0], t, k, -1)
 
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, t, D): the unmasked clip's last-stage tokens averaged over space per temporal slice (t = the last
+        """(B, t, s, D): the unmasked clip's last-stage tokens per temporal slice and spatial position (t = the last
         stage's slices, a quarter of stage 1's for three stages)."""
         last = self.model.forward_stages(clips)[-1]
         t, s = last.grid
-        return last.tokens.view(last.tokens.shape[0], t, s, -1).mean(dim=2)
+        return last.tokens.view(last.tokens.shape[0], t, s, -1)
 
 
 @register_method("mae")

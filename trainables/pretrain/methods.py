@@ -33,7 +33,9 @@ class Pretrainer(nn.Module):
         """Called after every optimiser step (``step`` counts from 1 to ``total_steps``): EMA targets move here."""
 
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
-        """The encoder's features over time, (B, t, F), for the frozen probe (no masking, no augmentation)."""
+        """The encoder's features for the frozen probe (no masking, no augmentation): (B, t, s, F) per time step and
+        spatial position, or (B, t, F) for an encoder that pools each frame itself (the probe pools space with a
+        learned attention)."""
         raise NotImplementedError
 
     def encoder_state(self) -> dict[str, torch.Tensor]:

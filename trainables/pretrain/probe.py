@@ -6,8 +6,11 @@ trains a small temporal head on the frozen encoder's features of the train subje
 the validation subjects exactly as a fine-tuning trial is scored (``trainables.loop.evaluate``: the canonical label
 timeline, the same windows and clip sampling). Its CCC is the study's objective (``val_ccc_mean``).
 
-Judgment calls: the head is a LayerNorm, a one-layer GRU of :data:`PROBE_HIDDEN` units over the encoder's time steps
-and a linear output averaged over time (a window's target is one fused label); trained with 1 - CCC (per dimension,
+Judgment calls: the head pools each time step's tokens over space with a learned attention (one score per token,
+softmax over the positions: an "attentive probe"; averaging the tokens instead lost what faces show in one place, the
+mouth's curve, and a probe on averaged tokens of a masked autoencoder scored about 0 whether pretrained or not), then
+a LayerNorm, a one-layer GRU of :data:`PROBE_HIDDEN` units over the time steps and a linear output averaged over time
+(a window's target is one fused label); trained with 1 - CCC (per dimension,
 averaged) by Adam at ``probe_lr`` for ``probe_epochs`` epochs in batches of :data:`PROBE_BATCH`, seeded by the
 trial's seed. The features of the training windows are computed once per probe (one fixed frame draw, no
 augmentation): the encoder is frozen, so every epoch of the head would see the same features for the same clip.
@@ -29,15 +32,21 @@ ENCODE_BATCH = 16
 
 
 class ProbeHead(nn.Module):
-    """(B, t, F) encoder features -> (B, D) window prediction."""
+    """(B, t, s, F) or (B, t, F) encoder features -> (B, D) window prediction."""
 
     def __init__(self, features: int, out_dims: int, hidden: int = PROBE_HIDDEN):
         super().__init__()
+        self.token_norm = nn.LayerNorm(features)
+        self.score = nn.Linear(features, 1)
         self.norm = nn.LayerNorm(features)
         self.gru = nn.GRU(features, hidden, batch_first=True)
         self.out = nn.Linear(hidden, out_dims)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        if feats.dim() == 4:  # attention over the spatial positions of each time step
+            tokens = self.token_norm(feats)
+            weights = self.score(tokens).softmax(dim=2)
+            feats = (weights * tokens).sum(dim=2)
         seq, _ = self.gru(self.norm(feats))
         return self.out(seq).mean(dim=1)
 
