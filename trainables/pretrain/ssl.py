@@ -20,22 +20,24 @@ Judgment calls (the paper is about images; these clips are videos):
   [0.05, ``local_crop_scale``], resized to round(size x 96 / 224) per side (DINO's 96 px locals for 224 px globals;
   41 px for the paper's 96 px faces). A box that would not fit at the drawn ratio is clipped to the frame rather
   than redrawn (torchvision retries 10 times, then centre-crops), so the area share can fall slightly below the draw.
-  Resampling is bilinear with no anti-aliasing (``grid_sample``); local crops shrink by at most ~1.5x, so aliasing
+  Resampling is bilinear with no anti-aliasing (``grid_sample``); local crops shrink by at most ~1.7x, so aliasing
   is mild.
 - **Photometric ops** (BYOL Appendix B, on images in [0, 1]): horizontal flip p=0.5; with p=0.8 brightness then
   contrast, factors uniform in [0.6, 1.4] (BYOL's 0.4; fixed order rather than torchvision's random order;
   saturation and hue are left out: the paper's faces are grayscale); the contrast anchor is the mean gray level of the
   whole view, so every frame gets the same affine intensity map; grayscale p=0.2 (only for 3-channel models: a
   1-channel model's clip is turned into luma first, by the model's own conversion, before any augmentation);
-  Gaussian blur with sigma uniform in [0.1, 2.0] x (view height / 224) (BYOL's pixels at 224 px, scaled so the blur
-  is the same share of the face at any size), kernel radius 3 sigma; solarisation (x >= 0.5 -> 1 - x). Blur and
-  solarisation probabilities are BYOL's asymmetric ones, which DINO copies: first global view blur 1.0, solarise 0;
-  second global view blur 0.1, solarise 0.2; local crops blur 0.5, solarise 0.
+  Gaussian blur with sigma uniform in [0.1, 2.0] x (clip height / 224) pixels (BYOL's pixels at 224 px, scaled so
+  the blur is the same share of the face at any clip size; local crops get the same pixel sigma as global views, as
+  in DINO, where 96 px locals and 224 px globals share one sigma range), kernel radius 3 sigma; solarisation
+  (x >= 0.5 -> 1 - x). Blur and solarisation probabilities are BYOL's asymmetric ones, which DINO copies: first global
+  view blur 1.0, solarise 0; second global view blur 0.1, solarise 0.2; local crops blur 0.5, solarise 0.
 - **BatchNorm in the EMA copies.** The target / teacher runs in the same mode as the pretrainer, so in training it
   normalises with its batch's statistics, as in both papers' code (running statistics of an EMA copy would lag the
   weights they normalise). Its running statistics are not averaged: after every step they are copied from the online
   encoder's (``after_step``), so the copy is usable in eval mode too. Views of the same size go through a network in
-  one batch (DINO's multi-crop wrapper does the same), so BN statistics mix a batch's views.
+  one batch (DINO's multi-crop wrapper does the same), so BN statistics mix a batch's views. Under DDP the statistics
+  are each worker's own (DINO converts a ResNet's BN to SyncBatchNorm; that is the trial's choice, not made here).
 - **EMA momentum.** tau_k = 1 - (1 - ``ema_momentum``) (cos(pi k / K) + 1) / 2 with k = ``step`` and K =
   ``total_steps`` of ``after_step``: ``ema_momentum`` at the start, 1 at the end (BYOL's schedule, which DINO uses).
 - **DINO's centre** moves in ``after_step``, not in ``forward``: the teacher outputs of every training forward since
@@ -72,7 +74,7 @@ ASPECT_RATIOS = (3 / 4, 4 / 3)
 FLIP_P = 0.5
 JITTER_P, BRIGHTNESS, CONTRAST = 0.8, 0.4, 0.4
 GRAYSCALE_P = 0.2
-BLUR_SIGMA = (0.1, 2.0)  # pixels at BLUR_REFERENCE_SIZE
+BLUR_SIGMA = (0.1, 2.0)  # pixels for a clip of BLUR_REFERENCE_SIZE
 BLUR_REFERENCE_SIZE = 224
 SOLARIZE_THRESHOLD = 0.5
 _LUMA = (0.299, 0.587, 0.114)
@@ -144,7 +146,7 @@ def augment_view(clips: torch.Tensor, recipe: ViewRecipe, generator: torch.Gener
     contrast = _uniform(b, 1 - CONTRAST, 1 + CONTRAST, generator, dev)
     gray = _uniform(b, 0, 1, generator, dev) < GRAYSCALE_P
     blur = _uniform(b, 0, 1, generator, dev) < recipe.blur_p
-    sigma = _uniform(b, *BLUR_SIGMA, generator, dev) * (oh / BLUR_REFERENCE_SIZE)
+    sigma = _uniform(b, *BLUR_SIGMA, generator, dev) * (h / BLUR_REFERENCE_SIZE)
     solarize = _uniform(b, 0, 1, generator, dev) < recipe.solarize_p
 
     zero = torch.zeros_like(fw)
@@ -238,7 +240,8 @@ class BYOL(_EmaPretrainer):
 
     Online: encoder -> projector -> predictor; target: EMA of encoder -> projector, no gradient. Loss per pair of
     views: 2 - 2 cos(predictor(online(v1)), target(v2)), plus the same with the views swapped (BYOL's symmetrised
-    loss; each term is the mean over the batch, so the loss lies in [0, 8]).
+    loss; each term is the mean over the batch, so the loss lies in [0, 8]). Crops: ``global_crop_scale`` is one
+    setting for both methods with DINO's 0.4 as its default; BYOL's own is 0.08, which a BYOL study sets.
     """
 
     method = "byol"
@@ -299,7 +302,8 @@ class DINO(_EmaPretrainer):
     no gradient, on the 2 global views. Loss: the mean over every (teacher view, student view) pair of different
     views of the cross-entropy - sum softmax((t - centre) / teacher_temp) * log_softmax(s / student_temp), each
     averaged over the batch. The centre (buffer ``center``, saved with the state) is an EMA of the teacher outputs'
-    mean, updated in ``after_step`` (module docstring).
+    mean, updated in ``after_step`` (module docstring). Logged besides the loss: ``teacher_entropy`` and ``kl``, the
+    loss's exact split into the teacher's mean entropy and the student's mean KL divergence from the teacher.
     """
 
     method = "dino"
@@ -357,7 +361,7 @@ class DINO(_EmaPretrainer):
                 total = total + (-q * logp).sum(dim=-1).mean()
                 terms += 1
         if self.training and torch.is_grad_enabled():
-            batch_sum = teacher.sum(dim=0)
+            batch_sum = teacher.float().sum(dim=0)  # float32 even under autocast: the count must stay exact
             self._pending_sum = batch_sum if self._pending_sum is None else self._pending_sum + batch_sum
             self._pending_count += teacher.shape[0]
         loss = total / terms
