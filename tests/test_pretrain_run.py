@@ -1,0 +1,164 @@
+"""`emotune pretrain` as users run it: unlabelled videos in the manifest, a pretraining sweep registered as
+``emotune-pretrained`` (twice: the alias moves), a fine-tuning sweep started from that encoder by its MLflow URI with
+every encoder key matched, bad input refused in one line, and a killed pretraining trial resumed from its checkpoint
+to exactly the weights of an uninterrupted one."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_memory_retry import CpuSession
+from tests.test_sweep_e2e import emotune, run_cli
+
+PRETRAIN = ("--trials", "1", "--epochs", "1", "--set", "window_length=16", "--set", "clip_len=4",
+            "--set", "probe_epochs=1", "--set", "decoder_depth=1")
+
+
+@pytest.fixture(scope="module")
+def pre_data(tmp_path_factory):
+    """6 subjects (3 train, 2 val, 1 test), one train subject labelled: 2 unlabelled train videos."""
+    work = tmp_path_factory.mktemp("pretrain")
+    emotune("data", "synth", "--out", "data", "--subjects", "6", "--videos-per-subject", "1", "--frames", "64",
+            "--size", "64", "--labelled-train-subjects", "1", cwd=work)
+    prep = emotune("data", "prepare", "--manifest", "data/manifest.csv", "--cache", "cache", "--size", "32", cwd=work)
+    assert "videos ok: 6 (2 unlabelled: pretraining only)" in prep.stdout
+    return work, (work / prep.stdout.split("dataset index: ")[1].strip()).resolve()
+
+
+def test_pretraining_takes_every_train_subject_and_fine_tuning_only_the_labelled(pre_data):
+    from trainables.data.cache import load_split
+    from trainables.pretrain.run import pretraining_videos
+
+    _, index = pre_data
+    entries = json.loads(index.read_text())["videos"]
+    split_of = {v["subject"]: v["split"] for v in entries}
+    unlabelled = {v["video_id"] for v in entries if v.get("labelled") is False}
+    assert len(unlabelled) == 2
+    pre = pretraining_videos(str(index))
+    assert {v.subject for v in pre} == {s for s, split in split_of.items() if split == "train"}  # 3 subjects
+    assert {v.video_id for v in pre} >= unlabelled
+    fine = load_split(index, "train")
+    assert len(fine) == 1 and not {v.video_id for v in fine} & unlabelled
+    assert not {v.video_id for split in ("val", "test") for v in load_split(index, split, labelled=None)} & unlabelled
+
+
+def _registered(work: Path) -> tuple[str, list[str]]:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    versions = sorted(v.version for v in client.search_model_versions("name='emotune-pretrained'"))
+    return str(client.get_model_version_by_alias("emotune-pretrained", "current").version), [str(v) for v in versions]
+
+
+def test_pretrain_registers_and_a_sweep_fine_tunes_from_the_registered_encoder(pre_data):
+    work, index = pre_data
+    first = emotune("pretrain", "--data", str(index), "--name", "pre-a", *PRETRAIN, cwd=work, timeout=900)
+    assert "Registered:    emotune-pretrained version 1 (alias current)" in first.stdout
+    # The same command again (another name): a new version takes the alias.
+    emotune("pretrain", "--data", str(index), "--name", "pre-b", *PRETRAIN, cwd=work, timeout=900)
+    assert _registered(work) == ("2", ["1", "2"])
+    result = next((work / "ray_results" / "pre-b").glob("trial-*/result.json"))
+    last = json.loads(result.read_text().splitlines()[-1])
+    assert {"pretrain_loss", "pretrain_masked_share", "val_ccc_mean", "pretrain_videos"} <= set(last)
+    assert last["pretrain_videos"] == 3  # every train-split video, labelled or not
+
+    sweep = emotune("sweep", "--data", str(index), "--name", "ft-a", "--trials", "1", "--epochs", "1",
+                    "--set", "backbone=video_vit_tiny", "--set", "checkpoint=models:/emotune-pretrained@current",
+                    "--set", "window_length=16", "--set", "clip_len=4", "--set", "ssts_stride=2", cwd=work,
+                    timeout=900)
+    assert "1 complete" in sweep.stdout
+    report = json.loads(next((work / "ray_results" / "ft-a").glob("trial-*/result.json")).read_text().splitlines()[0])
+    assert report["ckpt_missing_keys"] == 0 and report["ckpt_unexpected_keys"] == 0
+    assert report["ckpt_loaded_keys"] == 30  # every key of video_vit_tiny but its head (weight and bias)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--set", "backbone=cnn_rnn_tiny"), "pretrain_method='mae' does not fit backbone 'cnn_rnn_tiny'"),
+    (("--space", "pretrain_smoke", "--set", "mask_ratio=1.0"), "--set mask_ratio=1.0 lies outside the distribution"),
+    (("--space", "{work}/fixed.yaml", "--set", "mask_ratio=1.0"),
+     "mask_ratio=1.0 is not allowed; allowed: a number > 0 and < 1"),
+    (("--space", "{work}/fixed.yaml", "--set", "mask_ratio=0"), "mask_ratio=0 is not allowed"),
+    (("--space", "smoke"), "is a fine-tuning study (kind: finetune); run it with `emotune sweep`"),
+    (("--alias", "latest"), "MLflow reserves the alias 'latest'"),
+])
+def test_bad_pretraining_input_is_one_line_and_exit_2(pre_data, args, message):
+    work, index = pre_data
+    (work / "fixed.yaml").write_text("kind: pretrain\nfixed: {backbone: video_vit_tiny, pretrain_method: mae, "
+                                     "mask_ratio: 0.9, window_length: 16, clip_len: 4}\n")
+    proc = run_cli("pretrain", "--data", str(index), "--dry-run", *[a.format(work=work) for a in args], cwd=work)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("emotune: error: ") and message in lines[0], proc.stderr
+
+
+def test_a_pretraining_study_is_refused_by_sweep(pre_data):
+    work, index = pre_data
+    proc = run_cli("sweep", "--data", str(index), "--space", "pretrain_smoke", "--dry-run", cwd=work)
+    assert proc.returncode == 2
+    assert "is a pretraining study (kind: pretrain); run it with `emotune pretrain`" in proc.stderr
+
+
+def test_an_index_without_train_videos_is_refused_before_any_trial(pre_data, tmp_path):
+    work, _ = pre_data
+    rows = (work / "data" / "manifest.csv").read_text().splitlines()
+    (work / "data" / "no_train.csv").write_text("\n".join([rows[0], *[r for r in rows[1:] if ",train," not in r]]))
+    prep = emotune("data", "prepare", "--manifest", str(work / "data" / "no_train.csv"), "--cache", "cache", "--size",
+                   "32", "--index", str(tmp_path / "index.json"), cwd=work)
+    assert "videos ok: 3" in prep.stdout
+    proc = run_cli("pretrain", "--data", str(tmp_path / "index.json"), "--dry-run", cwd=work)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"emotune: error: dataset index {tmp_path / 'index.json'} has no prepared video in split 'train' with labels"]
+
+
+class _KilledAfter(Exception):
+    pass
+
+
+class RecordingSession(CpuSession):
+    """The loop's session in this process: keeps each report's checkpoint (as the trial's storage would), resumes
+    from ``state``, and is killed after ``kill_after`` reports."""
+
+    def __init__(self, state: dict | None = None, kill_after: int | None = None):
+        super().__init__()
+        self.state, self.kill_after, self.reports, self.encoders = state, kill_after, [], []
+
+    def load_state(self, device):
+        return self.state
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        self.reports.append(metrics)
+        self.state = torch.load(Path(checkpoint_dir) / "state.pt", weights_only=True)
+        self.encoders.append(torch.load(Path(checkpoint_dir) / "encoder.pt", weights_only=True))
+        if self.kill_after is not None and len(self.reports) >= self.kill_after:
+            raise _KilledAfter()
+
+
+@pytest.mark.parametrize("backbone, method", [("video_vit_tiny", "mae"), ("conv3d_resnet_gru_tiny", "byol")])
+def test_a_killed_pretraining_trial_resumes_to_the_uninterrupted_weights(pre_data, backbone, method):
+    from trainables.config import TrialConfig
+    from trainables.pretrain.run import fit_pretrain
+
+    _, index = pre_data
+    config = {"data_index": str(index), "backbone": backbone, "pretrain_method": method, "window_length": 16,
+              "clip_len": 4, "batch_size": 4, "epochs": 2, "probe_epochs": 1, "lr": 1e-3, "seed": 3,
+              **({"decoder_depth": 1} if method == "mae" else {"byol_hidden": 32, "byol_proj_dim": 16})}
+    cfg = TrialConfig.from_dict(config)
+    whole = RecordingSession()
+    fit_pretrain(cfg, whole)
+    killed = RecordingSession(kill_after=1)
+    with pytest.raises(_KilledAfter):
+        fit_pretrain(cfg, killed)
+    resumed = RecordingSession(state=killed.state)
+    fit_pretrain(cfg, resumed)
+    assert [r["epoch"] for r in resumed.reports] == [2]  # epoch 1 was not trained again
+    assert resumed.reports[0]["pretrain_loss"] == whole.reports[1]["pretrain_loss"]
+    for key, value in whole.encoders[-1].items():
+        assert torch.equal(value, resumed.encoders[-1][key]), key
+    assert not all(torch.equal(v, whole.encoders[0][k]) for k, v in whole.encoders[-1].items())
