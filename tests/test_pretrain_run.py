@@ -162,3 +162,16 @@ def test_a_killed_pretraining_trial_resumes_to_the_uninterrupted_weights(pre_dat
     for key, value in whole.encoders[-1].items():
         assert torch.equal(value, resumed.encoders[-1][key]), key
     assert not all(torch.equal(v, whole.encoders[0][k]) for k, v in whole.encoders[-1].items())
+
+
+def test_the_readme_pretraining_example(tmp_path):
+    from tests.test_readme import code_blocks, commands
+
+    outs = [emotune(*cmd[1:], cwd=tmp_path, timeout=900).stdout
+            for cmd in commands(code_blocks("Self-supervised pretraining")[0])]
+    assert "videos ok: 6 (2 unlabelled: pretraining only)" in outs[1]
+    assert "0 diverged, 0 errored" in outs[2] and "Registered:    emotune-pretrained version 1 (alias current)" in outs[2]
+    assert "1 complete" in outs[3] and "2 unlabelled video(s)" in outs[3]
+    report = json.loads(next((tmp_path / "ray_results" / "ft-pretrained").glob("trial-*/result.json"))
+                        .read_text().splitlines()[0])
+    assert report["ckpt_missing_keys"] == 0 and report["ckpt_loaded_keys"] == 30
