@@ -306,3 +306,41 @@ def best_so_far_curve(sweep: Sweep) -> tuple[list[int], list[float]]:
         xs.append(i)
         ys.append(best)
     return xs, ys
+
+
+def objective_vs_knobs(sweep: Sweep, path: Path) -> Path:
+    """One panel per searched setting: each finished trial's objective (its best value) against the setting's value,
+    on the study's scale (log when it searched on one; categories evenly spaced). For a pretraining sweep this is the
+    probe's CCC against each pretraining knob."""
+    plt = _plt()
+    trials = [t for t in sweep.trials if not math.isnan(sweep.objective(t))]
+    names = sweep.searched or ["(none searched)"]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False)
+    values = [sweep.objective(t) for t in trials]
+    for ax, name in zip(axes[0], names):
+        xs, ticks, log = _scale([t.params.get(name) for t in trials], log=name in sweep.log_scaled)
+        ax.scatter(xs, values, s=24, color="tab:blue")
+        ax.set_xticks([p for p, _ in ticks], [label for _, label in ticks])
+        ax.set_xlabel(f"{name} (log)" if log else name)
+        ax.set_xlim(-0.1, 1.1)
+    axes[0][0].set_ylabel(sweep.metric)
+    return _save(fig, path)
+
+
+def reconstructions(original, masked, recon, path: Path) -> Path:
+    """A grid of masked clips reconstructed: for each clip, three rows (original, masked input, reconstruction), one
+    column per frame. Arrays (N, T, H, W, C) uint8."""
+    plt = _plt()
+    n, t = original.shape[:2]
+    fig, axes = plt.subplots(3 * n, t, figsize=(1.1 * t, 1.1 * 3 * n), squeeze=False)
+    for i in range(n):
+        for row, (label, clip) in enumerate((("original", original), ("masked", masked), ("reconstruction", recon))):
+            for j in range(t):
+                ax = axes[3 * i + row][j]
+                frame = clip[i, j]
+                ax.imshow(frame[..., 0] if frame.shape[-1] == 1 else frame, cmap="gray", vmin=0, vmax=255)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j == 0:
+                    ax.set_ylabel(label, fontsize=7)
+    return _save(fig, path)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis import figures
+from analysis.pretraining import pretraining_section
 from analysis.fronts import COST_FRONTS, Front, front_rows, objective_ranks, sweep_fronts
 from analysis.leaderboard import NEAR_MARK, NEAR_NOTE, column_format, fmt_metric
 from analysis.sweeps import Sweep, load_sweep
@@ -253,6 +254,7 @@ def write_report(client, ref: str, out: str | Path | None, optuna_storage: str, 
         sections.append(html_cv)
     html_pareto, fronts = pareto_section(sweep, fig_dir)
     sections.append(html_pareto)
+    sections.append(pretraining_section(client, sweep, fig_dir))
     sections.append(importance_table(imp, sweep.metric).to_html())
     figs: list[tuple[str, Path]] = []
     if imp.values:

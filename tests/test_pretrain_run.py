@@ -77,6 +77,15 @@ def test_pretrain_registers_and_a_sweep_fine_tunes_from_the_registered_encoder(p
     assert report["ckpt_missing_keys"] == 0 and report["ckpt_unexpected_keys"] == 0
     assert report["ckpt_loaded_keys"] == 30  # every key of video_vit_tiny but its head (weight and bias)
 
+    # The pretraining sweep's report, after its encoder was registered and used.
+    emotune("report", "pre-b", "--out", "pre-b-report", cwd=work, timeout=600)
+    page = (work / "pre-b-report" / "report.html").read_text()
+    assert "Masked validation clips reconstructed" in page and "Probe CCC against each knob" in page
+    from PIL import Image
+
+    with Image.open(work / "pre-b-report" / "figures" / "reconstructions.png") as image:
+        assert image.size[0] > 400 and image.size[1] > 400  # 2 clips x 3 rows, 4 frames each
+
 
 @pytest.mark.parametrize("args, message", [
     (("--set", "backbone=cnn_rnn_tiny"), "pretrain_method='mae' does not fit backbone 'cnn_rnn_tiny'"),
