@@ -154,5 +154,7 @@ def register_pretrained(client, model_name: str, run_id: str, alias: str, tags: 
                                      tags=version_tags)
     before = _alias_version(client, model_name, alias)
     client.set_registered_model_alias(model_name, alias, mv.version)
-    record_move(client, model_name, alias, str(mv.version), before, {"run_id": run_id, **(tags or {})})
+    tags = tags or {}
+    record_move(client, model_name, alias, str(mv.version), before,
+                {"sweep": tags.get("emotune.sweep"), "trial": tags.get("emotune.trial"), "run_id": run_id})
     return str(mv.version)

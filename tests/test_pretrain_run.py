@@ -56,35 +56,56 @@ def _registered(work: Path) -> tuple[str, list[str]]:
     return str(client.get_model_version_by_alias("emotune-pretrained", "current").version), [str(v) for v in versions]
 
 
-def test_pretrain_registers_and_a_sweep_fine_tunes_from_the_registered_encoder(pre_data):
-    work, index = pre_data
-    first = emotune("pretrain", "--data", str(index), "--name", "pre-a", *PRETRAIN, cwd=work, timeout=900)
-    assert "Registered:    emotune-pretrained version 1 (alias current)" in first.stdout
-    # The same command again (another name): a new version takes the alias.
-    emotune("pretrain", "--data", str(index), "--name", "pre-b", *PRETRAIN, cwd=work, timeout=900)
-    assert _registered(work) == ("2", ["1", "2"])
-    result = next((work / "ray_results" / "pre-b").glob("trial-*/result.json"))
+@pytest.fixture(scope="module")
+def readme_pretraining(tmp_path_factory):
+    """The README's pretraining example, every command as written, in a scratch folder."""
+    from tests.test_readme import code_blocks, commands
+
+    work = tmp_path_factory.mktemp("readme-pretrain")
+    outs = [emotune(*cmd[1:], cwd=work, timeout=900).stdout
+            for cmd in commands(code_blocks("Self-supervised pretraining")[0])]
+    return work, outs
+
+
+def test_the_readme_example_pretrains_registers_and_fine_tunes_from_the_registered_encoder(readme_pretraining):
+    work, outs = readme_pretraining
+    assert "videos ok: 6 (2 unlabelled: pretraining only)" in outs[1]
+    assert "0 diverged, 0 errored" in outs[2]
+    assert "Registered:    emotune-pretrained version 1 (alias current)" in outs[2]
+    result = next((work / "ray_results" / "pre-smoke").glob("trial-*/result.json"))
     last = json.loads(result.read_text().splitlines()[-1])
     assert {"pretrain_loss", "pretrain_masked_share", "val_ccc_mean", "pretrain_videos"} <= set(last)
     assert last["pretrain_videos"] == 3  # every train-split video, labelled or not
-
-    sweep = emotune("sweep", "--data", str(index), "--name", "ft-a", "--trials", "1", "--epochs", "1",
-                    "--set", "backbone=video_vit_tiny", "--set", "checkpoint=models:/emotune-pretrained@current",
-                    "--set", "window_length=16", "--set", "clip_len=4", "--set", "ssts_stride=2", cwd=work,
-                    timeout=900)
-    assert "1 complete" in sweep.stdout
-    report = json.loads(next((work / "ray_results" / "ft-a").glob("trial-*/result.json")).read_text().splitlines()[0])
+    assert "1 complete" in outs[3] and "2 unlabelled video(s)" in outs[3]  # fine-tuning leaves them out
+    report = json.loads(next((work / "ray_results" / "ft-pretrained").glob("trial-*/result.json"))
+                        .read_text().splitlines()[0])
     assert report["ckpt_missing_keys"] == 0 and report["ckpt_unexpected_keys"] == 0
     assert report["ckpt_loaded_keys"] == 30  # every key of video_vit_tiny but its head (weight and bias)
 
-    # The pretraining sweep's report, after its encoder was registered and used.
+
+def test_pretraining_again_moves_the_alias_and_its_report_shows_reconstructions(readme_pretraining):
+    work, _ = readme_pretraining
+    index = str(work / "ptcache" / "index.json")
+    again = emotune("pretrain", "--data", index, "--name", "pre-b", *PRETRAIN, cwd=work, timeout=900)
+    assert "Registered:    emotune-pretrained version 2 (alias current)" in again.stdout
+    assert _registered(work) == ("2", ["1", "2"])
+    history = emotune("promote", "--history", "--model-name", "emotune-pretrained", cwd=work).stdout
+    assert "pre-b" in history and "pre-smoke" in history
+    # Fine-tuning by the trial's own run (runs:/<run_id>) as well as by the registry.
+    run_id = again.stdout.split("checkpoint logged to MLflow run ")[1].split(")")[0]
+    sweep = emotune("sweep", "--data", index, "--name", "ft-run", "--trials", "1", "--epochs", "1",
+                    "--set", "backbone=video_vit_tiny", "--set", f"checkpoint=runs:/{run_id}", cwd=work, timeout=900)
+    assert "1 complete" in sweep.stdout
+    first = json.loads(next((work / "ray_results" / "ft-run").glob("trial-*/result.json")).read_text().splitlines()[0])
+    assert first["ckpt_missing_keys"] == 0 and first["ckpt_loaded_keys"] == 30
+
     emotune("report", "pre-b", "--out", "pre-b-report", cwd=work, timeout=600)
     page = (work / "pre-b-report" / "report.html").read_text()
     assert "Masked validation clips reconstructed" in page and "Probe CCC against each knob" in page
     from PIL import Image
 
     with Image.open(work / "pre-b-report" / "figures" / "reconstructions.png") as image:
-        assert image.size[0] > 400 and image.size[1] > 400  # 2 clips x 3 rows, 4 frames each
+        assert image.size[0] > 400 and image.size[1] > 400  # 2 clips x 3 rows of frames
 
 
 @pytest.mark.parametrize("args, message", [
@@ -172,15 +193,3 @@ def test_a_killed_pretraining_trial_resumes_to_the_uninterrupted_weights(pre_dat
         assert torch.equal(value, resumed.encoders[-1][key]), key
     assert not all(torch.equal(v, whole.encoders[0][k]) for k, v in whole.encoders[-1].items())
 
-
-def test_the_readme_pretraining_example(tmp_path):
-    from tests.test_readme import code_blocks, commands
-
-    outs = [emotune(*cmd[1:], cwd=tmp_path, timeout=900).stdout
-            for cmd in commands(code_blocks("Self-supervised pretraining")[0])]
-    assert "videos ok: 6 (2 unlabelled: pretraining only)" in outs[1]
-    assert "0 diverged, 0 errored" in outs[2] and "Registered:    emotune-pretrained version 1 (alias current)" in outs[2]
-    assert "1 complete" in outs[3] and "2 unlabelled video(s)" in outs[3]
-    report = json.loads(next((tmp_path / "ray_results" / "ft-pretrained").glob("trial-*/result.json"))
-                        .read_text().splitlines()[0])
-    assert report["ckpt_missing_keys"] == 0 and report["ckpt_loaded_keys"] == 30
