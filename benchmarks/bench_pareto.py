@@ -119,17 +119,36 @@ def replay(work: Path, setup: dict, table: Path, seed: int, sampler: str, stoppi
 
         space = dataclasses.replace(space, sampler="random")
     name = f"replay-{sampler}-{'stop' if stopping else 'all'}-{seed}"
+    order = start_order()
     searcher = make_searcher(space, SweepOptions(seed=seed, num_samples=setup["trials"]), name, 1,
                              {"setup": setup, "table": str(table)}, storage=None,
                              progress=("epoch", setup["epochs"]))
     tuner = build_tuner(name=name, storage=str(work / "replays"), search_alg=searcher,
                         runtime={"metric": "val_ccc_mean", "mode": "max", "executor": "inline", "max_failures": 0},
-                        num_samples=setup["trials"], concurrent=1, callbacks=[],
+                        num_samples=setup["trials"], concurrent=1, callbacks=[order],
                         scheduler=make_scheduler(space, "epoch", setup["epochs"]) if stopping else FIFOScheduler(),
                         function=tune.with_resources(replay_trial, {"cpu": 1}))
     grid = tuner.fit()
-    trials = sorted(grid, key=lambda r: r.metrics["trial_id"].split("_")[-1])
+    # Tune's trial ids are random hex (uuid4), so sorting by them shuffles the trials: the order they started in is
+    # what the curve of hypervolume against trial-epochs spent needs (one trial at a time: the order they ran).
+    started = {trial_id: i for i, trial_id in enumerate(order.started)}
+    trials = sorted(grid, key=lambda r: started[r.metrics["trial_id"]])
+    (work / "replays" / name / "order.json").write_text(json.dumps(order.started))
     return [r.metrics_dataframe.to_dict("records") for r in trials]
+
+
+def start_order():
+    """A Tune callback that keeps the ids of the trials in the order Tune started them (``.started``)."""
+    from ray.tune import Callback
+
+    class _StartOrder(Callback):
+        def __init__(self):
+            self.started: list[str] = []
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.started.append(trial.trial_id)
+
+    return _StartOrder()
 
 
 def curve(trials: list[list[dict]], epochs: int, reference) -> list[tuple[int, float]]:
