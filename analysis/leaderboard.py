@@ -261,9 +261,9 @@ def format_leaderboard(rows: list[Row], metric: str, steps_label: str = "epochs"
 
 
 #: The note under a multi-objective leaderboard: what its ``front`` column means.
-FRONT_NOTE = ("front: the trial's front in the non-dominated sort of the complete trials over the objectives (1, marked "
-              "*: on the Pareto front, no other trial at least as good in every objective and better in one); the "
-              "Pareto front first, then each later front, then the trials not placed (-)")
+FRONT_NOTE = ("front: the trial's front in the non-dominated sort of the complete trials over the objectives (1, "
+              "marked *: on the Pareto front, no other trial at least as good in every objective and better in "
+              "one); the Pareto front first, then each later front, then the trials not placed (-)")
 
 
 def format_multi_objective_leaderboard(rows: list[Row], steps_label: str = "epochs") -> str:

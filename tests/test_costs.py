@@ -147,7 +147,7 @@ def per_module_counts(model: torch.nn.Module, window: torch.Tensor) -> tuple[int
 
 def outermost(counts: dict[str, int], root: str) -> dict[str, int]:
     """The modules below ``root`` that FlopCounterMode saw called whose enclosing module it did not (a child called as
-    a module, or a grandchild where the parent's own forward was bypassed, as i3d calls ``encoder.forward_features``)."""
+    a module, or a grandchild where the parent's own forward was bypassed: i3d calls ``encoder.forward_features``)."""
     return {p: v for p, v in counts.items()
             if p != root and not any(p.startswith(q + ".") for q in counts if q != root and q != p)}
 

@@ -4,12 +4,12 @@ The store is a copy of the one holding the one-split sweeps ``rep`` and ``rep-b`
 (``tiny_sweeps``), with one more sweep, ``mo`` (experiment ``pareto``): a study with two objectives, validation CCC
 (max) against GFLOPs per window (min), whose three one-epoch trials differ in their GRU size (8, 16, 32), so their
 costs differ. Every expectation here is computed from the runs' metrics and tags by this file's own arithmetic (a
-brute-force dominance check, the hypervolume as the area of a union of rectangles over a grid of their edges), not by
-``analysis``: the report's fronts, hypervolumes and reference points, the multi-objective leaderboard's order,
-the leaderboard the sweep
-prints (its front first, marked), ``emotune compare``'s overlaid fronts, the trial a constrained promotion picks, the refusal when none qualifies (and
-the registry left as it was), bad constraints refused before anything runs, ``promote --history`` after two moves,
-and the README's lines. With ``-m slow``: a cross-validated sweep's constrained promotion refits the chosen trial."""
+brute-force dominance check, the hypervolume as the area of a union of rectangles over a grid of their edges), not
+by ``analysis``: the report's fronts, hypervolumes and reference points, the multi-objective leaderboard's order,
+the leaderboard the sweep prints (its front first, marked), ``emotune compare``'s overlaid fronts, the trial a
+constrained promotion picks, the refusal when none qualifies (and the registry left as it was), bad constraints
+refused before anything runs, ``promote --history`` after two moves, and the README's lines. With ``-m slow``: a
+cross-validated sweep's constrained promotion refits the chosen trial."""
 from __future__ import annotations
 
 import json
