@@ -1,5 +1,6 @@
 """Leaderboards of a sweep's trials, ranked by the objective at each trial's best epoch; in a cross-validated sweep,
-by the mean over its subject folds (:class:`CV`), trials that finished every fold first."""
+by the mean over its subject folds (:class:`CV`), trials that finished every fold first; in a sweep with several
+objectives (``objectives:``), its Pareto front first (:func:`rank_by_fronts`), as the report's leaderboard does."""
 from __future__ import annotations
 
 import math
@@ -114,6 +115,8 @@ class Row:
     status: str
     cv: CV | None = None  # a cross-validated trial's folds
     near: bool = False  # within one sd of the best (:func:`near_best`)
+    values: dict[str, float] = field(default_factory=dict)  # several objectives: each one's value at the best epoch
+    front: int | None = None  # several objectives: the trial's front in the non-dominated sort (1: the Pareto front)
 
 
 def _fold_scores(df, k: int) -> list[float]:
@@ -155,11 +158,14 @@ def cv_rows_from_results(results, metric: str, mode: str, params: Iterable[str],
 
 
 def rows_from_results(results, metric: str, mode: str, params: Iterable[str], max_epochs: int,
-                      epoch_key: str = "epoch", folds: int = 0) -> list[Row]:
+                      epoch_key: str = "epoch", folds: int = 0,
+                      objectives: tuple[tuple[str, str], ...] = ()) -> list[Row]:
     """One row per trial of a Tune ``ResultGrid`` (or a list of Results), best first (a cross-validated sweep's,
-    ``folds`` > 0: :func:`cv_rows_from_results`)."""
+    ``folds`` > 0: :func:`cv_rows_from_results`; a sweep with two or three ``objectives`` ((metric, mode) pairs, the
+    primary one first): its Pareto front first, :func:`rank_by_fronts`)."""
     if folds:
         return cv_rows_from_results(results, metric, mode, params, folds)
+    several = len(objectives) > 1
     params = list(params)
     rows = []
     for result in results:
@@ -177,11 +183,57 @@ def rows_from_results(results, metric: str, mode: str, params: Iterable[str], ma
         diverged = "diverged" in df and (df["diverged"] == 1).any()
         status = trial_status(errored=result.error is not None, diverged=bool(diverged),
                               stopped_early=epochs < max_epochs)
+        values = {name: _objective_value(df, best, name, metric) for name, _ in objectives} if several else {}
         rows.append(Row(trial_id, {p: config.get(p) for p in params}, epochs, int(best[epoch_key]), float(best[metric]),
-                        {d: float(best[d]) for d in DIM_METRICS if d in best}, status))
+                        {d: float(best[d]) for d in DIM_METRICS if d in best}, status, values=values))
     sign = -1.0 if mode == "max" else 1.0
     rows.sort(key=lambda r: (math.isnan(r.objective), sign * (r.objective if not math.isnan(r.objective) else 0.0)))
-    return rows
+    return rank_by_fronts(rows, objectives) if several else rows
+
+
+def _objective_value(df, best, name: str, metric: str) -> float:
+    """A trial's value of objective ``name`` from its Tune reports ``df``, as the report reads it from MLflow
+    (``analysis.sweeps.Sweep.value``): the primary ``metric`` and any other metric at the best epoch ``best``; a cost
+    as measured (``analysis.sweeps.run_costs``): as last reported, ``peak_mem_mb`` the largest report, ``train_s`` the
+    sum of every report's ``train_time_s`` (where logged)."""
+    from trainables.reports import COST_KEYS
+
+    if name not in COST_KEYS or name == metric:
+        value = best.get(name) if name in best else None
+    elif name not in df or df[name].dropna().empty:
+        value = None
+    elif name == "peak_mem_mb":
+        value = df[name].max()
+    elif name == "train_s" and "train_time_s" in df and not df["train_time_s"].dropna().empty:
+        value = df["train_time_s"].sum()
+    else:
+        value = df[name].dropna().iloc[-1]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def rank_by_fronts(rows: list[Row], objectives: tuple[tuple[str, str], ...]) -> list[Row]:
+    """``rows`` (ranked by the primary objective) with the Pareto front first, the rule of the report's leaderboard
+    (``analysis.report.multi_objective_leaderboard_table``): the complete trials with a finite value of every
+    objective are sorted into fronts over the objectives (:func:`analysis.pareto.non_dominated_sort`; each row's
+    ``front``, 1 on the Pareto front), listed by front and within a front by the primary objective (ties keep the
+    order they had); then every other trial (stopped early, diverged, errored, or missing a value) in the order it
+    had. Only complete trials are placed: a trial stopped early is a model trained less, its early CCC no measure of
+    what its configuration reaches, so a front drawn with it would be a front of unequal budgets."""
+    from analysis.pareto import minimised, non_dominated_sort
+
+    modes = [m for _, m in objectives]
+    placed = [r for r in rows if r.status == "complete"
+              and all(math.isfinite(r.values.get(n, math.nan)) for n, _ in objectives)]
+    points = [minimised([r.values[n] for n, _ in objectives], modes) for r in placed]
+    for number, members in enumerate(non_dominated_sort(points), 1):
+        for i in members:
+            placed[i].front = number
+    ordered = sorted(range(len(placed)), key=lambda i: (placed[i].front, points[i][0], i))
+    taken = {id(r) for r in placed}
+    return [placed[i] for i in ordered] + [r for r in rows if id(r) not in taken]
 
 
 def format_leaderboard(rows: list[Row], metric: str, steps_label: str = "epochs") -> str:
@@ -191,6 +243,8 @@ def format_leaderboard(rows: list[Row], metric: str, steps_label: str = "epochs"
         return "(no trials)"
     if any(r.cv is not None for r in rows):
         return format_cv_leaderboard(rows, metric)
+    if any(r.values for r in rows):
+        return format_multi_objective_leaderboard(rows, steps_label)
     params = list(rows[0].params)
     head = ["rank", "trial", *params, steps_label, "status", "ccc_valence", "ccc_arousal", metric]
     param_fmt = {p: column_format([r.params[p] for r in rows]) for p in params}
@@ -204,6 +258,41 @@ def format_leaderboard(rows: list[Row], metric: str, steps_label: str = "epochs"
     out = [line, "-" * len(line)]
     out += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
     return "\n".join(out)
+
+
+#: The note under a multi-objective leaderboard: what its ``front`` column means.
+FRONT_NOTE = ("front: the trial's front in the non-dominated sort of the complete trials over the objectives (1, "
+              "marked *: on the Pareto front, no other trial at least as good in every objective and better in "
+              "one); the Pareto front first, then each later front, then the trials not placed (-)")
+
+
+def format_multi_objective_leaderboard(rows: list[Row], steps_label: str = "epochs") -> str:
+    """The leaderboard of a sweep with several objectives (:func:`rank_by_fronts`): rank, the trial's front (``1*``
+    on the Pareto front), trial, key params, epochs run, status, validation CCC per dimension and every objective at
+    the trial's best epoch, then :data:`FRONT_NOTE`."""
+    params = list(rows[0].params)
+    names = list(next(r.values for r in rows if r.values))
+    head = ["rank", "front", "trial", *params, steps_label, "status", "ccc_valence", "ccc_arousal", *names]
+    param_fmt = {p: column_format([r.params[p] for r in rows]) for p in params}
+    body = []
+    for i, r in enumerate(rows, 1):
+        front = "-" if r.front is None else f"{r.front}*" if r.front == 1 else str(r.front)
+        body.append([str(i), front, r.trial_id, *(param_fmt[p](r.params[p]) for p in params), str(r.epochs_run),
+                     r.status, fmt_metric(r.dims.get("val_ccc_valence")), fmt_metric(r.dims.get("val_ccc_arousal")),
+                     *(_objective_cell(n, r.values.get(n)) for n in names)])
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    line = "  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
+    return "\n".join([*out, FRONT_NOTE])
+
+
+def _objective_cell(name: str, v: float | None) -> str:
+    """A metric (``val_...``) as every metric cell (4 decimals); a cost with 4 significant digits (GFLOPs of a tiny
+    model are 1e-3, seconds 1e2), as the report's fronts print them."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-" if v is None else "nan"
+    return fmt_metric(v) if name.startswith("val_") else f"{float(v):.4g}"
 
 
 def format_cv_leaderboard(rows: list[Row], metric: str) -> str:

@@ -10,7 +10,10 @@
 2. **Four arms**, 3 seeds, 16 trials each, replayed through the platform's searcher (``cluster.sweep.make_searcher``:
    TPE over both objectives, or Optuna's random sampler) and scheduler (``cluster.racing.make_scheduler``: ASHA whose
    rungs promote by non-dominated sorting, or none) in a real Ray Tune run, one trial at a time, each trial reporting
-   its configuration's cached results (CPU training is deterministic, SPEC evaluation rule 4).
+   its configuration's cached results (CPU training is deterministic, SPEC evaluation rule 4). The scheduler runs at
+   the study's default grace, which for several objectives is the reduction factor (2: one rung, at epoch 2;
+   ``search_spaces.schema.multi_objective_grace`` says why); ``--grace 1`` replays ASHA's earliest rung too. The
+   trials are replayed in the order Tune started them (Tune's trial ids are random, not a count).
 3. **Hypervolume** of the front of finished trials (CCC at the last epoch, max; GFLOPs, min) against the reference point
    (CCC 0, 1.1 x the grid's largest GFLOPs), after every trial-epoch spent.
 
@@ -18,7 +21,8 @@ Goal: TPE with the scheduler reaches random-without-scheduler's final hypervolum
 the mean of 3 seeds. The plot (``pareto_search.png`` in ``--work``) shows hypervolume against trial-epochs per arm.
 Inference milliseconds are measured by every trial too, but are too noisy on shared CPU cores to be an objective here.
 
-``--quick``: a smaller grid and 2 epochs (a smoke run of the script). Not part of the test run.
+``--quick``: a smaller grid and 2 epochs (a smoke run of the script). ``--seeds 3 4 5``: other seeds than the goal's,
+to check that a change holds beyond the seeds it is judged on. Not part of the test run.
 """
 from __future__ import annotations
 
@@ -71,9 +75,10 @@ def write_study(path: Path, setup: dict, grid: bool) -> None:
 
     study = {"name": path.stem, "description": "bench_pareto: tiny backbones x frames x stride x overlap x lr",
              "objectives": OBJECTIVES,
-             "fidelity": {"attr": "epoch", "max": setup["epochs"],
-                          "grace": setup["epochs"] if grid else setup.get("grace", 1),
-                          "reduction_factor": setup.get("reduction_factor", 2)},
+             "fidelity": {"attr": "epoch", "max": setup["epochs"], "reduction_factor": setup.get("reduction_factor", 2),
+                          # the grid: no early stopping; the replays: the study's default grace unless --grace
+                          **({"grace": setup["epochs"]} if grid else {"grace": setup["grace"]} if "grace" in setup
+                             else {})},
              "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}, "fixed": FIXED,
              "params": {k: {"type": "categorical", "choices": v} for k, v in setup["grid"].items()}}
     if grid:
@@ -118,18 +123,37 @@ def replay(work: Path, setup: dict, table: Path, seed: int, sampler: str, stoppi
         import dataclasses
 
         space = dataclasses.replace(space, sampler="random")
-    name = f"replay-{sampler}-{'stop' if stopping else 'all'}-{seed}"
+    name = f"replay-{sampler}-{'stop' if stopping else 'all'}-{seed}-g{setup.get('grace', 'default')}"
+    order = start_order()
     searcher = make_searcher(space, SweepOptions(seed=seed, num_samples=setup["trials"]), name, 1,
                              {"setup": setup, "table": str(table)}, storage=None,
                              progress=("epoch", setup["epochs"]))
     tuner = build_tuner(name=name, storage=str(work / "replays"), search_alg=searcher,
                         runtime={"metric": "val_ccc_mean", "mode": "max", "executor": "inline", "max_failures": 0},
-                        num_samples=setup["trials"], concurrent=1, callbacks=[],
+                        num_samples=setup["trials"], concurrent=1, callbacks=[order],
                         scheduler=make_scheduler(space, "epoch", setup["epochs"]) if stopping else FIFOScheduler(),
                         function=tune.with_resources(replay_trial, {"cpu": 1}))
     grid = tuner.fit()
-    trials = sorted(grid, key=lambda r: r.metrics["trial_id"].split("_")[-1])
+    # Tune's trial ids are random hex (uuid4), so sorting by them shuffles the trials: the order they started in is
+    # what the curve of hypervolume against trial-epochs spent needs (one trial at a time: the order they ran).
+    started = {trial_id: i for i, trial_id in enumerate(order.started)}
+    trials = sorted(grid, key=lambda r: started[r.metrics["trial_id"]])
+    (work / "replays" / name / "order.json").write_text(json.dumps(order.started))
     return [r.metrics_dataframe.to_dict("records") for r in trials]
+
+
+def start_order():
+    """A Tune callback that keeps the ids of the trials in the order Tune started them (``.started``)."""
+    from ray.tune import Callback
+
+    class _StartOrder(Callback):
+        def __init__(self):
+            self.started: list[str] = []
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.started.append(trial.trial_id)
+
+    return _StartOrder()
 
 
 def curve(trials: list[list[dict]], epochs: int, reference) -> list[tuple[int, float]]:
@@ -152,8 +176,16 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="folder for the data, the grid and the replays (reused when "
                                                      "given again; default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="a smaller grid, 2 epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+                        help="the seeds of every arm (default: 0 1 2, the goal's); others check that a change to the "
+                             "scheduler holds beyond the seeds it is judged on")
+    parser.add_argument("--grace", type=int, default=None,
+                        help="the study's fidelity grace for the arms with the scheduler (default: the study's "
+                             "default, search_spaces.schema)")
     args = parser.parse_args()
-    setup = QUICK if args.quick else FULL
+    setup = dict(QUICK if args.quick else FULL)
+    if args.grace is not None:
+        setup["grace"] = args.grace
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="bench-pareto-")
     work = Path(args.work or tmp.name).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -178,7 +210,7 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     curves = {label: [curve(replay(work, setup, work / "table.json", seed, sampler, stopping), setup["epochs"],
-                            reference) for seed in SEEDS] for label, sampler, stopping in ARMS}
+                            reference) for seed in args.seeds] for label, sampler, stopping in ARMS}
     ray.shutdown()
 
     target = statistics.fmean(c[-1][1] for c in curves["random"])
@@ -191,7 +223,7 @@ def main() -> None:
         reached = sum(x < float("inf") for x in spent)
         reach[label] = statistics.fmean(spent)
         print(f"{label:<22}{statistics.fmean(c[-1][1] for c in runs):>26.4f}"
-              f"{statistics.fmean(c[-1][0] for c in runs):>21.1f}{reach[label]:>17.1f} ({reached}/3)  "
+              f"{statistics.fmean(c[-1][0] for c in runs):>21.1f}{reach[label]:>17.1f} ({reached}/{len(runs)})  "
               f"per seed: {', '.join('-' if x == float('inf') else f'{x:.0f}' for x in spent)}")
     budget = statistics.fmean(c[-1][0] for c in curves["random"])
     print(f"\ngoal: TPE + scheduler reaches random's final hypervolume ({target:.4f}) in at most half random's "

@@ -9,17 +9,24 @@ from trainables.errors import UserError
 
 
 def print_outcome(outcome, max_epochs: int) -> dict[str, int]:
-    """The sweep's leaderboard, where its records are, its best trial; returns the number of trials per status."""
+    """The sweep's leaderboard, where its records are, its best trial; returns the number of trials per status. A
+    sweep with several objectives lists its Pareto front first (``analysis.leaderboard.rank_by_fronts``), as its
+    report does."""
     from analysis.leaderboard import STATUSES, format_leaderboard, rows_from_results
 
     params = list(outcome.space.params)
     key = "epoch" if outcome.space.fidelity["attr"] == "epoch" else "step"
     folds = int((outcome.space.cv or {}).get("folds", 0))
+    objectives = tuple(getattr(outcome.space, "objectives", ()) or ())
     rows = rows_from_results(outcome.results, outcome.space.metric, outcome.space.mode, params, max_epochs,
-                             epoch_key=key, folds=folds)
+                             epoch_key=key, folds=folds, objectives=objectives)
     say()
     over = f", mean over {folds} subject folds" if folds else ""
-    say(f"Leaderboard of sweep {outcome.name} ({len(rows)} trials, objective {outcome.space.metric}{over}):")
+    if len(objectives) > 1:
+        what = "objectives " + ", ".join(f"{m} ({mode})" for m, mode in objectives) + ", the Pareto front first"
+    else:
+        what = f"objective {outcome.space.metric}{over}"
+    say(f"Leaderboard of sweep {outcome.name} ({len(rows)} trials, {what}):")
     say(format_leaderboard(rows, outcome.space.metric, steps_label="epochs" if key == "epoch" else "reports"))
     say()
     say(f"MLflow store:  {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")

