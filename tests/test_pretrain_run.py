@@ -164,6 +164,8 @@ class RecordingSession(CpuSession):
 
     def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
         self.reports.append(metrics)
+        if checkpoint_dir is None:
+            return
         self.state = torch.load(Path(checkpoint_dir) / "state.pt", weights_only=True)
         self.encoders.append(torch.load(Path(checkpoint_dir) / "encoder.pt", weights_only=True))
         if self.kill_after is not None and len(self.reports) >= self.kill_after:
@@ -193,3 +195,25 @@ def test_a_killed_pretraining_trial_resumes_to_the_uninterrupted_weights(pre_dat
         assert torch.equal(value, resumed.encoders[-1][key]), key
     assert not all(torch.equal(v, whole.encoders[0][k]) for k, v in whole.encoders[-1].items())
 
+
+
+def test_a_non_finite_pretraining_loss_ends_this_trial_only_at_the_worst_objective(pre_data, monkeypatch):
+    from trainables.config import TrialConfig
+    from trainables.pretrain import methods
+    from trainables.pretrain.run import fit_pretrain
+
+    real = methods.create_pretrainer
+
+    def poisoned(method, model, config):  # the patch embedding starts emitting NaN: the loss is NaN from step 1
+        model.patch_embed.proj.register_forward_hook(lambda module, args, out: out * float("nan"))
+        return real(method, model, config)
+
+    monkeypatch.setattr(methods, "create_pretrainer", poisoned)
+    _, index = pre_data
+    cfg = TrialConfig.from_dict({"data_index": str(index), "backbone": "video_vit_tiny", "pretrain_method": "mae",
+                                 "window_length": 16, "clip_len": 4, "epochs": 2, "decoder_depth": 1})
+    session = RecordingSession()
+    fit_pretrain(cfg, session)  # returns: the sweep goes on with its other trials
+    assert len(session.reports) == 1 and session.state is None  # reported once, no checkpoint
+    report = session.reports[0]
+    assert report["diverged"] == 1 and report["val_ccc_mean"] == -1.0 and report["pretrain_loss"] != report["pretrain_loss"]
