@@ -22,7 +22,7 @@ class CpuSession:
     def __init__(self):
         self.marks = {}
 
-    def prepare_model(self, model):
+    def prepare_model(self, model, unused_parameters: bool = False):
         return model
 
     def prepare_data_loader(self, loader):

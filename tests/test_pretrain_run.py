@@ -218,3 +218,23 @@ def test_a_non_finite_pretraining_loss_ends_this_trial_only_at_the_worst_objecti
     report = session.reports[0]
     assert report["diverged"] == 1 and report["val_ccc_mean"] == -1.0
     assert report["pretrain_loss"] != report["pretrain_loss"]  # NaN
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", [
+    ("--set", "decoder_depth=1"),
+    ("--set", "backbone=conv3d_resnet_gru_tiny", "--set", "pretrain_method=dino", "--set", "dino_out_dim=256",
+     "--set", "dino_hidden=64", "--set", "dino_bottleneck=32", "--set", "dino_local_crops=2"),
+])
+def test_pretraining_on_two_ray_train_workers_with_ddp(pre_data, settings):
+    """Two Ray Train workers (DDP over gloo on the CPU): MAE, whose heads get no gradient, and DINO, whose centre is
+    all-reduced across the workers."""
+    work, index = pre_data
+    name = f"ddp-{len(settings)}"
+    out = emotune("pretrain", "--data", str(index), "--name", name, "--trials", "1", "--epochs", "2", "--workers", "2",
+                  "--executor", "train", "--set", "window_length=16", "--set", "clip_len=4", "--set", "probe_epochs=1",
+                  "--register-as", "ddp-pretrained", *settings, cwd=work, timeout=900).stdout
+    assert "1 complete" in out and "Registered:    ddp-pretrained version" in out
+    reports = [json.loads(line) for line in next((work / "ray_results" / name).glob("trial-*/result.json"))
+               .read_text().splitlines()]
+    assert [r["epoch"] for r in reports] == [1, 2] and all(r["pretrain_loss"] == r["pretrain_loss"] for r in reports)

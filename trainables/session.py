@@ -69,8 +69,11 @@ class TrainWorkerSession(_Session):
         self.rank = ray.train.get_context().get_world_rank()
         self.device = ray.train.torch.get_device()
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        return self._torch.prepare_model(model)
+    def prepare_model(self, model: torch.nn.Module, unused_parameters: bool = False) -> torch.nn.Module:
+        """DDP around ``model``. ``unused_parameters``: some trainable parameters may get no gradient in a step (a
+        pretraining method trains the encoder, not the backbone's heads), which DDP must be told or it fails."""
+        kwargs = {"parallel_strategy_kwargs": {"find_unused_parameters": True}} if unused_parameters else {}
+        return self._torch.prepare_model(model, **kwargs)
 
     def prepare_data_loader(self, loader):
         return self._torch.prepare_data_loader(loader)
@@ -111,7 +114,7 @@ class TuneTrialSession(_Session):
             raise SystemExit(0)
         super().report(metrics, checkpoint_dir)
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def prepare_model(self, model: torch.nn.Module, unused_parameters: bool = False) -> torch.nn.Module:
         return model.to(self.device)
 
     def prepare_data_loader(self, loader):

@@ -97,7 +97,8 @@ def fit_pretrain(cfg: TrialConfig, session) -> None:
                                          drop_last=len(clips) > cfg.batch_size)
     loader = session.prepare_data_loader(loader)
     pretrainer = create_pretrainer(cfg.pretrain_method, build_model(cfg, out_dims, in_chans), cfg).to(device)
-    model = session.prepare_model(pretrainer)
+    # DDP on Ray Train workers: the backbone's heads (and a ViT's pooling norm) get no gradient from pretraining.
+    model = session.prepare_model(pretrainer, unused_parameters=True)
     params = [p for p in pretrainer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
