@@ -4,9 +4,9 @@ from its encoder pretrained with ``mae`` on the train split's (mostly unlabelled
     python benchmarks/bench_pretrain.py [--work DIR] [--quick] [--seeds 0 1 2]
 
 1. **Data**: synthetic face video (``trainables.prepare.synth.synthesize``) rendered at 64x64 and prepared at 64x64
-   (``prepare --size 64``): 12 subjects -> 7 train, 3 val, 2 test (the generator's split rule). Only the first train
-   subject keeps its labels (``labelled_train_subjects=1``); the other 6 train subjects' rows have an empty ``labels``
-   cell: pretraining-only video, 6x the labelled video. Validation and test subjects are labelled and never pretrained
+   (``prepare --size 64``), one 500-frame video per subject: 16 subjects -> 10 train, 4 val, 2 test (the generator's
+   split rule). Only the first 2 train subjects keep their labels (``labelled_train_subjects=2``); the other 8 train
+   subjects' rows have an empty ``labels`` cell: pretraining-only video, 4x the labelled video. Validation and test subjects are labelled and never pretrained
    on. Built once and cached under ``--work``.
 2. **Pretraining** (per seed): the real trial, ``trainables.pretrain.run.fit_pretrain`` (through
    ``trainables.loop.fit`` with ``pretrain_method: mae``), on every train-split video, labelled or not, with a local
@@ -14,7 +14,7 @@ from its encoder pretrained with ``mae`` on the train split's (mostly unlabelled
    ``encoder_state()``) is the checkpoint. Wall time includes the per-epoch frozen probe, as a real trial's does;
    ``train_s`` (the method's steps only) is shown too.
 3. **Fine-tuning** (per seed, both arms): the real trial (``trainables.loop.fit``/``build_trial``) on the one labelled
-   train subject, scored on the validation subjects every epoch; the pretrained arm sets ``checkpoint: encoder.pt``
+   train subjects, scored on the validation subjects every epoch; the pretrained arm sets ``checkpoint: encoder.pt``
    (its report must show every encoder key matched: ``ckpt_missing_keys == 0``). The epoch with the best validation
    CCC is scored on the test subjects with ``trainables.loop.evaluate``.
 
@@ -44,15 +44,15 @@ ROOT = SCRIPT.parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-DATA = dict(subjects=12, videos_per_subject=1, frames=250, size=64, lag_frames=4, blank_rate=0.04, seed=7,
-            labelled_train_subjects=1)
+DATA = dict(subjects=16, videos_per_subject=1, frames=500, size=64, lag_frames=4, blank_rate=0.04, seed=7,
+            labelled_train_subjects=2)
 CROP = 64
 FINETUNE = {"backbone": "video_vit_tiny", "window_length": 16, "window_overlap": 0.5, "sampler": "uniform",
             "num_frames": 8, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.05, "w_ccc": 1.0, "w_mse": 0.0,
             "postprocess": False, "threads": 2}
 PRETRAIN = {**FINETUNE, "pretrain_method": "mae", "mask_ratio": 0.9, "decoder_depth": 2, "lr": 1.5e-3,
-            "probe_epochs": 3}
-FULL = {"pretrain_epochs": 10, "finetune_epochs": 12, "seeds": (0, 1, 2)}
+            "probe_epochs": 10}
+FULL = {"pretrain_epochs": 10, "finetune_epochs": 20, "seeds": (0, 1, 2)}
 QUICK = {"pretrain_epochs": 2, "finetune_epochs": 2, "seeds": (0,)}
 METRIC = "val_ccc_mean"
 
@@ -116,8 +116,15 @@ def build_data(work: Path) -> Path:
 
 
 def pretrain(index: Path, seed: int, epochs: int, out: Path) -> dict:
-    """One real pretraining trial; returns its figures and leaves the encoder at ``out``."""
+    """One real pretraining trial; returns its figures and leaves the encoder at ``out`` (both cached: a second run
+    with the same seed and epochs reuses them)."""
+    import json
+
     from trainables.loop import fit
+
+    figures = out.with_suffix(".json")
+    if out.is_file() and figures.is_file():
+        return {**json.loads(figures.read_text()), "cached": True}
 
     session = LocalSession(keep_encoder=out)
     t0 = time.perf_counter()
@@ -126,9 +133,12 @@ def pretrain(index: Path, seed: int, epochs: int, out: Path) -> dict:
     last = session.reports[-1]
     if last.get("diverged") or not out.is_file():
         raise RuntimeError(f"pretraining (seed {seed}) diverged or exported no encoder: {last}")
-    return {"wall_s": wall, "train_s": last["train_s"], "clips": last["pretrain_clips"],
-            "videos": last["pretrain_videos"], "loss_first": session.reports[0]["pretrain_loss"],
-            "loss_last": last["pretrain_loss"], "probe_first": session.reports[0][METRIC], "probe_last": last[METRIC]}
+    result = {"wall_s": wall, "train_s": last["train_s"], "clips": last["pretrain_clips"],
+              "videos": last["pretrain_videos"], "loss_first": session.reports[0]["pretrain_loss"],
+              "loss_last": last["pretrain_loss"], "probe_first": session.reports[0][METRIC],
+              "probe_last": last[METRIC]}
+    figures.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def finetune(index: Path, seed: int, epochs: int, checkpoint: Path | None) -> dict:
@@ -205,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         pre.append(p)
         print(f"seed {seed} pretrain: {p['videos']} videos, {p['clips']} clips/epoch, loss {p['loss_first']:.3f} -> "
               f"{p['loss_last']:.3f}, probe val CCC {p['probe_first']:.3f} -> {p['probe_last']:.3f}, "
-              f"{p['wall_s']:.0f} s wall ({p['train_s']:.0f} s steps)", flush=True)
+              f"{p['wall_s']:.0f} s wall ({p['train_s']:.0f} s steps){' (cached)' if p.get('cached') else ''}", flush=True)
         for arm, ckpt in (("scratch", None), ("mae", encoder)):
             r = finetune(index, seed, setup["finetune_epochs"], ckpt)
             rows[arm].append(r)
@@ -219,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         reach.append(hit)
     n = len(setup["seeds"])
     print()
-    print(f"video_vit_tiny, 64x64, {DATA['labelled_train_subjects']} labelled train subject, "
+    print(f"video_vit_tiny, 64x64, {DATA['labelled_train_subjects']} labelled train subjects, "
           f"{pre[0]['videos'] - DATA['labelled_train_subjects']} unlabelled train videos; mae {setup['pretrain_epochs']}"
           f" pretraining epochs, {setup['finetune_epochs']} fine-tune epochs, {n} seed(s) {list(setup['seeds'])}")
     header = f"{'arm':<22} {'val CCC':>16} {'test CCC':>16} {'pretrain wall s':>16} {'epochs to scratch best':>24}"
