@@ -6,8 +6,8 @@ from its encoder pretrained with ``mae`` on the train split's (mostly unlabelled
 1. **Data**: synthetic face video (``trainables.prepare.synth.synthesize``) rendered at 64x64 and prepared at 64x64
    (``prepare --size 64``), one 500-frame video per subject: 16 subjects -> 10 train, 4 val, 2 test (the generator's
    split rule). Only the first 2 train subjects keep their labels (``labelled_train_subjects=2``); the other 8 train
-   subjects' rows have an empty ``labels`` cell: pretraining-only video, 4x the labelled video. Validation and test subjects are labelled and never pretrained
-   on. Built once and cached under ``--work``.
+   subjects' rows have an empty ``labels`` cell: pretraining-only video, 4x the labelled video. Validation and test
+   subjects are labelled and never pretrained on. Built once and cached under ``--work`` (a folder per data setting).
 2. **Pretraining** (per seed): the real trial, ``trainables.pretrain.run.fit_pretrain`` (through
    ``trainables.loop.fit`` with ``pretrain_method: mae``), on every train-split video, labelled or not, with a local
    in-process session (no Ray) that keeps the reports; epochs pinned. Its last ``encoder.pt`` (the exported
@@ -128,11 +128,12 @@ def build_data(work: Path) -> Path:
     from trainables.prepare.run import prepare
     from trainables.prepare.synth import synthesize
 
-    index = work / "index.json"
+    data = work / ("data_" + "_".join(f"{v}" for v in DATA.values()) + f"_crop{CROP}")  # one folder per setting
+    index = data / "index.json"
     if index.is_file():
         return index
-    manifest = synthesize(work / "synth", progress=False, **DATA)
-    _, summary = prepare(manifest, work / "cache", Registration(size=CROP), workers=2, progress=False,
+    manifest = synthesize(data / "synth", progress=False, **DATA)
+    _, summary = prepare(manifest, data / "cache", Registration(size=CROP), workers=2, progress=False,
                          index_path=index)
     for line in summary.lines():
         print(f"  {line}")
@@ -234,16 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[dict]] = {"scratch": [], "mae": []}
     pre: list[dict] = []
     for seed in setup["seeds"]:
-        encoder = args.work / f"encoder_mae_seed{seed}_ep{setup['pretrain_epochs']}.pt"
+        encoder = index.parent / f"encoder_mae_seed{seed}_ep{setup['pretrain_epochs']}.pt"
         p = pretrain(index, seed, setup["pretrain_epochs"], encoder)
         pre.append(p)
         print(f"seed {seed} pretrain: {p['videos']} videos, {p['clips']} clips/epoch, loss {p['loss_first']:.3f} -> "
               f"{p['loss_last']:.3f}, probe val CCC {p['probe_first']:.3f} -> {p['probe_last']:.3f}, "
-              f"{p['wall_s']:.0f} s wall ({p['train_s']:.0f} s steps){' (cached)' if p.get('cached') else ''}", flush=True)
+              f"{p['wall_s']:.0f} s wall ({p['train_s']:.0f} s steps){' (cached)' if p.get('cached') else ''}",
+              flush=True)
         for arm, ckpt in (("scratch", None), ("mae", encoder)):
             r = finetune(index, seed, setup["finetune_epochs"], ckpt)
             rows[arm].append(r)
-            keys = "" if ckpt is None else f", ckpt keys loaded {r['ckpt_loaded_keys']} missing {r['ckpt_missing_keys']}"
+            keys = "" if ckpt is None else \
+                f", ckpt keys loaded {r['ckpt_loaded_keys']} missing {r['ckpt_missing_keys']}"
             print(f"seed {seed} {arm}: val {r['val']:.3f} (epoch {r['best_epoch']}), test {r['test']:.3f}, "
                   f"{r['wall_s']:.0f} s{keys}; val curve {' '.join(f'{v:.2f}' for v in r['curve'])}", flush=True)
 
@@ -254,17 +257,19 @@ def main(argv: list[str] | None = None) -> int:
     n = len(setup["seeds"])
     print()
     print(f"video_vit_tiny, 64x64, {DATA['labelled_train_subjects']} labelled train subjects, "
-          f"{pre[0]['videos'] - DATA['labelled_train_subjects']} unlabelled train videos; mae {setup['pretrain_epochs']}"
-          f" pretraining epochs, {setup['finetune_epochs']} fine-tune epochs, {n} seed(s) {list(setup['seeds'])}")
+          f"{pre[0]['videos'] - DATA['labelled_train_subjects']} unlabelled train videos; "
+          f"mae {setup['pretrain_epochs']} pretraining epochs, {setup['finetune_epochs']} fine-tune epochs, "
+          f"{n} seed(s) {list(setup['seeds'])}")
     header = f"{'arm':<22} {'val CCC':>16} {'test CCC':>16} {'pretrain wall s':>16} {'epochs to scratch best':>24}"
     print(header)
     print("-" * len(header))
     print(f"{'scratch':<22} {mean_sd([r['val'] for r in rows['scratch']]):>16} "
           f"{mean_sd([r['test'] for r in rows['scratch']]):>16} {'-':>16} {'-':>24}")
     walls = [p["wall_s"] for p in pre]
+    wall_text = f"{statistics.mean(walls):.0f} +/- {statistics.stdev(walls):.0f}" if n > 1 else f"{walls[0]:.0f}"
     print(f"{'mae pretrained':<22} {mean_sd([r['val'] for r in rows['mae']]):>16} "
           f"{mean_sd([r['test'] for r in rows['mae']]):>16} "
-          f"{(f'{statistics.mean(walls):.0f} +/- {statistics.stdev(walls):.0f}' if n > 1 else f'{walls[0]:.0f}'):>16} "
+          f"{wall_text:>16} "
           f"{' / '.join('-' if h is None else str(h) for h in reach):>24}")
     print(f"{'conv3d_resnet_gru+byol':<22} {'missing: trainables/pretrain/ssl.py not on main':>76}")
     gain = statistics.mean(r["test"] for r in rows["mae"]) - statistics.mean(r["test"] for r in rows["scratch"])
