@@ -16,9 +16,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def readme_study_commands() -> dict[str, list[str]]:
-    """study -> the arguments of its laptop line in the README (the block that starts with ``L=``), with ``$L``
-    expanded; dataset indexes stay ``$I`` (32 px), ``$F`` (32 px, fine alignment), ``$G`` (96 px grayscale), the
-    checkpoint ``$V``."""
+    """study -> the command and arguments of its laptop line in the README (the block that starts with ``L=``), with
+    ``$L`` expanded; dataset indexes stay ``$I`` (32 px), ``$F`` (32 px, fine alignment), ``$G`` (96 px grayscale),
+    the checkpoint ``$V``."""
     text = README.read_text()
     block = text[text.index('L="'):]
     block = block[:block.index("```")].splitlines()
@@ -26,8 +26,8 @@ def readme_study_commands() -> dict[str, list[str]]:
     out = {}
     for line in block[1:]:
         words = line.split()
-        assert words[:2] == ["emotune", "sweep"], line
-        args = [w for word in words[2:] for w in (laptop if word == "$L" else [word])]
+        assert words[0] == "emotune" and words[1] in ("sweep", "pretrain"), line
+        args = [words[1], *[w for word in words[2:] for w in (laptop if word == "$L" else [word])]]
         out[args[args.index("--space") + 1]] = args
     return out
 
@@ -83,7 +83,7 @@ def test_shipped_study_runs(study, caches):
         for var, name in names.items():
             arg = arg.replace(var, str(index[name]))
         args.append(arg)
-    out = emotune("sweep", *args, "--name", f"study-{study}", "--experiment", study, cwd=work, timeout=900).stdout
+    out = emotune(*args, "--name", f"study-{study}", "--experiment", study, cwd=work, timeout=900).stdout
     assert "pre-flight:" in out
     board = out.split(f"Leaderboard of sweep study-{study}")[1]
     assert len([line for line in board.splitlines() if line[:1].isdigit()]) == 2
