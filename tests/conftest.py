@@ -71,3 +71,14 @@ def neighbours(request):
     lost = ended + gone(before)
     if lost:
         pytest.fail(f"the suite ended processes it did not start: {', '.join(lost)}", pytrace=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and the machine is shared: one torch thread for the test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

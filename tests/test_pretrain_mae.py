@@ -45,13 +45,7 @@ def _pretrainer(name: str, seed: int = 0, **overrides):
     return model, masked_autoencoder(model, _config(**overrides))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- tube masks -------------------------------------------------------------------------------------------------------

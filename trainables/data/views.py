@@ -139,6 +139,20 @@ class VideoView:
         return self.video.frames[self.grid[positions]]
 
 
+def usable_window_starts(view: VideoView, spec: ClipSpec) -> list[int]:
+    """Starts of ``view``'s windows with the valid face frames the sampler needs (SSTS needs ``clip_len``) and no gap
+    between them above ``gap_tolerance``; labels are not looked at (pretraining takes unlabelled windows too)."""
+    starts = []
+    for s in window_starts(len(view), spec.length, spec.overlap):
+        pos = np.flatnonzero(view.valid[s:s + spec.length])
+        if len(pos) < spec.needed:
+            continue
+        if spec.gap_tolerance is not None and len(pos) > 1 and np.diff(pos).max() > spec.gap_tolerance:
+            continue
+        starts.append(int(s))
+    return starts
+
+
 def training_windows(views: list[VideoView], spec: ClipSpec) -> tuple[list[tuple[int, int]], np.ndarray]:
     """The training windows of ``views``: ``(video position, first grid frame)`` of each, and its fused label (N, D).
 
@@ -150,12 +164,7 @@ def training_windows(views: list[VideoView], spec: ClipSpec) -> tuple[list[tuple
     """
     items, labels = [], []
     for v_i, view in enumerate(views):
-        for s in window_starts(len(view), spec.length, spec.overlap):
-            pos = np.flatnonzero(view.valid[s:s + spec.length])
-            if len(pos) < spec.needed:
-                continue
-            if spec.gap_tolerance is not None and len(pos) > 1 and np.diff(pos).max() > spec.gap_tolerance:
-                continue
+        for s in usable_window_starts(view, spec):
             window = view.window_labels(int(s), spec.length)
             if len(window) == 0 or np.isnan(window).all():
                 continue

@@ -29,8 +29,7 @@ import torch
 from trainables.config import TrialConfig
 from trainables.data.cache import load_split
 from trainables.data.clips import normalise, to_uint8_tensor
-from trainables.data.views import VideoView
-from trainables.data.windows import window_starts
+from trainables.data.views import VideoView, usable_window_starts
 
 
 class PretrainClips(torch.utils.data.Dataset):
@@ -43,15 +42,7 @@ class PretrainClips(torch.utils.data.Dataset):
     def __init__(self, videos: list, spec, seed: int = 0):
         self.views = [VideoView(v, spec.fps) for v in videos]
         self.spec, self.seed, self.epoch = spec, seed, 0
-        self.items = []
-        for v_i, view in enumerate(self.views):
-            for s in window_starts(len(view), spec.length, spec.overlap):
-                pos = np.flatnonzero(view.valid[s:s + spec.length])
-                if len(pos) < spec.needed:
-                    continue
-                if spec.gap_tolerance is not None and len(pos) > 1 and np.diff(pos).max() > spec.gap_tolerance:
-                    continue
-                self.items.append((v_i, int(s)))
+        self.items = [(v_i, s) for v_i, view in enumerate(self.views) for s in usable_window_starts(view, spec)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
