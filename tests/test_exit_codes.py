@@ -38,7 +38,8 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_every_command_is_walked():
-    assert len(COMMANDS) == 11 and ("data", "synth") in COMMANDS and ("demo",) in COMMANDS
+    assert len(COMMANDS) == 12 and ("data", "synth") in COMMANDS and ("demo",) in COMMANDS
+    assert ("pretrain",) in COMMANDS
 
 
 @pytest.mark.parametrize("command", [(), *COMMANDS], ids=lambda c: " ".join(c) or "emotune")
@@ -74,6 +75,8 @@ USER_ERRORS = {
     ("data", "manifest"): (["--videos", "v", "--labels", "l", "--format", "frame_csv", "--out", "m.csv"], "v"),
     ("sweep",): (["--space", "smoke"], "--data is required"),
     ("sweep", "space"): (["--space", "no_such_study", "--data", "x.json"], "no_such_study"),
+    ("pretrain",): ([], "pretrain: --data is required"),
+    ("pretrain", "alias"): (["--data", "x.json", "--alias", "latest"], "MLflow reserves the alias 'latest'"),
     ("report",): (["somesweep"], "no MLflow store"),
     ("compare",): (["a", "b"], "no MLflow store"),
     ("promote",): (["somesweep"], "no MLflow store"),
@@ -84,8 +87,8 @@ USER_ERRORS = {
 
 @pytest.mark.parametrize("case", list(USER_ERRORS), ids=" ".join)
 def test_user_errors_exit_2_with_one_line_and_touch_no_store(case, tmp_path):
-    command = [c for c in case if c in {"data", "synth", "prepare", "manifest", "sweep", "report", "compare",
-                                        "promote", "predict"}]
+    command = [c for c in case if c in {"data", "synth", "prepare", "manifest", "sweep", "pretrain", "report",
+                                        "compare", "promote", "predict"}]
     args, words = USER_ERRORS[case]
     proc = run(*command, *args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
