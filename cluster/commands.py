@@ -69,8 +69,12 @@ def cmd_pretrain(a) -> int:
         client = MlflowClient(outcome.tracking_uri, registry_uri=outcome.tracking_uri)
         version = register_pretrained(client, a.register_as, outcome.best_run_id, a.alias,
                                       tags={"emotune.sweep": outcome.name, "emotune.trial": outcome.best_trial_id})
+        from trainables.backbone_catalog import backbone_arguments
+
         backbone = client.get_run(outcome.best_run_id).data.params.get("backbone", "")
-        key = "pretext_checkpoint" if backbone.startswith("conv3d_resnet_gru") else "checkpoint"
+        # The encoder goes where the backbone takes a pretrained part: a pretext model's (3D-conv ResNet) or a whole
+        # self-supervised checkpoint (video transformers).
+        key = "pretext_checkpoint" if "pretext_checkpoint" in backbone_arguments(backbone) else "checkpoint"
         say(f"Registered:    {a.register_as} version {version} (alias {a.alias}); fine-tune {backbone} from it with "
             f"--set {key}=models:/{a.register_as}@{a.alias}")
     return sweep_exit_status(counts)

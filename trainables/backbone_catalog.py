@@ -16,6 +16,8 @@ from __future__ import annotations
 import sys
 from typing import NamedTuple
 
+from trainables.names import PRETRAIN_METHODS
+
 
 class Shipped(NamedTuple):
     """What the driver knows of a shipped backbone without building it."""
@@ -27,6 +29,8 @@ class Shipped(NamedTuple):
     #: Its shape family (``trainables.shapes.FAMILIES``) and the constructor
     #: defaults and pins that enter that family's rule. A test checks them against the built model.
     shape: tuple[str, dict] = ("any", {})
+    #: The self-supervised methods that pretrain it (``emotune pretrain``; ``trainables.names.PRETRAIN_METHODS``).
+    pretrain: tuple[str, ...] = ()
 
 
 #: name -> what a trial may set, whether ``layer_decay`` applies (a test checks both against the registry) and its
@@ -38,9 +42,9 @@ SHIPPED: dict[str, Shipped] = {
         shape=("cnn", {"cnn": "test_convnext"})),
     "conv3d_resnet_gru": Shipped(frozenset({
         "bidirectional", "blocks", "dropout", "freeze", "hidden", "layers", "pretext_checkpoint", "pretrained",
-        "stem_channels", "widths"})),
+        "stem_channels", "widths"}), pretrain=('byol', 'dino')),
     "conv3d_resnet_gru_tiny": Shipped(frozenset({
-        "bidirectional", "dropout", "freeze", "hidden", "layers", "pretext_checkpoint", "pretrained"})),
+        "bidirectional", "dropout", "freeze", "hidden", "layers", "pretext_checkpoint", "pretrained"}), pretrain=('byol', 'dino')),
     "i3d": Shipped(frozenset({
         "cnn", "cnn_kwargs", "dilation", "dropout", "head_hidden", "masking", "mode", "pretrained", "surround",
         "surround_std", "time_kernel", "time_padding"}),
@@ -60,26 +64,29 @@ SHIPPED: dict[str, Shipped] = {
     "tpsbt": Shipped(frozenset({
         "bottleneck_tokens", "checkpoint", "depths", "drop_path", "embed_dim", "img_size", "mlp_ratio", "num_frames",
         "num_heads", "patch_size", "tubelet_size"}), layer_decay=True,
-        shape=("pooled_patches", {"patch_size": 16, "tubelet_size": 2, "stages": 3})),
+        shape=("pooled_patches", {"patch_size": 16, "tubelet_size": 2, "stages": 3}), pretrain=('mae',)),
     "tpsbt_base": Shipped(frozenset({
         "bottleneck_tokens", "checkpoint", "drop_path", "img_size", "num_frames", "patch_size", "tubelet_size"}),
         layer_decay=True,
-        shape=("pooled_patches", {"patch_size": 16, "tubelet_size": 2, "stages": 3})),
+        shape=("pooled_patches", {"patch_size": 16, "tubelet_size": 2, "stages": 3}), pretrain=('mae',)),
     "tpsbt_tiny": Shipped(frozenset({
         "bottleneck_tokens", "checkpoint", "drop_path", "img_size", "mlp_ratio", "num_frames", "patch_size",
         "tubelet_size"}), layer_decay=True,
-        shape=("pooled_patches", {"patch_size": 8, "tubelet_size": 2, "stages": 3})),
+        shape=("pooled_patches", {"patch_size": 8, "tubelet_size": 2, "stages": 3}), pretrain=('mae',)),
     "video_vit": Shipped(frozenset({
         "checkpoint", "depth", "drop", "drop_path", "embed_dim", "img_size", "mlp_ratio", "num_frames", "num_heads",
         "patch_size", "tubelet_size"}), layer_decay=True,
-        shape=("patches", {"patch_size": 16, "tubelet_size": 2})),
+        shape=("patches", {"patch_size": 16, "tubelet_size": 2}), pretrain=('mae',)),
     "video_vit_tiny": Shipped(frozenset({
         "checkpoint", "drop", "drop_path", "mlp_ratio", "num_frames", "tubelet_size"}), layer_decay=True,
-        shape=("patches", {"patch_size": 8, "tubelet_size": 2})),
+        shape=("patches", {"patch_size": 8, "tubelet_size": 2}), pretrain=('mae',)),
 }
 
 #: The backbone a trial builds when its config names none: the tiny CNN-RNN, which trains on CPU in seconds.
 DEFAULT_BACKBONE = "cnn_rnn_tiny"
+#: Backbones each pretraining method pretrains.
+PRETRAINED_BY: dict[str, tuple[str, ...]] = {
+    method: tuple(name for name, item in SHIPPED.items() if method in item.pretrain) for method in PRETRAIN_METHODS}
 #: Backbones that accept the ``layer_decay`` setting.
 LAYER_DECAY_BACKBONES: tuple[str, ...] = tuple(name for name, item in SHIPPED.items() if item.layer_decay)
 

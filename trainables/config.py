@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from trainables.backbone_catalog import DEFAULT_BACKBONE, LAYER_DECAY_BACKBONES
+from trainables.backbone_catalog import DEFAULT_BACKBONE, LAYER_DECAY_BACKBONES, PRETRAINED_BY
 from trainables.errors import ConfigError
 from trainables.names import FUSIONS, PRETRAIN_METHODS, SAMPLERS
 
@@ -181,7 +181,7 @@ class TrialConfig:
 
     # ---- self-supervised pretraining (``emotune pretrain``; trainables.pretrain): the papers' values as defaults
     pretrain_method: str | None = setting(None, "pretrain", "pretraining method (a pretraining study; fine-tuning "
-                                          "leaves it unset)", choices=tuple(PRETRAIN_METHODS))
+                                          "leaves it unset)", choices=PRETRAIN_METHODS)
     mask_ratio: float = setting(0.9, "pretrain", "share of a clip's spatial patches masked, the same at every time "
                                 "step (tube masking; 002, VideoMAE: 0.9)", low=0.0, high=1.0, low_open=True,
                                 high_open=True, when={"pretrain_method": ("mae",)})
@@ -219,9 +219,9 @@ class TrialConfig:
     local_crop_scale: float = setting(0.4, "pretrain", "largest area share of a DINO local crop (DINO: 0.05-0.4)",
                                       low=0.0, high=1.0, low_open=True, when={"pretrain_method": ("dino",)})
     probe_epochs: int = setting(5, "pretrain", "epochs of the frozen probe's temporal head on the train subjects' "
-                                "labels", low=1, when={"pretrain_method": tuple(PRETRAIN_METHODS)})
+                                "labels", low=1, when={"pretrain_method": PRETRAIN_METHODS})
     probe_lr: float = setting(1e-3, "pretrain", "learning rate of the frozen probe's head", low=0.0, low_open=True,
-                              when={"pretrain_method": tuple(PRETRAIN_METHODS)})
+                              when={"pretrain_method": PRETRAIN_METHODS})
 
     # ---- runtime: written by the sweep
     data_index: str | None = setting(None, "runtime", "dataset index (one registration)")
@@ -276,9 +276,9 @@ class TrialConfig:
         return config
 
     def _check_combinations(self) -> None:
-        if self.pretrain_method is not None and self.backbone not in PRETRAIN_METHODS[self.pretrain_method]:
+        if self.pretrain_method is not None and self.backbone not in PRETRAINED_BY[self.pretrain_method]:
             raise ConfigError(f"pretrain_method={self.pretrain_method!r} does not fit backbone {self.backbone!r}; "
-                              f"{self.pretrain_method} pretrains: {', '.join(PRETRAIN_METHODS[self.pretrain_method])}")
+                              f"{self.pretrain_method} pretrains: {', '.join(PRETRAINED_BY[self.pretrain_method])}")
         if self.data_indexes is not None and self.registration not in self.data_indexes:
             raise ConfigError(f"registration={self.registration!r} has no dataset index; the sweep has: "
                               f"{', '.join(sorted(self.data_indexes))}")

@@ -62,8 +62,10 @@ def register_method(name: str) -> Callable:
 
 
 def method_fits(method: str, backbone: str) -> bool:
-    """Whether ``method`` pretrains ``backbone`` (torch-free table: ``trainables.names.PRETRAIN_METHODS``)."""
-    return backbone in PRETRAIN_METHODS.get(method, ())
+    """Whether ``method`` pretrains ``backbone`` (torch-free table: ``trainables.backbone_catalog.PRETRAINED_BY``)."""
+    from trainables.backbone_catalog import PRETRAINED_BY
+
+    return backbone in PRETRAINED_BY.get(method, ())
 
 
 def create_pretrainer(method: str, model: nn.Module, config: Any) -> Pretrainer:
