@@ -200,8 +200,8 @@ def pretrain(index: Path, family: str, seed: int, epochs: int, out: Path) -> dic
     session = LocalSession(keep_encoder=out)
     t0 = time.perf_counter()
     fam = FAMILIES[family]
-    fit({**FINETUNE, "backbone": fam["backbone"], **fam["pretrain"], **PRETRAIN_CLIPS, "data_index": str(index), "seed": seed,
-         "epochs": epochs}, session)
+    fit({**FINETUNE, "backbone": fam["backbone"], **fam["pretrain"], **PRETRAIN_CLIPS, "data_index": str(index),
+         "seed": seed, "epochs": epochs}, session)
     wall = time.perf_counter() - t0
     last = session.reports[-1]
     if last.get("diverged") or not out.is_file():
