@@ -18,8 +18,10 @@ from trainables.errors import UserError
 
 #: Trial settings that may name a model file by MLflow URI.
 URI_KEYS = ("checkpoint", "pretext_checkpoint")
-#: The encoder a pretraining trial writes into its checkpoint (``trainables.pretrain.run``).
+#: The encoder a pretraining trial writes into its checkpoint, and the subjects it was pretrained on beside it
+#: (``trainables.pretrain.run``).
 ENCODER_FILE = "encoder.pt"
+SUBJECTS_FILE = "pretrain_subjects.json"
 
 
 def is_model_uri(value: object) -> bool:
@@ -66,6 +68,13 @@ def fetch_model_file(uri: str, folder: Path, tracking_uri: str) -> Path:
                                 f"({' '.join(str(exc).split())[:160]})") from None
         if found.is_dir():
             found = _encoder_in(found, uri)
+        else:  # the subjects it was pretrained on, when the run wrote them beside it
+            sibling = str(Path(path).parent / SUBJECTS_FILE)
+            if not (dst / sibling).is_file():
+                try:
+                    MlflowClient(tracking_uri).download_artifacts(run_id, sibling, str(dst))
+                except Exception:
+                    pass  # not a pretraining run's file: nothing to check against
         return found
     from analysis.models import version_location
 
@@ -90,3 +99,34 @@ def _encoder_in(folder: Path, uri: str) -> Path:
     if not found:
         raise UserError(f"{uri} holds no {ENCODER_FILE} (a pretrained encoder from `emotune pretrain`)")
     return found[0]
+
+
+
+def check_pretraining_leak(space: SearchSpace, indexes: list[str], fold_subjects: list[str]) -> None:
+    """Refuse a fine-tuning sweep whose pretrained encoder saw a subject the sweep validates or tests on.
+
+    An encoder written by ``emotune pretrain`` has its subjects beside it (:data:`SUBJECTS_FILE`). The subjects a sweep
+    scores are its indexes' val and test subjects and, for a cross-validated sweep, every subject of its folds
+    (``fold_subjects``). A checkpoint without the file (the papers' own, a user's) is not checked.
+
+    Raises:
+        UserError: naming the setting, the subjects and what to do instead.
+    """
+    import json
+
+    for key in URI_KEYS:
+        value = space.fixed.get(key)
+        if not isinstance(value, str) or not (Path(value).parent / SUBJECTS_FILE).is_file():
+            continue
+        seen = set(json.loads((Path(value).parent / SUBJECTS_FILE).read_text())["subjects"])
+        scored = set(fold_subjects)
+        for index in indexes:
+            entries = json.loads(Path(index).read_text())["videos"]
+            scored |= {v["subject"] for v in entries if v["split"] in ("val", "test")}
+        leaked = sorted(seen & scored)
+        if leaked:
+            shown = ", ".join(leaked[:5]) + (f" and {len(leaked) - 5} more" if len(leaked) > 5 else "")
+            where = "validates (its folds) or tests on" if fold_subjects else "validates or tests on"
+            raise UserError(f"{key}: the encoder was pretrained on {len(leaked)} subject(s) this sweep {where}: "
+                            f"{shown}; pretrain with pretrain_videos=unlabelled (subjects outside every fold), or on "
+                            f"the index this sweep uses")

@@ -240,6 +240,10 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
                 notes.append(f"{len(unlabelled)} unlabelled video(s) of {index} left out (pretraining only: "
                              f"emotune pretrain)")
         train, val = splits[index]
+        if config.pretrain_method is not None and config.pretrain_videos == "unlabelled" and \
+                not load_split(index, "train", missing_ok=True, labelled=False):
+            raise DataError(f"{_origin_text(space, origin)}: pretrain_videos=unlabelled, but the train split of "
+                            f"{index} has no unlabelled video (a manifest row with an empty labels cell)")
         frame_hw = tuple(train[0].frames.shape[1:3])
         spec = config.clip_spec()
         key = (index, spec, tuple(sorted(config.augmentations().items(), key=lambda kv: kv[0])))

@@ -22,7 +22,7 @@ from trainables.storage import tracking_uri as resolve_tracking_uri
 from trainables.errors import DataError, UserError
 from trainables.trial import choose_executor
 
-from cluster.inputs import resolve_model_inputs
+from cluster.inputs import check_pretraining_leak, resolve_model_inputs
 from cluster.preflight import PreflightReport, check_objectives, preflight
 from cluster.progress import ProgressPrinter
 from cluster.resources import max_concurrent_trials
@@ -207,6 +207,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     # Subject folds, planned once here (before anything starts) and handed to every trial.
     plan = plan_folds(data if isinstance(data, str) else next(iter(data.values())), space.cv["folds"],
                       seed=space.cv["seed"]) if space.cv else None
+    check_pretraining_leak(space, [data] if isinstance(data, str) else list(data.values()),
+                           [s for fold in plan.folds for s in fold] if plan is not None else [])
     workers = int(opts.workers if opts.workers is not None else space.resources["workers"])
     cpus = float(opts.cpus_per_worker if opts.cpus_per_worker is not None else space.resources["cpus_per_worker"])
     gpus = float(opts.gpus_per_worker if opts.gpus_per_worker is not None else space.resources["gpus_per_worker"])

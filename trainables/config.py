@@ -218,6 +218,10 @@ class TrialConfig:
                                        when={"pretrain_method": ("byol", "dino")})
     local_crop_scale: float = setting(0.4, "pretrain", "largest area share of a DINO local crop (DINO: 0.05-0.4)",
                                       low=0.0, high=1.0, low_open=True, when={"pretrain_method": ("dino",)})
+    pretrain_videos: str = setting("train", "pretrain", "videos pretrained on: every train-split video (labelled "
+                                   "or not), or only the unlabelled ones (their subjects are in no fold, so a "
+                                   "cross-validated fine-tuning may use the encoder)", choices=("train", "unlabelled"),
+                                   when={"pretrain_method": PRETRAIN_METHODS})
     probe_epochs: int = setting(5, "pretrain", "epochs of the frozen probe's temporal head on the train subjects' "
                                 "labels", low=1, when={"pretrain_method": PRETRAIN_METHODS})
     probe_lr: float = setting(1e-3, "pretrain", "learning rate of the frozen probe's head", low=0.0, low_open=True,

@@ -10,9 +10,13 @@ the layout the backbone's own loader reads (``checkpoint:`` of a video transform
 3D-conv ResNet), which MLflow keeps with the trial's best report.
 
 Which videos: every video of the train split, labelled or not (a manifest row with an empty ``labels`` cell is
-pretraining-only). Validation and test subjects are never pretrained on, labelled or not, so nothing the probe or a
-later fine-tuning is scored on leaks in through pretraining. The probe trains on the train split's labelled videos and
-is scored on the validation split.
+pretraining-only), or with ``pretrain_videos: unlabelled`` only the unlabelled ones. Validation and test subjects are
+never pretrained on, labelled or not, so nothing the probe or a later fine-tuning is scored on leaks in through
+pretraining. The subjects pretrained on are written beside the encoder (``pretrain_subjects.json``), and a fine-tuning
+sweep that would validate or test on any of them (another index's split, or cross-validation folds, which validate on
+every labelled train subject) is refused before it starts (``cluster.inputs``): pretrain on the unlabelled videos
+only for an encoder a cross-validated sweep may use. The probe trains on the train split's labelled videos and is
+scored on the validation split.
 
 Early stopping: the scheduler uses the objective, the probe's CCC, at its rungs, not the reconstruction or pretext
 loss: those losses do not compare across the knobs searched (a higher mask ratio raises the reconstruction loss; BYOL
@@ -30,6 +34,11 @@ from trainables.config import TrialConfig
 from trainables.data.cache import load_split
 from trainables.data.clips import normalise, to_uint8_tensor
 from trainables.data.views import VideoView, usable_window_starts
+
+
+#: Beside ``encoder.pt`` in a pretraining checkpoint: the subjects it was pretrained on (read by the fine-tuning
+#: sweep's driver, ``cluster.inputs.check_pretraining_leak``).
+SUBJECTS_FILE = "pretrain_subjects.json"
 
 
 class PretrainClips(torch.utils.data.Dataset):
@@ -58,9 +67,10 @@ class PretrainClips(torch.utils.data.Dataset):
         return normalise(to_uint8_tensor(view.frames(pos[spec.sample(len(pos), rng)])))
 
 
-def pretraining_videos(index_path: str) -> list:
-    """Every prepared video of the train split, labelled or not (the module docstring's rule)."""
-    return load_split(index_path, "train", labelled=None)
+def pretraining_videos(index_path: str, which: str = "train") -> list:
+    """The videos a trial pretrains on (the module docstring's rule): every prepared video of the train split, labelled
+    or not (``train``), or only its unlabelled ones (``unlabelled``)."""
+    return load_split(index_path, "train", labelled=None if which == "train" else False)
 
 
 def fit_pretrain(cfg: TrialConfig, session) -> None:
@@ -75,7 +85,8 @@ def fit_pretrain(cfg: TrialConfig, session) -> None:
     torch.set_num_threads(cfg.threads)
     seed_everything(seed + rank)
     spec = cfg.clip_spec()
-    videos = pretraining_videos(cfg.index_path)
+    videos = pretraining_videos(cfg.index_path, cfg.pretrain_videos)
+    subjects = sorted({v.subject for v in videos})
     probe_train, probe_val = load_split(cfg.index_path, "train"), load_split(cfg.index_path, "val")
     clips = PretrainClips(videos, spec, seed=seed + rank)
     if not len(clips):
@@ -154,5 +165,7 @@ def fit_pretrain(cfg: TrialConfig, session) -> None:
         state = {"model": pretrainer.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "unit": epoch, "train_seconds": train_seconds,
                  "config": cfg.to_dict(), "in_chans": in_chans, "out_dims": out_dims}
+        # The subjects travel with the encoder: a fine-tuning sweep refuses it when it would validate or test on them.
         report_with_checkpoint(session, report, state, preds, PostProcess(),
+                               extra={SUBJECTS_FILE: {"subjects": subjects, "index": str(cfg.index_path)}},
                                weights={"encoder.pt": pretrainer.encoder_state()} if session.rank == 0 else None)
