@@ -119,13 +119,11 @@ def config_key(config: dict, setup: dict) -> str:
 @contextlib.contextmanager
 def no_early_stopping():
     """THE patch of the full-CV run: its scheduler lets every trial finish every fold (Tune's FIFO)."""
-    import cluster.sweep
+    import cluster.racing
     from ray.tune.schedulers import FIFOScheduler
 
-    import ray.tune.schedulers as schedulers
-
-    owner, attr = (cluster.sweep, "make_scheduler") if hasattr(cluster.sweep, "make_scheduler") else \
-        (schedulers, "ASHAScheduler")
+    # run_sweep imports ``make_scheduler`` from ``cluster.racing`` when it runs: patch it there
+    owner, attr = cluster.racing, "make_scheduler"
     original = getattr(owner, attr)
     setattr(owner, attr, lambda *args, **kwargs: FIFOScheduler())
     try:
@@ -283,6 +281,9 @@ def main() -> None:
     full = run_live(work, "full", study=str(work / "full.yaml"), index=str(index), trials=n_configs, seed=0,
                     folds=setup["folds"], concurrent=2, full=True)
     print(f"  {len(full)} fold-epochs in {time.time() - t0:.0f} s", flush=True)
+    if len(full) != n_configs * setup["folds"] * setup["epochs"]:
+        sys.exit(f"full CV is incomplete: {len(full)} fold-epochs, expected "
+                 f"{n_configs * setup['folds'] * setup['epochs']} (was a trial stopped early?)")
     table = full_table(full, setup)
     table_path = work / "table.json"
     table_path.write_text(json.dumps(table))
