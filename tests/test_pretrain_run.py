@@ -272,3 +272,26 @@ def test_a_frozen_probe_on_a_briefly_pretrained_encoder_beats_it_on_a_random_one
     after = [r["val_ccc_mean"] for r in session.reports]
     print(f"probe CCC: random init {before['ccc_mean']:.3f}, after each epoch {[round(a, 3) for a in after]}")
     assert min(after) > before["ccc_mean"] + 0.1
+
+
+def test_an_encoder_pretrained_on_subjects_a_cv_sweep_validates_on_is_refused(readme_pretraining):
+    """The README's encoder was pretrained on every train subject; a cross-validated sweep validates on every labelled
+    train subject (its folds), so it is refused before anything starts. Pretrained on the unlabelled videos only, the
+    same sweep passes."""
+    work, _ = readme_pretraining
+    index = str(work / "ptcache" / "index.json")
+    cv = ("sweep", "--data", index, "--folds", "2", "--trials", "1", "--epochs", "1", "--dry-run",
+          "--set", "backbone=video_vit_tiny", "--set", "checkpoint=models:/emotune-pretrained@current")
+    proc = run_cli(*cv, cwd=work)
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert line.startswith("emotune: error: checkpoint: the encoder was pretrained on 1 subject(s) this sweep "
+                           "validates (its folds) or tests on: ") and "pretrain_videos=unlabelled" in line
+    out = emotune("pretrain", "--data", index, "--name", "pre-unlabelled", *PRETRAIN, "--set",
+                  "pretrain_videos=unlabelled", "--alias", "outside-folds", cwd=work, timeout=900).stdout
+    assert "(alias outside-folds)" in out
+    last = json.loads(next((work / "ray_results" / "pre-unlabelled").glob("trial-*/result.json"))
+                      .read_text().splitlines()[-1])
+    assert last["pretrain_videos"] == 2  # the two unlabelled videos only
+    ok = emotune(*cv[:-1], "checkpoint=models:/emotune-pretrained@outside-folds", cwd=work).stdout
+    assert "dry run:" in ok
