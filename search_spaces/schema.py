@@ -144,6 +144,9 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     cv = _check_cv(raw.get("cv"), path, fidelity)
     if kind == "pretrain" and cv:
         raise SpaceError(f"{path}: a pretraining study takes no cv (its probe scores the validation subjects)")
+    if kind == "pretrain" and fidelity["attr"] != "epoch":
+        raise SpaceError(f"{path}: fidelity.attr is {fidelity['attr']!r}; a pretraining study reports once per epoch "
+                         "(its probe's score), so allowed: epoch")
     if cv and len(objectives) > 1:
         raise SpaceError(f"{path}: cv and several objectives do not go together yet; cross-validate a single "
                          "objective")

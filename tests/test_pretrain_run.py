@@ -295,3 +295,24 @@ def test_an_encoder_pretrained_on_subjects_a_cv_sweep_validates_on_is_refused(re
     assert last["pretrain_videos"] == 2  # the two unlabelled videos only
     ok = emotune(*cv[:-1], "checkpoint=models:/emotune-pretrained@outside-folds", cwd=work).stdout
     assert "dry run:" in ok
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("cv: {folds: 3}", "a pretraining study takes no cv"),
+    ("fidelity: {attr: data_fraction, max: 8, grace: 2}", "a pretraining study reports once per epoch"),
+    ("", ""),
+])
+def test_a_pretraining_study_file_is_checked(tmp_path, extra, message):
+    from search_spaces.schema import SpaceError, load_space
+
+    study = tmp_path / "pre.yaml"
+    study.write_text(f"kind: pretrain\nfixed: {{backbone: video_vit_tiny, pretrain_method: mae}}\n{extra}\n")
+    if not message:
+        assert load_space(study).kind == "pretrain"
+        study.write_text("fixed: {backbone: video_vit_tiny, pretrain_method: mae}\n")  # no kind: a fine-tuning study
+        with pytest.raises(SpaceError, match="pretrain_method belongs to a pretraining study; add `kind: pretrain`"):
+            load_space(study)
+        study.write_text("kind: pretrain\nfixed: {backbone: video_vit_tiny}\n")
+        message = "must set pretrain_method"
+    with pytest.raises(SpaceError, match=message):
+        load_space(study)
