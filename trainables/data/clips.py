@@ -59,8 +59,7 @@ class TrainWindows(torch.utils.data.Dataset):
         v_i, s = self.items[i]
         view, spec = self.views[v_i], self.spec
         rng = np.random.default_rng((self.seed, self.epoch, i))
-        pos = s + np.flatnonzero(view.valid[s:s + spec.length])
-        chosen = pos[spec.sample(len(pos), rng)]
+        chosen = view.draw(s, spec, rng)
         clip = to_uint8_tensor(view.frames(chosen))
         if self.transform is not None:
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))

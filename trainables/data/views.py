@@ -138,6 +138,11 @@ class VideoView:
     def frames(self, positions: np.ndarray) -> np.ndarray:
         return self.video.frames[self.grid[positions]]
 
+    def draw(self, s: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+        """The grid positions of the frames ``spec``'s sampler draws from the valid frames of the window at ``s``."""
+        pos = s + np.flatnonzero(self.valid[s:s + spec.length])
+        return pos[spec.sample(len(pos), rng)]
+
 
 def usable_window_starts(view: VideoView, spec: ClipSpec) -> list[int]:
     """Starts of ``view``'s windows with the valid face frames the sampler needs (SSTS needs ``clip_len``) and no gap

@@ -70,13 +70,14 @@ def plan_folds(index_path: str | Path, k: int, seed: int = 0) -> FoldPlan:
         UserError: one line naming the counts: K < 2, K above the non-test subjects, manifest folds that put a subject
             in two folds, miss some videos or do not number K, or a fold whose videos hold no valid face frame.
     """
+    from trainables.data.cache import is_labelled
     from trainables.prepare.splits import kfold
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise UserError(f"cross-validation needs at least 2 folds; got {k!r}")
     index = _read_index(index_path)
     # Unlabelled videos (pretraining only) are never validated on: their subjects take no part in the folds.
-    videos = [v for v in index["videos"] if v["split"] in CV_SPLITS and v.get("labelled", True) is not False]
+    videos = [v for v in index["videos"] if v["split"] in CV_SPLITS and is_labelled(v)]
     subjects = sorted({v["subject"] for v in videos})
     test = sorted({v["subject"] for v in index["videos"] if v["split"] == "test"})
     if k > len(subjects):

@@ -61,10 +61,9 @@ class PretrainClips(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         v_i, s = self.items[i]
-        view, spec = self.views[v_i], self.spec
-        rng = np.random.default_rng((self.seed, self.epoch, i))
-        pos = s + np.flatnonzero(view.valid[s:s + spec.length])
-        return normalise(to_uint8_tensor(view.frames(pos[spec.sample(len(pos), rng)])))
+        view = self.views[v_i]
+        chosen = view.draw(s, self.spec, np.random.default_rng((self.seed, self.epoch, i)))
+        return normalise(to_uint8_tensor(view.frames(chosen)))
 
 
 def pretraining_videos(index_path: str, which: str = "train") -> list:
