@@ -299,6 +299,9 @@ def with_folds(space: SearchSpace, folds: int | None) -> SearchSpace:
     if space.fidelity["attr"] != "epoch":
         raise UserError(f"--folds needs a study whose fidelity counts epochs; {space.name} has fidelity.attr "
                         f"{space.fidelity['attr']!r}")
+    if space.kind == "pretrain":
+        raise UserError(f"--folds: a pretraining study takes no cross-validation ({space.name}: its probe scores the "
+                        "validation subjects)")
     if len(space.objectives) > 1:
         raise UserError(f"--folds and several objectives do not go together yet ({space.name} has objectives "
                         f"{', '.join(m for m, _ in space.objectives)}); cross-validate a single objective")

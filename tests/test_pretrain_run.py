@@ -116,6 +116,7 @@ def test_pretraining_again_moves_the_alias_and_its_report_shows_reconstructions(
     (("--space", "{work}/fixed.yaml", "--set", "mask_ratio=0"), "mask_ratio=0 is not allowed"),
     (("--space", "smoke"), "is a fine-tuning study (kind: finetune); run it with `emotune sweep`"),
     (("--alias", "latest"), "MLflow reserves the alias 'latest'"),
+    (("--folds", "3"), "--folds: a pretraining study takes no cross-validation"),
 ])
 def test_bad_pretraining_input_is_one_line_and_exit_2(pre_data, args, message):
     work, index = pre_data
