@@ -228,6 +228,7 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
     shapes_seen: set = set()
     short: dict[str, tuple[int, int]] = {}  # validation video -> (its frames, the longest window) at the trial's fps
     notes: list[str] = []
+    unlabelled_train: dict[str, list[str]] = {}  # index -> its unlabelled train videos (what pretraining may take)
     for origin, config in configs:
         index = config.index_path
         if index not in splits:
@@ -236,12 +237,13 @@ def check_data(space: SearchSpace, configs: list[tuple[str, TrialConfig]]) -> tu
             except ValueError as err:
                 raise DataError(str(err)) from None
             unlabelled = unlabelled_videos(index)
-            if unlabelled:
+            unlabelled_train[index] = [vid for vid, split in unlabelled if split == "train"]
+            if unlabelled and space.kind != "pretrain":
                 notes.append(f"{len(unlabelled)} unlabelled video(s) of {index} left out (pretraining only: "
                              f"emotune pretrain)")
         train, val = splits[index]
         if config.pretrain_method is not None and config.pretrain_videos == "unlabelled" and \
-                not load_split(index, "train", missing_ok=True, labelled=False):
+                not unlabelled_train[index]:
             raise DataError(f"{_origin_text(space, origin)}: pretrain_videos=unlabelled, but the train split of "
                             f"{index} has no unlabelled video (a manifest row with an empty labels cell)")
         frame_hw = tuple(train[0].frames.shape[1:3])

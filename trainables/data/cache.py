@@ -140,13 +140,13 @@ def load_split(index_path: str | Path, split: str, missing_ok: bool = False,
     return videos
 
 
-def unlabelled_videos(index_path: str | Path) -> list[str]:
-    """Ids of the unlabelled (pretraining-only) videos a dataset index lists; [] when it cannot be read."""
+def unlabelled_videos(index_path: str | Path) -> list[tuple[str, str]]:
+    """(id, split) of the unlabelled (pretraining-only) videos a dataset index lists; [] when it cannot be read."""
     try:
         index = json.loads(Path(index_path).read_text())
     except (OSError, ValueError):
         return []
-    return [v["video_id"] for v in index.get("videos", []) if not is_labelled(v)]
+    return [(v["video_id"], v["split"]) for v in index.get("videos", []) if not is_labelled(v)]
 
 
 def is_labelled(entry: dict) -> bool:
