@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from trainables.config import TrialConfig
-from trainables.loop import (Trial, build_trial, report_diverged, report_with_checkpoint, restore, score_unit,
-                             scored_targets, train_unit, trial_state)
+from trainables.loop import (Trial, build_trial, report_diverged, report_with_checkpoint, restore, resume_unit,
+                             score_unit, scored_targets, train_unit, trial_state)
 from trainables.objectives.metrics import regression_report
 from trainables.objectives.postprocess import PostProcess, compute_stats, search_postprocess
 from trainables.prepare.folds import CV_SPLITS, FoldPlan, fold_split
@@ -142,8 +142,7 @@ def fit_folds(cfg: TrialConfig, session) -> None:
             if scored is None:
                 report_diverged(t, {**progress, **keys})
                 return
-            if not _report_fold(t, plan, record, scored, keys, epochs, label_stats):
-                return
+            _report_fold(t, plan, record, scored, keys, epochs, label_stats)
         fold, done = fold + 1, 0
 
 
@@ -157,8 +156,8 @@ def _train_epoch(t: Trial, epoch: int):
 
 
 def _report_fold(t: Trial, plan: FoldPlan, record: FoldRecord, scored, keys: dict, epochs: int,
-                 label_stats: dict) -> bool:
-    """Report one fold-epoch with its checkpoint; True while the trial goes on."""
+                 label_stats: dict) -> None:
+    """Report one fold-epoch with its checkpoint."""
     cfg = t.config
     metric = cfg.metric
     value = float(scored.report[metric])
@@ -179,7 +178,6 @@ def _report_fold(t: Trial, plan: FoldPlan, record: FoldRecord, scored, keys: dic
             extra["cv_postprocess.json"] = pooled.to_dict()
     state = {**trial_state(t, keys["fold_epoch"], 1, scored.post), "cv": record.to_state(), "cv_fold": keys["fold"]}
     report_with_checkpoint(t.session, report, state, scored.preds, scored.post, extra=extra)
-    return True
 
 
 def _cv_summary(t: Trial, record: FoldRecord) -> dict[str, float]:
@@ -212,11 +210,7 @@ def refit(cfg: TrialConfig, session) -> None:
     post = PostProcess.from_dict(cfg.refit.get("postprocess") or {})
     videos = [v for split in CV_SPLITS for v in load_split(cfg.index_path, split, missing_ok=True)]
     t = build_trial(cfg, session, videos=(videos, []))
-    state = session.load_state(session.device)
-    done = 0
-    if state is not None:
-        restore(t, state)
-        done = int(state["unit"])
+    done = resume_unit(t, 1)
     session.marks["built_at"] = time.time()
     while done < epochs:
         t0 = time.perf_counter()

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainables.models.positions import position_table
-from trainables.models.tpsbt import TPSBT, fuse_stages
+from trainables.models.tpsbt import _HEADS, TPSBT, fuse_stages  # _HEADS: the task heads, never exported
 from trainables.models.video_vit import Block, VideoViT
 from trainables.pretrain.masking import tube_mask
 from trainables.pretrain.methods import Pretrainer, register_method
@@ -45,8 +45,6 @@ __all__ = ["MaskedAutoencoder", "NORM_EPS", "TPSBTMAE", "VideoViTMAE", "patchify
 
 #: Added to a patch's std in the normalised target (VideoMAE's value).
 NORM_EPS = 1e-6
-# Model keys that are task heads, never part of an exported encoder.
-_HEADS = ("head.", "cls_head.")
 
 
 def pad_frames(clips: torch.Tensor, tubelet: int) -> torch.Tensor:

@@ -61,13 +61,6 @@ def register_method(name: str) -> Callable:
     return _METHODS.register(name)
 
 
-def method_fits(method: str, backbone: str) -> bool:
-    """Whether ``method`` pretrains ``backbone`` (torch-free table: ``trainables.backbone_catalog.PRETRAINED_BY``)."""
-    from trainables.backbone_catalog import PRETRAINED_BY
-
-    return backbone in PRETRAINED_BY.get(method, ())
-
-
 def create_pretrainer(method: str, model: nn.Module, config: Any) -> Pretrainer:
     """Build ``method`` around ``model`` with the knobs of ``config``.
 
