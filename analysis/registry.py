@@ -44,7 +44,6 @@ def register(client, bundle, model_name: str, tags: dict, production: dict, expe
 
     import mlflow.pyfunc
     import yaml
-    from mlflow.exceptions import MlflowException
 
     from analysis import pyfunc_model
 
@@ -69,15 +68,24 @@ def register(client, bundle, model_name: str, tags: dict, production: dict, expe
             status = "FINISHED"
         finally:
             client.set_terminated(run_id, status)
+    return new_version(client, model_name, f"{run.info.artifact_uri}/model", run_id, tags, alias,
+                       {**(move or {}), "promotion_run_id": run_id})
+
+
+def new_version(client, model_name: str, source: str, run_id: str, tags: dict, alias: str, move: dict) -> str:
+    """Register ``source`` (artifacts of run ``run_id``) as a new version of ``model_name`` (created if need be), move
+    ``alias`` to it and record the move (``move``: what to say of it); returns the version."""
+    from mlflow.exceptions import MlflowException
+
     try:
         client.create_registered_model(model_name)
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    mv = client.create_model_version(model_name, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags)
+    mv = client.create_model_version(model_name, source=source, run_id=run_id, tags=tags)
     before = _alias_version(client, model_name, alias)
     client.set_registered_model_alias(model_name, alias, mv.version)
-    record_move(client, model_name, alias, str(mv.version), before, {**(move or {}), "promotion_run_id": run_id})
+    record_move(client, model_name, alias, str(mv.version), before, move)
     return str(mv.version)
 
 
@@ -136,25 +144,13 @@ def register_pretrained(client, model_name: str, run_id: str, alias: str, tags: 
     The version's source is the run's checkpoint folder itself (no copy): ``models:/<name>@<alias>`` downloads it and
     a fine-tuning sweep takes its ``encoder.pt`` (``cluster.inputs``). The move of the alias is recorded as for
     promotions (:func:`record_move`)."""
-    from mlflow.exceptions import MlflowException
-
     run = client.get_run(run_id)
     if "emotune.best_checkpoint" not in run.data.tags:
         raise ValueError(f"run {run_id} has no logged checkpoint to register")
-    try:
-        client.create_registered_model(model_name)
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-            raise
     params = run.data.params
     version_tags = {**(tags or {}), "emotune.run_id": run_id,
                     **{f"emotune.{k}": params[k] for k in ("pretrain_method", "backbone") if k in params},
                     **{k: str(v) for k, v in run.data.metrics.items() if k.startswith("best_")}}
-    mv = client.create_model_version(model_name, source=f"{run.info.artifact_uri}/checkpoint", run_id=run_id,
-                                     tags=version_tags)
-    before = _alias_version(client, model_name, alias)
-    client.set_registered_model_alias(model_name, alias, mv.version)
     tags = tags or {}
-    record_move(client, model_name, alias, str(mv.version), before,
-                {"sweep": tags.get("emotune.sweep"), "trial": tags.get("emotune.trial"), "run_id": run_id})
-    return str(mv.version)
+    return new_version(client, model_name, f"{run.info.artifact_uri}/checkpoint", run_id, version_tags, alias,
+                       {"sweep": tags.get("emotune.sweep"), "trial": tags.get("emotune.trial"), "run_id": run_id})
