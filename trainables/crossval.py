@@ -37,7 +37,7 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.loop import (Trial, build_trial, report_diverged, report_with_checkpoint, restore, resume_unit,
-                             score_unit, scored_targets, train_unit, trial_state)
+                             score_unit, scored_targets, start_epoch, train_unit, trial_state)
 from trainables.objectives.metrics import regression_report
 from trainables.objectives.postprocess import PostProcess, compute_stats, search_postprocess
 from trainables.prepare.folds import CV_SPLITS, FoldPlan, fold_split
@@ -120,13 +120,15 @@ def fit_folds(cfg: TrialConfig, session) -> None:
     fold, done = (int(state["cv_fold"]), int(state["unit"])) if state is not None and "cv" in state else (1, 0)
     if done >= epochs:  # the checkpoint ends a fold: the next one starts afresh
         fold, done, state = fold + 1, 0, None
-    label_stats = None
+    label_stats, costs = None, None
     session.marks["built_at"] = time.time()
     while fold <= plan.k:
         train, val = fold_split(cfg.index_path, plan, fold)
         if label_stats is None:  # the labels of every non-test subject: what the pooled post-processing scales to
             label_stats = compute_stats(np.concatenate([v.labels for v in train + val]))
-        t = build_trial(cfg, session, videos=(train, val))
+        # The same architecture and input shape on every fold: its costs are measured on the first fold built.
+        t = build_trial(cfg, session, videos=(train, val), costs=costs)
+        costs = t.costs
         if state is not None:
             restore(t, state)
             state = None
@@ -148,10 +150,7 @@ def fit_folds(cfg: TrialConfig, session) -> None:
 
 def _train_epoch(t: Trial, epoch: int):
     """Every batch of epoch ``epoch`` (0-based), in the order a one-split trial takes them."""
-    t.train_set.set_epoch(epoch)
-    if hasattr(t.loader, "sampler") and hasattr(t.loader.sampler, "set_epoch"):
-        t.loader.sampler.set_epoch(epoch)
-    t.generator.manual_seed(t.config.seed * 1000 + epoch)
+    start_epoch(t.train_set, t.loader, t.generator, t.config.seed, epoch)
     return train_unit(t, iter(t.loader), len(t.loader))
 
 
@@ -209,7 +208,7 @@ def refit(cfg: TrialConfig, session) -> None:
     epochs = int(cfg.refit["epochs"])
     post = PostProcess.from_dict(cfg.refit.get("postprocess") or {})
     videos = [v for split in CV_SPLITS for v in load_split(cfg.index_path, split, missing_ok=True)]
-    t = build_trial(cfg, session, videos=(videos, []))
+    t = build_trial(cfg, session, videos=(videos, []), costs={})  # a refit reports no costs
     done = resume_unit(t, 1)
     session.marks["built_at"] = time.time()
     while done < epochs:

@@ -239,10 +239,12 @@ def optimizer_groups(model: torch.nn.Module, config: TrialConfig) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def build_trial(config: TrialConfig, session, videos: tuple[list, list] | None = None) -> Trial:
+def build_trial(config: TrialConfig, session, videos: tuple[list, list] | None = None,
+                costs: dict | None = None) -> Trial:
     """Data, model, optimiser, schedule and loss of one configuration on this worker. ``videos``: (training,
     validation) videos, when not the index's train and val splits (a fold of a cross-validated trial; a refit, which
-    validates on nothing)."""
+    validates on nothing). ``costs``: the configuration's costs when already measured (the same model on another fold;
+    {} for a refit, whose reports carry none); None measures them (:func:`measure_costs`)."""
     rank, seed = session.rank, config.seed
     torch.set_num_threads(config.threads)
     seed_everything(seed + rank)
@@ -286,7 +288,7 @@ def build_trial(config: TrialConfig, session, videos: tuple[list, list] | None =
                  scaler=torch.amp.GradScaler("cuda", enabled=use_amp), use_amp=use_amp, loss_fn=loss_fn,
                  label_stats=compute_stats(np.concatenate([v.labels for v in train_videos])),
                  checkpoint_meta={"in_chans": in_chans, "out_dims": out_dims, "n_bins": n_bins})
-    trial.costs = measure_costs(trial)
+    trial.costs = measure_costs(trial) if costs is None else costs
     trial.loaded = checkpoint_counts(_unwrap(model))
     return trial
 
@@ -553,10 +555,7 @@ def fit(config: dict, session) -> None:
     session.marks["built_at"] = time.time()
     while unit < total_units:
         epoch, part = divmod(unit, per_epoch)
-        t.train_set.set_epoch(epoch)
-        if hasattr(t.loader, "sampler") and hasattr(t.loader.sampler, "set_epoch"):
-            t.loader.sampler.set_epoch(epoch)
-        t.generator.manual_seed(cfg.seed * 1000 + epoch)
+        start_epoch(t.train_set, t.loader, t.generator, cfg.seed, epoch)
         bounds = np.linspace(0, len(t.loader), per_epoch + 1).round().astype(int)
         batches = iter(t.loader)
         for _ in range(bounds[part]):  # resuming inside an epoch: the same shuffled order, already trained part
@@ -569,6 +568,15 @@ def fit(config: dict, session) -> None:
             unit, part = unit + 1, part + 1
             if not score_and_report(t, unit, per_epoch, result, t0):
                 return
+
+
+def start_epoch(dataset, loader, generator: torch.Generator, seed: int, epoch: int) -> None:
+    """Set up epoch ``epoch`` (0-based) of a trial's data: the dataset's frame draws, a distributed sampler's shard
+    order, and the shuffle generator, all from (seed, epoch), so an epoch is the same however the trial got there."""
+    dataset.set_epoch(epoch)
+    if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    generator.manual_seed(seed * 1000 + epoch)
 
 
 def report_with_checkpoint(session, report: dict, state: dict, preds: dict, post: PostProcess,

@@ -75,7 +75,7 @@ def pretraining_videos(index_path: str, which: str = "train") -> list:
 def fit_pretrain(cfg: TrialConfig, session) -> None:
     """Pretrain one configuration, reporting after every epoch (see the module docstring)."""
     from trainables.loop import (Diverged, _all_finite, _unwrap, build_model, report_diverged_to,
-                                 report_with_checkpoint, seed_everything, warmup_cosine)
+                                 report_with_checkpoint, seed_everything, start_epoch, warmup_cosine)
     from trainables.objectives.postprocess import PostProcess
     from trainables.pretrain.methods import create_pretrainer
     from trainables.pretrain.probe import run_probe
@@ -119,10 +119,7 @@ def fit_pretrain(cfg: TrialConfig, session) -> None:
     stop_requested = getattr(session, "should_stop", None) or (lambda: False)
     while epoch < cfg.epochs:
         t0 = time.perf_counter()
-        clips.set_epoch(epoch)
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        generator.manual_seed(seed * 1000 + epoch)
+        start_epoch(clips, loader, generator, seed, epoch)
         draws = torch.Generator().manual_seed((seed * 1000 + epoch) * 100 + rank)  # masks, views, crops
         logs: dict[str, list[float]] = {}
         progress = {"epoch": epoch + 1, "step": epoch + 1, "worker_pid": os.getpid(), **session.marks}
