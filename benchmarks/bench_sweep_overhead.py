@@ -23,6 +23,14 @@ freed last before it started.
 The headline: per-trial overhead = (slot time - seconds in epochs) / trials, and the share of slot time in epochs
 after the sweep's one-time start-up (Ray, MLflow, the first processes: until the first epoch starts). With
 ``--repeat`` the headline figures are medians over the runs.
+
+The floor (each run, after the sweep): the same machine's start-up with nothing of emotune's driver in it. A bare
+script imports Ray, starts a local Ray with the sweep's options, and runs ``--concurrent`` Tune trials whose function
+only imports the training code (``trainables.loop``: torch, torchvision, timm, the models). From that command's start
+it prints when Ray was up, when the trials entered their function and when their import ended. ``per-trial overhead
+at the floor`` puts that start-up in place of the sweep's and keeps everything else measured (reused trials, tails,
+shut-down): no sweep on this machine, whatever its driver does, can start faster than a trial process can exist and
+import torch.
 """
 from __future__ import annotations
 
@@ -45,6 +53,30 @@ fixed: {{backbone: cnn_rnn_tiny, window_length: 32, clip_len: 24, label_fusion: 
         batch_size: 8, w_ccc: 1.0, seed: 0, rnn_hidden: 32, window_overlap: 0.75, ssts_stride: 2, postprocess: false}}
 params:
   lr: {{type: loguniform, low: 5.0e-4, high: 3.0e-3}}
+"""
+
+FLOOR = """
+import json, os, sys, time
+started = float(sys.argv[1])
+os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+import ray
+from ray import tune
+ray.init(address="local", include_dashboard=False, log_to_driver=False,
+         _system_config={{"prestart_worker_first_driver": False}})
+up = time.time()
+
+def trial(config):
+    entered = time.time()
+    import trainables.loop  # noqa: F401
+    tune.report({{"entered": entered, "imported": time.time()}})
+
+results = tune.Tuner(tune.with_resources(trial, {{"cpu": 1}}),
+                     param_space={{"i": tune.grid_search(list(range({concurrent})))}},
+                     tune_config=tune.TuneConfig(max_concurrent_trials={concurrent}),
+                     run_config=tune.RunConfig(storage_path=sys.argv[2], verbose=0)).fit()
+print(json.dumps({{"ray_up": up - started, "entered": [r.metrics["entered"] - started for r in results],
+                  "imported": [r.metrics["imported"] - started for r in results]}}))
+ray.shutdown()
 """
 
 COLUMNS = ("gap", "lead", "enter", "import", "build", "first", "between", "tail", "outside", "epochs")
@@ -89,6 +121,14 @@ def trial_rows(work: Path, name: str) -> list[dict]:
     return sorted(rows, key=lambda r: r["start"])
 
 
+def floor_startup(concurrent: int, work: Path) -> dict:
+    """The bare Tune start-up of the module docstring, in a fresh process: seconds from its start."""
+    script = work / "floor.py"
+    script.write_text(FLOOR.format(concurrent=concurrent))
+    out = run([sys.executable, str(script), repr(time.time()), str(work / "floor_results")], work)
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def assign_slots(rows: list[dict], concurrent: int, started: float) -> None:
     """Give each trial a slot and the gap since that slot's previous trial ended (or since the sweep started): the
     slot of the trial whose process it reuses, else the slot freed last before it started."""
@@ -116,6 +156,7 @@ def one_run(a, exe: str, rep: int) -> dict:
              "--max-concurrent", str(a.concurrent), "--executor", a.executor], work)
         wall = time.perf_counter() - t0
         rows = trial_rows(work, "bench")
+        floor = floor_startup(a.concurrent, work)
     assign_slots(rows, a.concurrent, started)
     slots = wall * a.concurrent
     epoch = sum(r["epochs"] for r in rows)
@@ -155,7 +196,22 @@ def one_run(a, exe: str, rep: int) -> dict:
           f"between + tail) {mean['outside']:.2f}s")
     print(f"after the start-up: training steps {100 * train / steady:.1f}%, whole epochs {100 * epoch / steady:.1f}% "
           "of slot time")
-    return {"per_trial": per_trial, "in_slot": mean["outside"], "epochs_after_startup": 100 * epoch / steady,
+    # The floor: the bare script's start-up to the end of each trial's import, plus what this sweep's first trials
+    # still did before their first epoch (building data and model, the first batch), in place of each slot's start-up.
+    first = [r for r in rows if r["first_in_slot"]]
+    built = statistics.fmean(r["build"] + r["first"] for r in first) if first else 0.0
+    sweep_starts = sum(r["epoch_start"] - started for r in first)
+    floor_starts = sum(sorted(floor["imported"])[:len(first)]) + built * len(first)
+    floor_per_trial = per_trial - (sweep_starts - floor_starts) / len(rows)
+    print(f"floor (bare Ray + Tune, trials importing the training code): Ray up {floor['ray_up']:.1f}s, trials in "
+          f"their function {max(floor['entered']):.1f}s, imported {max(floor['imported']):.1f}s after the command's "
+          f"start; with this sweep's build and first batch ({built:.2f}s) {floor_starts / max(1, len(first)):.1f}s "
+          f"per slot to a first epoch, against the sweep's {sweep_starts / max(1, len(first)):.1f}s")
+    print(f"per-trial overhead at the floor (each slot's start-up replaced by the floor's, all else as measured): "
+          f"{floor_per_trial:.2f}s")
+    return {"per_trial": per_trial, "floor_per_trial": floor_per_trial,
+            "floor_startup": floor_starts / max(1, len(first)), "in_slot": mean["outside"],
+            "epochs_after_startup": 100 * epoch / steady,
             "train_after_startup": 100 * train / steady, "wall": wall, "startup": startup,
             "shutdown": shutdown / a.concurrent, "exit_tail": exit_tail}
 

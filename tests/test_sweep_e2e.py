@@ -257,3 +257,20 @@ def test_a_finite_study_trains_each_configuration_once_then_ends(sweep_run):
     parent, = client.search_runs(experiment, filter_string="tags.`emotune.sweep` = 'two'")
     children = client.search_runs(experiment, filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2 and parent.info.status == "FINISHED"
+
+
+def test_the_same_sweep_command_again_is_refused_in_one_line_and_starts_nothing(sweep_run, monkeypatch):
+    """A user re-runs the command that made the sweep: refused before Ray starts, pointing at --resume, and the
+    sweep is left as it was."""
+    work, _, _ = sweep_run
+    storage = work / "elsewhere" / "ray_results"
+    runs_before = len(list((storage / "e2e").glob("trial-*")))
+    index = next((work / "cache").glob("index-*.json"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    proc = run_cli("sweep", "--space", str(work / "e2e.yaml"), "--data", str(index), "--trials", "1", "--name", "e2e",
+                   cwd=work / "elsewhere")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"emotune: error: a sweep named 'e2e' already exists in {storage}; resume it with "
+        f"`emotune sweep --resume e2e --storage ray_results` or choose another --name"]
+    assert len(list((storage / "e2e").glob("trial-*"))) == runs_before
