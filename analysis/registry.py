@@ -137,13 +137,19 @@ def force_production(bundle, tracking_uri: str, model_name: str = "emotune", exp
                     move={"forced": True})
 
 
-def register_pretrained(client, model_name: str, run_id: str, alias: str, tags: dict | None = None) -> str:
+def register_pretrained(client, model_name: str, run_id: str, alias: str,
+                        tags: dict | None = None) -> tuple[str, bool]:
     """Register the best checkpoint of a pretraining trial (its MLflow run ``run_id``, whose ``checkpoint/`` holds
-    ``encoder.pt``) as a new version of ``model_name`` and give it ``alias``; returns the version.
+    ``encoder.pt``) as a new version of ``model_name`` and give it ``alias``; returns the version and whether it is
+    new.
 
     The version's source is the run's checkpoint folder itself (no copy): ``models:/<name>@<alias>`` downloads it and
     a fine-tuning sweep takes its ``encoder.pt`` (``cluster.inputs``). The move of the alias is recorded as for
-    promotions (:func:`record_move`)."""
+    promotions (:func:`record_move`). When ``alias`` already names a version of this very run (a finished pretraining
+    sweep resumed again), that version is returned and nothing is registered or moved."""
+    current = _alias_version(client, model_name, alias)
+    if current is not None and client.get_model_version(model_name, current).tags.get("emotune.run_id") == run_id:
+        return current, False
     run = client.get_run(run_id)
     if "emotune.best_checkpoint" not in run.data.tags:
         raise ValueError(f"run {run_id} has no logged checkpoint to register")
@@ -153,4 +159,5 @@ def register_pretrained(client, model_name: str, run_id: str, alias: str, tags: 
                     **{k: str(v) for k, v in run.data.metrics.items() if k.startswith("best_")}}
     tags = tags or {}
     return new_version(client, model_name, f"{run.info.artifact_uri}/checkpoint", run_id, version_tags, alias,
-                       {"sweep": tags.get("emotune.sweep"), "trial": tags.get("emotune.trial"), "run_id": run_id})
+                       {"sweep": tags.get("emotune.sweep"), "trial": tags.get("emotune.trial"),
+                        "run_id": run_id}), True

@@ -67,15 +67,16 @@ def cmd_pretrain(a) -> int:
         from analysis.registry import register_pretrained
 
         client = MlflowClient(outcome.tracking_uri, registry_uri=outcome.tracking_uri)
-        version = register_pretrained(client, a.register_as, outcome.best_run_id, a.alias,
-                                      tags={"emotune.sweep": outcome.name, "emotune.trial": outcome.best_trial_id})
+        version, new = register_pretrained(client, a.register_as, outcome.best_run_id, a.alias,
+                                           tags={"emotune.sweep": outcome.name, "emotune.trial": outcome.best_trial_id})
         from trainables.backbone_catalog import backbone_arguments
 
         backbone = client.get_run(outcome.best_run_id).data.params.get("backbone", "")
         # The encoder goes where the backbone takes a pretrained part: a pretext model's (3D-conv ResNet) or a whole
         # self-supervised checkpoint (video transformers).
         key = "pretext_checkpoint" if "pretext_checkpoint" in backbone_arguments(backbone) else "checkpoint"
-        say(f"Registered:    {a.register_as} version {version} (alias {a.alias}); fine-tune {backbone} from it with "
+        say(f"Registered:    {a.register_as} version {version} (alias {a.alias}"
+            f"{'' if new else ', already: nothing new to register'}); fine-tune {backbone} from it with "
             f"--set {key}=models:/{a.register_as}@{a.alias}")
     return sweep_exit_status(counts)
 

@@ -198,9 +198,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     space = with_folds(cap_epochs(load_space(opts.space, opts.overrides), opts.epochs), opts.folds)
     check_objectives(space)
     if space.kind != opts.kind:
-        command = "emotune pretrain" if space.kind == "pretrain" else "emotune sweep"
-        raise UserError(f"{space.path} is a {'pretraining' if space.kind == 'pretrain' else 'fine-tuning'} study "
-                        f"(kind: {space.kind}); run it with `{command}`")
+        command, noun = _kind_command(space.kind)
+        raise UserError(f"{space.path} is a {noun} study (kind: {space.kind}); run it with `{command}`")
     # A pretrained encoder named by MLflow URI: fetched here, so trials read a file and never talk to MLflow.
     space = resolve_model_inputs(space, storage, resolve_tracking_uri(opts.tracking_uri))
     data = resolve_data(opts.data_index, space)
@@ -275,6 +274,11 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
                         time_budget_s=opts.time_budget_s, verbose=opts.verbose)
     return _fit(tuner, name, space, storage, tracking_uri, client, callback, parent_id, checked,
                 release_ray=opts.release_ray)
+
+
+def _kind_command(kind: str) -> tuple[str, str]:
+    """The command that runs a study of ``kind``, and the word for it."""
+    return ("emotune pretrain", "pretraining") if kind == "pretrain" else ("emotune sweep", "fine-tuning")
 
 
 def cap_epochs(space: SearchSpace, epochs: int | None) -> SearchSpace:
@@ -465,6 +469,12 @@ def _resume(opts: SweepOptions, storage: str) -> SweepOutcome:
     with tempfile.TemporaryDirectory(prefix="emotune-space-") as tmp:
         space_file = client.download_artifacts(callback.parent_run_id, parent.data.tags["emotune.space_file"], tmp)
         space = load_space(space_file, json.loads(parent.data.tags.get("emotune.overrides", "{}")))
+    if space.kind != opts.kind:
+        # Each command finishes its own kind: `emotune pretrain` registers the encoder a pretraining sweep ends with,
+        # which `emotune sweep` would not; `emotune pretrain` would register a fine-tuned model as an encoder.
+        command, noun = _kind_command(space.kind)
+        raise UserError(f"{name!r} is a {noun} sweep; resume it with `{command} --resume {name} --storage "
+                        f"{opts.storage}`")
     space = cap_epochs(space, int(parent.data.tags["emotune.epochs"]) if parent.data.tags.get("emotune.epochs") else None)
     space = with_folds(space, int(parent.data.tags["emotune.cv_folds"]) if parent.data.tags.get("emotune.cv_folds")
                        else None)

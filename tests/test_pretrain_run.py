@@ -108,6 +108,33 @@ def test_pretraining_again_moves_the_alias_and_its_report_shows_reconstructions(
         assert image.size[0] > 400 and image.size[1] > 400  # 2 clips x 3 rows of frames
 
 
+def test_each_command_resumes_only_its_own_kind_of_sweep(readme_pretraining):
+    """`emotune sweep --resume` of a pretraining sweep would finish it without registering its encoder, and
+    `emotune pretrain --resume` of a fine-tuning sweep would register a fine-tuned model as an encoder: both are
+    refused in one line naming the command that resumes it, and the registry is left as it was."""
+    work, _ = readme_pretraining
+    before = _registered(work)
+    for command, name, right in (("sweep", "pre-smoke", "emotune pretrain"), ("pretrain", "ft-pretrained",
+                                                                              "emotune sweep")):
+        proc = run_cli(command, "--resume", name, cwd=work, timeout=600)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        kind = "pretraining" if command == "sweep" else "fine-tuning"
+        assert proc.stderr.strip().splitlines() == [
+            f"emotune: error: {name!r} is a {kind} sweep; resume it with `{right} --resume {name} --storage "
+            f"ray_results`"]
+    assert _registered(work) == before
+    # The pretraining sweep the alias names, resumed again once finished: nothing trains, nothing new is registered.
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    sweep = MlflowClient(uri, registry_uri=uri).get_model_version(
+        "emotune-pretrained", before[0]).tags["emotune.sweep"]
+    again = emotune("pretrain", "--resume", sweep, cwd=work, timeout=600).stdout
+    assert (f"Registered:    emotune-pretrained version {before[0]} (alias current, already: nothing new to "
+            "register)") in again
+    assert _registered(work) == before
+
+
 @pytest.mark.parametrize("args, message", [
     (("--set", "backbone=cnn_rnn_tiny"), "pretrain_method='mae' does not fit backbone 'cnn_rnn_tiny'"),
     (("--space", "pretrain_smoke", "--set", "mask_ratio=1.0"), "--set mask_ratio=1.0 lies outside the distribution"),
