@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -379,27 +379,44 @@ MAX_MEMORY_RETRIES = 3
 def step_with_memory_retries(t: Trial, x: torch.Tensor, y: torch.Tensor, sequence: bool):
     """One optimizer step on the batch ``(x, y)``; (loss, predictions) or (None, None) when the loss is not finite.
 
-    Out of accelerator memory (``torch.cuda.OutOfMemoryError``), the step is taken again with the batch split into
-    twice as many micro-batches whose gradients are accumulated (each micro-batch's loss weighted by its share of the
-    batch), so every optimizer step still sees the trial's ``batch_size`` samples; at most :data:`MAX_MEMORY_RETRIES`
-    times and only in a one-worker trial, after which the error ends the trial (it is retried from its checkpoint like a crash). The split stays for
-    the rest of the trial and is reported (``micro_batch_size``, ``memory_retries``). What is not identical to the
-    whole batch: a batch-level loss (the CCC term is computed over each micro-batch, not the batch) and BatchNorm's
-    batch statistics (from the micro-batch); MSE-like losses and LayerNorm models give the same gradients up to
-    rounding.
+    Out of accelerator memory, the step is taken again in smaller micro-batches (:func:`retry_out_of_memory`), each
+    micro-batch's loss weighted by its share of the batch, so every optimizer step still sees the trial's
+    ``batch_size`` samples. The split is reported (``micro_batch_size``, ``memory_retries``). What is not identical to
+    the whole batch: a batch-level loss (the CCC term is computed over each micro-batch, not the batch) and
+    BatchNorm's batch statistics (from the micro-batch); MSE-like losses and LayerNorm models give the same gradients
+    up to rounding.
     """
+    return retry_out_of_memory(t, lambda: _step(t, x, y, sequence), t.optimizer, len(x))
+
+
+@dataclass
+class MicroBatches:
+    """How many micro-batches an optimizer step is split into: doubled after each out-of-memory error."""
+
+    accumulation: int = 1
+
+
+def retry_out_of_memory(split, step: Callable[[], Any], optimizer: torch.optim.Optimizer, batch: int,
+                        before_retry: Callable[[], None] | None = None) -> Any:
+    """``step()``, taken again with ``split.accumulation`` doubled whenever it runs out of accelerator memory
+    (``torch.cuda.OutOfMemoryError``), at most :data:`MAX_MEMORY_RETRIES` times, never beyond one clip per
+    micro-batch (``batch`` clips), and only in a one-worker trial; after that the error ends the trial (it is retried
+    from its checkpoint like a crash). The split stays for the rest of the trial. ``before_retry`` undoes what the
+    failed attempt left besides gradients (which are cleared here)."""
     while True:
         try:
-            return _step(t, x, y, sequence)
+            return step()
         except torch.cuda.OutOfMemoryError:
-            t.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             # DDP: the workers must run the same number of backward passes per step (each one all-reduces), and only
             # this one ran out of memory, so a multi-worker trial ends here (retried from its checkpoint).
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized() and \
                 torch.distributed.get_world_size() > 1
-            if distributed or t.accumulation >= 2 ** MAX_MEMORY_RETRIES or t.accumulation * 2 > len(x):
+            if distributed or split.accumulation >= 2 ** MAX_MEMORY_RETRIES or split.accumulation * 2 > batch:
                 raise
-            t.accumulation *= 2
+            split.accumulation *= 2
+            if before_retry is not None:
+                before_retry()
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

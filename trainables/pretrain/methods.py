@@ -32,6 +32,10 @@ class Pretrainer(nn.Module):
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step (``step`` counts from 1 to ``total_steps``): EMA targets move here."""
 
+    def forget_pending(self) -> None:
+        """Drop what training forwards since the last step left for ``after_step``: a step that ran out of memory
+        is taken again in micro-batches (``trainables.pretrain.run``)."""
+
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
         """The encoder's features for the frozen probe (no masking, no augmentation): (B, t, s, F) per time step and
         spatial position, or (B, t, F) for an encoder that pools each frame itself (the probe pools space with a

@@ -24,6 +24,7 @@ and DINO losses have different scales), so ranking by them would stop the wrong 
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -74,7 +75,7 @@ def pretraining_videos(index_path: str, which: str = "train") -> list:
 
 def fit_pretrain(cfg: TrialConfig, session) -> None:
     """Pretrain one configuration, reporting after every epoch (see the module docstring)."""
-    from trainables.loop import (Diverged, _all_finite, _unwrap, build_model, report_diverged_to,
+    from trainables.loop import (Diverged, MicroBatches, _unwrap, build_model, report_diverged_to,
                                  report_with_checkpoint, seed_everything, start_epoch, warmup_cosine)
     from trainables.objectives.postprocess import PostProcess
     from trainables.pretrain.methods import create_pretrainer
@@ -108,7 +109,7 @@ def fit_pretrain(cfg: TrialConfig, session) -> None:
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    epoch, train_seconds = 0, 0.0
+    epoch, train_seconds, split = 0, 0.0, MicroBatches()
     state = session.load_state(device)
     if state is not None:
         pretrainer.load_state_dict(state["model"])
@@ -127,23 +128,15 @@ def fit_pretrain(cfg: TrialConfig, session) -> None:
         for i, x in enumerate(loader):
             if stop_requested():
                 return
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, enabled=use_amp):
-                out = model(x.to(device), draws)
-            loss = out["loss"].float()
-            if not _all_finite(loss):
+            out = pretrain_step(model, pretrainer, x, draws, optimizer, scaler, params, cfg.grad_clip, use_amp,
+                                device, split)
+            if out is None:
                 report_diverged_to(session, cfg, progress, "pretrain_loss")
                 return
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
             scheduler.step()
             pretrainer.after_step(epoch * steps_per_epoch + i + 1, total_steps)
             for key, value in out.items():
-                logs.setdefault(key, []).append(float(value.detach()))
+                logs.setdefault(key, []).append(value)
         train_time = time.perf_counter() - t0
         train_seconds += train_time
         epoch += 1
@@ -154,6 +147,8 @@ def fit_pretrain(cfg: TrialConfig, session) -> None:
             report_diverged_to(session, cfg, progress, "pretrain_loss")
             return
         report = {**progress, "train_s": train_seconds, "epoch_time_s": time.perf_counter() - t0,
+                  "micro_batch_size": -(-cfg.batch_size // split.accumulation),
+                  "memory_retries": int(math.log2(split.accumulation)),
                   "train_time_s": train_time, "clips_per_s": len(clips) / max(train_time, 1e-9),
                   "lr": scheduler.get_last_lr()[0], "pretrain_clips": len(clips), "pretrain_videos": len(videos),
                   **{("pretrain_loss" if k == "loss" else f"pretrain_{k}"): float(np.mean(v)) for k, v in logs.items()},
@@ -165,3 +160,54 @@ def fit_pretrain(cfg: TrialConfig, session) -> None:
         report_with_checkpoint(session, report, state, preds, PostProcess(),
                                extra={SUBJECTS_FILE: {"subjects": subjects, "index": str(cfg.index_path)}},
                                weights={"encoder.pt": pretrainer.encoder_state()} if session.rank == 0 else None)
+
+
+def pretrain_step(model, pretrainer, x: torch.Tensor, draws: torch.Generator, optimizer, scaler, params,
+                  grad_clip: float, use_amp: bool, device: torch.device, split) -> dict[str, float] | None:
+    """One optimizer step of ``model`` (the pretrainer, DDP-wrapped or not) on the batch ``x``: the batch's logged
+    values (share-weighted means over its micro-batches), or None when a loss is not finite.
+
+    Out of accelerator memory the step is taken again in ``split.accumulation`` micro-batches
+    (``trainables.loop.retry_out_of_memory``), each loss weighted by its share of the batch. The retry starts from
+    the generator state the failed attempt started from, so the masks and views are drawn micro-batch after
+    micro-batch as the same numbers a whole batch draws, and the failed attempt's DINO teacher outputs are dropped
+    (``Pretrainer.forget_pending``). MAE's step (the mean squared error over an equal number of masked patches per
+    clip, LayerNorm encoders) is then the whole batch's up to rounding. Not identical: BYOL's and DINO's batch-level
+    parts (BatchNorm statistics in BYOL's heads and a ResNet encoder; DINO's centre moves once per step either way,
+    from every micro-batch's teacher outputs).
+    """
+    from trainables.loop import retry_out_of_memory
+
+    drawn = draws.get_state()
+
+    def before_retry() -> None:
+        draws.set_state(drawn)
+        pretrainer.forget_pending()
+
+    return retry_out_of_memory(split, lambda: _micro_batched_step(model, x, draws, optimizer, scaler, params,
+                                                                  grad_clip, use_amp, device, split.accumulation),
+                               optimizer, len(x), before_retry)
+
+
+def _micro_batched_step(model, x: torch.Tensor, draws: torch.Generator, optimizer, scaler, params, grad_clip: float,
+                        use_amp: bool, device: torch.device, accumulation: int) -> dict[str, float] | None:
+    from trainables.loop import _all_finite
+
+    optimizer.zero_grad(set_to_none=True)
+    logs: dict[str, float] = {}
+    for xs in x.tensor_split(accumulation):
+        share = len(xs) / len(x)
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            out = model(xs.to(device), draws)
+        loss = out["loss"].float()
+        if not _all_finite(loss):
+            return None
+        scaler.scale(loss * share).backward()
+        for key, value in out.items():
+            logs[key] = logs.get(key, 0.0) + float(value.detach()) * share
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return logs

@@ -372,6 +372,9 @@ class DINO(_EmaPretrainer):
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
         return {"loss": loss, "teacher_entropy": entropy.detach(), "kl": (loss.detach() - entropy)}
 
+    def forget_pending(self) -> None:
+        self._pending_sum, self._pending_count = None, 0
+
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
         """EMA of the teacher (base class), then the centre: c <- m c + (1 - m) mean of the teacher outputs since the
@@ -384,7 +387,7 @@ class DINO(_EmaPretrainer):
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
         mean = stats[:-1] / stats[-1]
         self.center.mul_(self.center_momentum).add_(mean, alpha=1.0 - self.center_momentum)
-        self._pending_sum, self._pending_count = None, 0
+        self.forget_pending()
 
 
 @register_method("byol")
