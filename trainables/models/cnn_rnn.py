@@ -57,14 +57,20 @@ class CnnRnn(nn.Module):
 
     def decode_frames(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
         """feats: (B, T, F) per-frame features of B clips -> the outputs of ``forward``."""
-        b, t = feats.shape[:2]
         seq, _ = self.rnn(feats)
-        frames = self.head(seq)
-        out = {"frames": frames, "window": frames[:, -1]}
-        if self.cls_head is not None:
-            logits = self.cls_head(seq).view(b, t, self.out_dims, self.n_bins)
-            out["frame_logits"], out["logits"] = logits, logits[:, -1]
-        return out
+        return sequence_outputs(seq, self.head, self.cls_head, self.out_dims, self.n_bins)
+
+
+def sequence_outputs(seq: torch.Tensor, head: nn.Module, cls_head: nn.Module | None, out_dims: int,
+                     n_bins: int) -> dict[str, torch.Tensor]:
+    """A recurrent model's outputs from its per-step states ``seq`` (B, T, H): "frames" (B, T, D) and "window" (the
+    last step), and with a classification head ``cls_head`` "frame_logits" (B, T, D, n_bins) and "logits"."""
+    frames = head(seq)
+    out = {"frames": frames, "window": frames[:, -1]}
+    if cls_head is not None:
+        logits = cls_head(seq).view(*seq.shape[:2], out_dims, n_bins)
+        out["frame_logits"], out["logits"] = logits, logits[:, -1]
+    return out
 
 
 def _build(**kwargs) -> CnnRnn:

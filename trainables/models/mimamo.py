@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trainables.models.cnn_rnn import sequence_outputs
 from trainables.models.registry import register_backbone
 from trainables.models.steerable_pyramid import ComplexSteerablePyramid, phase_difference, to_grayscale
 
@@ -160,12 +161,7 @@ class Mimamo(nn.Module):
         temporal = self.temporal(self.phase_inputs(x))
         feats = self.feature_dropout(torch.cat([spatial, temporal], dim=1)).view(b, t, -1)
         seq, _ = self.rnn(feats)
-        frames = self.head(seq)
-        out = {"frames": frames, "window": frames[:, -1]}
-        if self.cls_head is not None:
-            logits = self.cls_head(seq).view(b, t, self.out_dims, self.n_bins)
-            out["frame_logits"], out["logits"] = logits, logits[:, -1]
-        return out
+        return sequence_outputs(seq, self.head, self.cls_head, self.out_dims, self.n_bins)
 
 
 def _build(**kwargs) -> Mimamo:
