@@ -245,19 +245,30 @@ def format_leaderboard(rows: list[Row], metric: str, steps_label: str = "epochs"
         return format_cv_leaderboard(rows, metric)
     if any(r.values for r in rows):
         return format_multi_objective_leaderboard(rows, steps_label)
-    params = list(rows[0].params)
+    params, param_cells = _param_columns(rows)
     head = ["rank", "trial", *params, steps_label, "status", "ccc_valence", "ccc_arousal", metric]
-    param_fmt = {p: column_format([r.params[p] for r in rows]) for p in params}
-    body = []
-    for i, r in enumerate(rows, 1):
-        body.append([str(i), r.trial_id, *(param_fmt[p](r.params[p]) for p in params), str(r.epochs_run), r.status,
-                     fmt_metric(r.dims.get("val_ccc_valence")), fmt_metric(r.dims.get("val_ccc_arousal")),
-                     fmt_metric(r.objective)])
+    body = [[str(i), r.trial_id, *param_cells(r), str(r.epochs_run), r.status, *_dim_cells(r), fmt_metric(r.objective)]
+            for i, r in enumerate(rows, 1)]
+    return _text_table(head, body)
+
+
+def _param_columns(rows: list[Row]):
+    """The key params' names and a row's cells for them, each column in one format (:func:`column_format`)."""
+    params = list(rows[0].params)
+    fmts = {p: column_format([r.params[p] for r in rows]) for p in params}
+    return params, lambda r: [fmts[p](r.params[p]) for p in params]
+
+
+def _dim_cells(r: Row) -> list[str]:
+    return [fmt_metric(r.dims.get("val_ccc_valence")), fmt_metric(r.dims.get("val_ccc_arousal"))]
+
+
+def _text_table(head: list[str], body: list[list[str]], note: str | None = None) -> str:
+    """Columns padded to their widest cell, two spaces apart, the head underlined; ``note`` below."""
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
-    out = [line, "-" * len(line)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-    return "\n".join(out)
+    line = "  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()
+    out = [line, "-" * len(line), *("  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body)]
+    return "\n".join([*out, *([note] if note else [])])
 
 
 #: The note under a multi-objective leaderboard: what its ``front`` column means.
@@ -270,21 +281,15 @@ def format_multi_objective_leaderboard(rows: list[Row], steps_label: str = "epoc
     """The leaderboard of a sweep with several objectives (:func:`rank_by_fronts`): rank, the trial's front (``1*``
     on the Pareto front), trial, key params, epochs run, status, validation CCC per dimension and every objective at
     the trial's best epoch, then :data:`FRONT_NOTE`."""
-    params = list(rows[0].params)
+    params, param_cells = _param_columns(rows)
     names = list(next(r.values for r in rows if r.values))
     head = ["rank", "front", "trial", *params, steps_label, "status", "ccc_valence", "ccc_arousal", *names]
-    param_fmt = {p: column_format([r.params[p] for r in rows]) for p in params}
     body = []
     for i, r in enumerate(rows, 1):
         front = "-" if r.front is None else f"{r.front}*" if r.front == 1 else str(r.front)
-        body.append([str(i), front, r.trial_id, *(param_fmt[p](r.params[p]) for p in params), str(r.epochs_run),
-                     r.status, fmt_metric(r.dims.get("val_ccc_valence")), fmt_metric(r.dims.get("val_ccc_arousal")),
+        body.append([str(i), front, r.trial_id, *param_cells(r), str(r.epochs_run), r.status, *_dim_cells(r),
                      *(_objective_cell(n, r.values.get(n)) for n in names)])
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    line = "  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()
-    out = [line, "-" * len(line)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
-    return "\n".join([*out, FRONT_NOTE])
+    return _text_table(head, body, FRONT_NOTE)
 
 
 def _objective_cell(name: str, v: float | None) -> str:
@@ -298,21 +303,15 @@ def _objective_cell(name: str, v: float | None) -> str:
 def format_cv_leaderboard(rows: list[Row], metric: str) -> str:
     """The leaderboard of a cross-validated sweep: rank, the within-one-sd mark, trial, key params, folds done,
     fold-epochs run, status, the pooled out-of-fold CCC per dimension and the objective's mean ± sd over folds."""
-    params = list(rows[0].params)
+    params, param_cells = _param_columns(rows)
     head = ["rank", NEAR_MARK, "trial", *params, "folds", "fold-epochs", "status", "pooled ccc_valence",
             "pooled ccc_arousal", f"{metric} mean ± sd"]
-    param_fmt = {p: column_format([r.params[p] for r in rows]) for p in params}
     body = []
     for i, r in enumerate(rows, 1):
         cv = r.cv or CV(0)
-        body.append([str(i), NEAR_MARK if r.near else "", r.trial_id, *(param_fmt[p](r.params[p]) for p in params),
-                     cv.folds_text(), str(r.epochs_run), r.status, fmt_metric(r.dims.get("val_ccc_valence")),
-                     fmt_metric(r.dims.get("val_ccc_arousal")), cv.text()])
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
-    out = [line, "-" * len(line)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
-    return "\n".join([*out, NEAR_NOTE])
+        body.append([str(i), NEAR_MARK if r.near else "", r.trial_id, *param_cells(r), cv.folds_text(),
+                     str(r.epochs_run), r.status, *_dim_cells(r), cv.text()])
+    return _text_table(head, body, NEAR_NOTE)
 
 
 def fmt_metric(v: Any) -> str:
