@@ -3,9 +3,7 @@ label step, and a subject-level bootstrap 95% interval of it when the split has 
 :data:`MIN_SUBJECTS_FOR_INTERVAL` subjects (with fewer, no interval is computed, printed or stored)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -100,8 +98,8 @@ def score(videos: list, subjects: dict[str, str], preds: dict[str, np.ndarray], 
 
 def test_split(index_path: str) -> tuple[list, dict[str, str]]:
     """(cached test videos, video id -> subject) of a dataset index."""
-    from trainables.data.cache import load_split
+    from trainables.data.cache import load_split, read_index
 
     videos = load_split(index_path, "test")
-    index = json.loads(Path(index_path).read_text())
+    index = read_index(index_path)
     return videos, {v["video_id"]: v["subject"] for v in index["videos"]}

@@ -114,6 +114,8 @@ def check_pretraining_leak(space: SearchSpace, indexes: list[str], fold_subjects
     """
     import json
 
+    from trainables.data.cache import read_index
+
     for key in URI_KEYS:
         value = space.fixed.get(key)
         if not isinstance(value, str) or not (Path(value).parent / SUBJECTS_FILE).is_file():
@@ -121,7 +123,7 @@ def check_pretraining_leak(space: SearchSpace, indexes: list[str], fold_subjects
         seen = set(json.loads((Path(value).parent / SUBJECTS_FILE).read_text())["subjects"])
         scored = set(fold_subjects)
         for index in indexes:
-            entries = json.loads(Path(index).read_text())["videos"]
+            entries = read_index(index)["videos"]
             scored |= {v["subject"] for v in entries if v["split"] in ("val", "test")}
         leaked = sorted(seen & scored)
         if leaked:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search_spaces.schema import SearchSpace, finite_points, load_space, suggest
+from search_spaces.schema import SearchSpace, cv_conflict, finite_points, load_space, suggest
 from trainables.prepare.folds import plan_folds
 from trainables import console
 from trainables.provenance import KIND_TAG, SWEEP_KIND, git_commit
@@ -300,15 +300,9 @@ def with_folds(space: SearchSpace, folds: int | None) -> SearchSpace:
         return space
     if folds < 2:
         raise UserError(f"--folds must be >= 2 (subject K-fold cross-validation), got {folds}")
-    if space.fidelity["attr"] != "epoch":
-        raise UserError(f"--folds needs a study whose fidelity counts epochs; {space.name} has fidelity.attr "
-                        f"{space.fidelity['attr']!r}")
-    if space.kind == "pretrain":
-        raise UserError(f"--folds: a pretraining study takes no cross-validation ({space.name}: its probe scores the "
-                        "validation subjects)")
-    if len(space.objectives) > 1:
-        raise UserError(f"--folds and several objectives do not go together yet ({space.name} has objectives "
-                        f"{', '.join(m for m, _ in space.objectives)}); cross-validate a single objective")
+    why = cv_conflict(space.kind, space.fidelity["attr"], len(space.objectives))
+    if why:
+        raise UserError(f"--folds: {why} (study {space.name})")
     return dataclasses.replace(space, cv={"folds": folds, "seed": space.cv.get("seed", 0)})
 
 

@@ -141,15 +141,12 @@ def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None
     kind = raw.get("kind", "finetune")
     if kind not in KINDS:
         raise SpaceError(f"{path}: kind is {kind!r}; allowed: {', '.join(KINDS)}")
-    cv = _check_cv(raw.get("cv"), path, fidelity)
-    if kind == "pretrain" and cv:
-        raise SpaceError(f"{path}: a pretraining study takes no cv (its probe scores the validation subjects)")
+    cv = _check_cv(raw.get("cv"), path)
+    if cv and (why := cv_conflict(kind, fidelity["attr"], len(objectives))):
+        raise SpaceError(f"{path}: cv: {why}")
     if kind == "pretrain" and fidelity["attr"] != "epoch":
         raise SpaceError(f"{path}: fidelity.attr is {fidelity['attr']!r}; a pretraining study reports once per epoch "
                          "(its probe's score), so allowed: epoch")
-    if cv and len(objectives) > 1:
-        raise SpaceError(f"{path}: cv and several objectives do not go together yet; cross-validate a single "
-                         "objective")
 
     resources = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0,
                  **_mapping(raw.get("resources", {}), path, "resources")}
@@ -241,9 +238,22 @@ def _check_objectives(raw: dict, path: Path, single: tuple[str, str]) -> tuple[t
     return tuple((str(k), str(v)) for k, v in given.items())
 
 
-def _check_cv(value: Any, path: Path, fidelity: dict[str, Any]) -> dict[str, int]:
-    """The ``cv`` key: ``{folds: K}`` (K >= 2) and an optional ``seed`` for the fold assignment. A CV trial reports once
-    per fold-epoch, so its fidelity must count epochs."""
+def cv_conflict(kind: str, fidelity_attr: str, objectives: int) -> str | None:
+    """Why a study of ``kind`` with this fidelity and number of objectives cannot be cross-validated, None when it can:
+    the one rule for a study file's ``cv`` and for ``--folds``."""
+    if kind == "pretrain":
+        return "a pretraining study takes no cross-validation (its probe scores the validation subjects)"
+    if fidelity_attr != "epoch":
+        return (f"cross-validation needs fidelity.attr epoch (a CV trial reports once per fold-epoch); fidelity.attr "
+                f"is {fidelity_attr!r}")
+    if objectives > 1:
+        return "cross-validation and several objectives do not go together yet; cross-validate a single objective"
+    return None
+
+
+def _check_cv(value: Any, path: Path) -> dict[str, int]:
+    """The ``cv`` key: ``{folds: K}`` (K >= 2) and an optional ``seed`` for the fold assignment (whether the study can
+    be cross-validated at all: :func:`cv_conflict`)."""
     if value is None:
         return {}
     cv = _mapping(value, path, "cv")
@@ -253,9 +263,6 @@ def _check_cv(value: Any, path: Path, fidelity: dict[str, Any]) -> dict[str, int
         raise SpaceError(f"{path}: cv.folds is {folds!r}; allowed: an integer >= 2")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SpaceError(f"{path}: cv.seed is {seed!r}; allowed: an integer")
-    if fidelity["attr"] != "epoch":
-        raise SpaceError(f"{path}: cv needs fidelity.attr epoch (a CV trial reports once per fold-epoch); "
-                         f"fidelity.attr is {fidelity['attr']!r}")
     return {"folds": folds, "seed": seed}
 
 

@@ -153,7 +153,7 @@ def test_the_cv_key_and_a_base_study(tmp_path):
     assert load_space("sequence_windows_cv").params == load_space("sequence_windows").params
     bad = {"cv: {folds: 1}": r"cv.folds is 1; allowed: an integer >= 2",
            "cv: {folds: 3, fold: 2}": r"unknown key\(s\) \['fold'\] in cv",
-           "cv: {folds: 3}\nfidelity: {attr: data_fraction, max: 8}": r"cv needs fidelity.attr epoch",
+           "cv: {folds: 3}\nfidelity: {attr: data_fraction, max: 8}": r"cv: cross-validation needs fidelity.attr epoch",
            "base: nowhere": r"'nowhere' is neither a file nor a shipped study",
            "base: me.yaml": r"leads back to this study"}
     for text, words in bad.items():
@@ -165,10 +165,13 @@ def test_the_cv_key_and_a_base_study(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (("--folds", "9"), "9 folds need at least 9 non-test subjects; the dataset index"),
     (("--folds", "1"), "--folds must be >= 2"),
+    (("--folds", "3", "--space", "smoke_cost"),
+     "--folds: cross-validation and several objectives do not go together yet; cross-validate a single objective "
+     "(study smoke_cost)"),
 ])
 def test_bad_fold_counts_on_the_command_line_are_one_line_exit_2(readme_cv, args, words):
     work, _ = readme_cv
-    proc = run_cli("sweep", "--space", "smoke", "--data", str(_index(work)), *args, "--dry-run", cwd=work)
+    proc = run_cli("sweep", "--space", "smoke", "--data", str(_index(work)), "--dry-run", *args, cwd=work)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("emotune: error: ") and words in lines[0], proc.stderr

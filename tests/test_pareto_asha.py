@@ -63,7 +63,7 @@ BAD_OBJECTIVES = {
                                                                                  "allowed: 2 to 3",
     "objectives: {val_ccc_mean: max}": "objectives names 1 metric(s); allowed: 2 to 3",
     "objective: {metric: val_ccc_mean}\nobjectives: {val_ccc_mean: max, gflops: min}": "not both",
-    "objectives: {val_ccc_mean: max, gflops: min}\ncv: {folds: 3}": "cv and several objectives do not go together",
+    "objectives: {val_ccc_mean: max, gflops: min}\ncv: {folds: 3}": "cv: cross-validation and several objectives do not go together",
     "objectives: {val_ccc_mean: max, gflops: min}\nsampler: nsga3": "sampler is 'nsga3'; allowed: tpe, random, nsga2",
 }
 

@@ -53,6 +53,23 @@ def test_dataset_index_errors_are_data_errors(tmp_path, prepared_index):
         load_split(prepared_index, "dev")
 
 
+def test_every_reader_of_a_dataset_index_refuses_a_malformed_one_the_same_way(tmp_path):
+    """Training, fold planning, prediction's settings and test scoring read an index through one reader: a file that
+    is not JSON is a DataError naming it and what went wrong, never a JSONDecodeError from deep inside."""
+    from analysis.scoring import test_split
+    from trainables.predict import data_settings
+    from trainables.prepare.folds import plan_folds
+
+    bad = tmp_path / "index.json"
+    bad.write_text('{"videos": [')
+    readers = {"load_split": lambda: load_split(bad, "train"), "plan_folds": lambda: plan_folds(bad, 3),
+               "data_settings": lambda: data_settings(bad), "test_split": lambda: test_split(str(bad))}
+    for name, read in readers.items():
+        with pytest.raises(DataError) as exc:
+            read()
+        assert str(exc.value).startswith(f"dataset index {bad} cannot be read (Expecting value"), name
+
+
 def test_corrupt_video_is_skipped_as_a_decode_error(tmp_path, synth_manifest):
     root = tmp_path / "ds"
     shutil.copytree(synth_manifest.parent, root)

@@ -326,7 +326,7 @@ def test_an_encoder_pretrained_on_subjects_a_cv_sweep_validates_on_is_refused(re
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("cv: {folds: 3}", "a pretraining study takes no cv"),
+    ("cv: {folds: 3}", "cv: a pretraining study takes no cross-validation"),
     ("fidelity: {attr: data_fraction, max: 8, grace: 2}", "a pretraining study reports once per epoch"),
     ("", ""),
 ])

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from trainables import console
-from trainables.errors import DataError, UserError
+from trainables.errors import UserError
 
 __all__ = ["ModelBundle", "Predictor", "load_bundle", "label_times", "write_csv", "write_plot"]
 
@@ -98,15 +98,11 @@ def data_settings(index_path: str | Path) -> dict:
     Raises:
         DataError: the index cannot be read.
     """
-    try:
-        index = json.loads(Path(index_path).read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"dataset index {index_path} cannot be read ({exc}): the model's registration settings are "
-                        f"recorded there") from None
+    from trainables.data.cache import cache_root, read_index
+
+    index = read_index(index_path, hint="the model's registration settings are recorded there")
     out: dict[str, Any] = {"registration": index["registration"]}
-    root = Path(index["cache_root"])
-    if not root.is_dir():
-        root = Path(index_path).parent
+    root = cache_root(index, index_path)
     for video in index.get("videos", [])[:1]:
         meta_file = root / video["entry"] / "meta.json"
         if meta_file.is_file():

@@ -140,11 +140,27 @@ def load_split(index_path: str | Path, split: str, missing_ok: bool = False,
     return videos
 
 
+def read_index(index_path: str | Path, hint: str = "write it with `emotune data prepare`") -> dict:
+    """A dataset index (``emotune data prepare`` writes it); one that cannot be read is a DataError naming the file,
+    what went wrong and ``hint``."""
+    try:
+        return json.loads(Path(index_path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"dataset index {index_path} cannot be read ({exc}); {hint}") from None
+
+
+def cache_root(index: dict, index_path: str | Path) -> Path:
+    """Where the video entries of ``index`` (read from ``index_path``) are: the cache folder it records, else the
+    index's own folder (an index moved with its cache, e.g. onto shared storage, still resolves)."""
+    root = Path(index["cache_root"])
+    return root if root.is_dir() else Path(index_path).parent
+
+
 def unlabelled_videos(index_path: str | Path) -> list[tuple[str, str]]:
     """(id, split) of the unlabelled (pretraining-only) videos a dataset index lists; [] when it cannot be read."""
     try:
-        index = json.loads(Path(index_path).read_text())
-    except (OSError, ValueError):
+        index = read_index(index_path)
+    except DataError:
         return []
     return [(v["video_id"], v["split"]) for v in index.get("videos", []) if not is_labelled(v)]
 
@@ -155,14 +171,8 @@ def is_labelled(entry: dict) -> bool:
 
 
 def _open_split(index_path: str | Path, split: str, labelled: bool | None = True) -> list[CachedVideo]:
-    try:
-        index = json.loads(Path(index_path).read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"dataset index {index_path} cannot be read ({exc}); write it with `emotune data prepare`") \
-            from None
-    root = Path(index["cache_root"])
-    if not root.is_dir():  # an index moved with its cache (e.g. onto shared storage) still resolves
-        root = Path(index_path).parent
+    index = read_index(index_path)
+    root = cache_root(index, index_path)
     listed = [v for v in index["videos"]
               if v["split"] == split and (labelled is None or is_labelled(v) == labelled)]
     videos = [open_entry(root / v["entry"], v["video_id"]) for v in listed]

@@ -12,7 +12,6 @@ sees the same assignment. Torch-free: the driver imports it.
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from trainables.data.cache import read_index
 from trainables.errors import DataError, UserError
 
 __all__ = ["FoldPlan", "fold_split", "plan_folds"]
@@ -50,14 +50,6 @@ class FoldPlan:
         return "; ".join(f"fold {i}: {', '.join(f)}" for i, f in enumerate(self.folds, start=1))
 
 
-def _read_index(index_path: str | Path) -> dict:
-    try:
-        return json.loads(Path(index_path).read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"dataset index {index_path} cannot be read ({exc}); write it with `emotune data prepare`") \
-            from None
-
-
 def _entry_root(index: dict, index_path: str | Path) -> Path:
     root = Path(index["cache_root"])
     return root if root.is_dir() else Path(index_path).parent
@@ -75,7 +67,7 @@ def plan_folds(index_path: str | Path, k: int, seed: int = 0) -> FoldPlan:
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise UserError(f"cross-validation needs at least 2 folds; got {k!r}")
-    index = _read_index(index_path)
+    index = read_index(index_path)
     # Unlabelled videos (pretraining only) are never validated on: their subjects take no part in the folds.
     videos = [v for v in index["videos"] if v["split"] in CV_SPLITS and is_labelled(v)]
     subjects = sorted({v["subject"] for v in videos})
