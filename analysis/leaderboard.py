@@ -267,7 +267,8 @@ def _text_table(head: list[str], body: list[list[str]], note: str | None = None)
     """Columns padded to their widest cell, two spaces apart, the head underlined; ``note`` below."""
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     line = "  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()
-    out = [line, "-" * len(line), *("  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body)]
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))  # as wide as the widest row, not only the head
+    out = [line, rule, *("  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body)]
     return "\n".join([*out, *([note] if note else [])])
 
 

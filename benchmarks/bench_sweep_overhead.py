@@ -25,7 +25,9 @@ after the sweep's one-time start-up (Ray, MLflow, the first processes: until the
 ``--repeat`` the headline figures are medians over the runs.
 
 The floor (each run, after the sweep): the same machine's start-up with nothing of emotune's driver in it. A bare
-script imports Ray, starts a local Ray with the sweep's options, and runs ``--concurrent`` Tune trials whose function
+script imports Ray, starts a local Ray as a sweep starts its own (no dashboard, no idle workers started ahead; without
+the runtime environment a sweep's job carries, so if anything a little faster), and runs ``--concurrent`` Tune trials
+whose function
 only imports the training code (``trainables.loop``: torch, torchvision, timm, the models). From that command's start
 it prints when Ray was up, when the trials entered their function and when their import ended. ``per-trial overhead
 at the floor`` puts that start-up in place of the sweep's and keeps everything else measured (reused trials, tails,
@@ -74,6 +76,9 @@ results = tune.Tuner(tune.with_resources(trial, {{"cpu": 1}}),
                      param_space={{"i": tune.grid_search(list(range({concurrent})))}},
                      tune_config=tune.TuneConfig(max_concurrent_trials={concurrent}),
                      run_config=tune.RunConfig(storage_path=sys.argv[2], verbose=0)).fit()
+failed = [str(r.error) for r in results if r.error]
+if failed:
+    sys.exit("a floor trial failed: " + failed[0])
 print(json.dumps({{"ray_up": up - started, "entered": [r.metrics["entered"] - started for r in results],
                   "imported": [r.metrics["imported"] - started for r in results]}}))
 ray.shutdown()

@@ -195,11 +195,12 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     if opts.resume:
         return _resume(opts, storage)
 
-    space = with_folds(cap_epochs(load_space(opts.space, opts.overrides), opts.epochs), opts.folds)
-    check_objectives(space)
+    space = cap_epochs(load_space(opts.space, opts.overrides), opts.epochs)
     if space.kind != opts.kind:
         command, noun = _kind_command(space.kind)
         raise UserError(f"{space.path} is a {noun} study (kind: {space.kind}); run it with `{command}`")
+    space = with_folds(space, opts.folds)
+    check_objectives(space)
     # A pretrained encoder named by MLflow URI: fetched here, so trials read a file and never talk to MLflow.
     space = resolve_model_inputs(space, storage, resolve_tracking_uri(opts.tracking_uri))
     data = resolve_data(opts.data_index, space)
@@ -240,7 +241,8 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
         return SweepOutcome(name, None, space, storage, "", "", None, None, checked)
     if _experiment_exists(storage, name):
         raise UserError(f"a sweep named {name!r} already exists in {storage}; resume it with "
-                        f"`emotune sweep --resume {name} --storage {opts.storage}` or choose another --name")
+                        f"`{_kind_command(space.kind)[0]} --resume {name} --storage {opts.storage}` or choose another "
+                        "--name")
     console.log_to(sweep_log(storage, name))
     tracking_uri = resolve_tracking_uri(opts.tracking_uri)
     # Opening the MLflow store (a new SQLite store creates its tables: about 2 s) and the Optuna store (its tables;

@@ -30,10 +30,10 @@ class CpuSession:
         return loader
 
 
-def _trial(index):
+def _trial(index, **settings):
     config = TrialConfig.from_dict({"data_index": str(index), "backbone": "video_vit_tiny", "batch_size": 8,
                                     "window_length": 16, "clip_len": 8, "ssts_stride": 1, "window_overlap": 0.75,
-                                    "w_ccc": 0.0, "w_mse": 1.0, "lr": 1e-3, "seed": 0, "epochs": 1})
+                                    "w_ccc": 0.0, "w_mse": 1.0, "lr": 1e-3, "seed": 0, "epochs": 1, **settings})
     return build_trial(config, CpuSession())
 
 
@@ -73,6 +73,33 @@ def test_the_retries_end_after_three_halvings(prepared_index):
     assert t.accumulation == 2 ** MAX_MEMORY_RETRIES == 8
     for key, value in t.model.state_dict().items():  # no step was taken
         torch.testing.assert_close(value, before[key])
+
+
+def test_under_a_grad_scaler_the_retried_passes_step_once(prepared_index):
+    """With gradient scaling and clipping on, a batch out of memory in its forward pass is retried and then stepped
+    once: the GradScaler unscales once (a second unscale_ before update() is an error) and AdamW counts one step."""
+    t = _trial(prepared_index, grad_clip=1.0)
+    t.scaler = torch.amp.GradScaler("cpu", enabled=True)
+    x, y = next(iter(t.loader))
+    _limit_memory(t.model, largest=2)
+    loss, _ = step_with_memory_retries(t, x, y, sequence=False)
+    assert loss is not None and t.accumulation == 4
+    assert {int(state["step"]) for state in t.optimizer.state.values()} == {1}
+
+
+def test_out_of_memory_in_the_optimizer_step_is_not_retried(prepared_index):
+    """The optimizer's own memory (AdamW's moments, allocated at its first step) does not shrink with the
+    micro-batch, and a retry after a step could step twice: the error ends the step as a crash would."""
+    t = _trial(prepared_index)
+    x, y = next(iter(t.loader))
+
+    def full(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    t.optimizer.step = full
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        step_with_memory_retries(t, x, y, sequence=False)
+    assert t.accumulation == 1
 
 
 # --- pretraining: the same retries around a pretraining step ----------------------------------------------------------

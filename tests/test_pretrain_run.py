@@ -123,6 +123,13 @@ def test_each_command_resumes_only_its_own_kind_of_sweep(readme_pretraining):
             f"emotune: error: {name!r} is a {kind} sweep; resume it with `{right} --resume {name} --storage "
             f"ray_results`"]
     assert _registered(work) == before
+    # The same pretraining command again: refused, pointing at the command that resumes a pretraining sweep.
+    index = str(work / "ptcache" / "index.json")
+    proc = run_cli("pretrain", "--data", index, "--name", "pre-smoke", cwd=work)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"emotune: error: a sweep named 'pre-smoke' already exists in {work / 'ray_results'}; resume it with "
+        "`emotune pretrain --resume pre-smoke --storage ray_results` or choose another --name"]
     # The pretraining sweep the alias names, resumed again once finished: nothing trains, nothing new is registered.
     from mlflow.tracking import MlflowClient
 

@@ -379,14 +379,21 @@ MAX_MEMORY_RETRIES = 3
 def step_with_memory_retries(t: Trial, x: torch.Tensor, y: torch.Tensor, sequence: bool):
     """One optimizer step on the batch ``(x, y)``; (loss, predictions) or (None, None) when the loss is not finite.
 
-    Out of accelerator memory, the step is taken again in smaller micro-batches (:func:`retry_out_of_memory`), each
-    micro-batch's loss weighted by its share of the batch, so every optimizer step still sees the trial's
-    ``batch_size`` samples. The split is reported (``micro_batch_size``, ``memory_retries``). What is not identical to
-    the whole batch: a batch-level loss (the CCC term is computed over each micro-batch, not the batch) and
-    BatchNorm's batch statistics (from the micro-batch); MSE-like losses and LayerNorm models give the same gradients
-    up to rounding.
+    Out of accelerator memory in the forward or backward pass, the batch is taken again in smaller micro-batches
+    (:func:`retry_out_of_memory`), each micro-batch's loss weighted by its share of the batch, so every optimizer step
+    still sees the trial's ``batch_size`` samples. The split is reported (``micro_batch_size``, ``memory_retries``).
+    What is not identical to the whole batch: a batch-level loss (the CCC term is computed over each micro-batch, not
+    the batch) and BatchNorm's batch statistics (from the micro-batch; a failed attempt's forward has already moved
+    BatchNorm's running statistics once); MSE-like losses and LayerNorm models give the same gradients up to rounding.
     """
-    return retry_out_of_memory(t, lambda: _step(t, x, y, sequence), t.optimizer, len(x))
+    total, preds = retry_out_of_memory(t, lambda: _backward(t, x, y, sequence), t.optimizer, len(x))
+    if total is None:
+        return None, None
+    optimizer_step(t.scaler, t.optimizer, t.params, t.config.grad_clip)
+    t.scheduler.step()
+    if t.ema is not None:
+        t.ema.update(_unwrap(t.model))
+    return total, preds
 
 
 @dataclass
@@ -396,16 +403,21 @@ class MicroBatches:
     accumulation: int = 1
 
 
-def retry_out_of_memory(split, step: Callable[[], Any], optimizer: torch.optim.Optimizer, batch: int,
+def retry_out_of_memory(split, attempt: Callable[[], Any], optimizer: torch.optim.Optimizer, batch: int,
                         before_retry: Callable[[], None] | None = None) -> Any:
-    """``step()``, taken again with ``split.accumulation`` doubled whenever it runs out of accelerator memory
+    """``attempt()`` (a batch's forward and backward passes in ``split.accumulation`` micro-batches, gradients
+    accumulated), taken again with ``split.accumulation`` doubled whenever it runs out of accelerator memory
     (``torch.cuda.OutOfMemoryError``), at most :data:`MAX_MEMORY_RETRIES` times, never beyond one clip per
     micro-batch (``batch`` clips), and only in a one-worker trial; after that the error ends the trial (it is retried
     from its checkpoint like a crash). The split stays for the rest of the trial. ``before_retry`` undoes what the
-    failed attempt left besides gradients (which are cleared here)."""
+    failed attempt left besides gradients (which are cleared here).
+
+    Only the passes are retried: the optimizer step comes after (:func:`optimizer_step`), so a retry never meets a
+    GradScaler that has unscaled or stepped already, and never steps twice. Memory is given back once the ``except``
+    block is left: inside it, the traceback still holds the failed attempt's frames and their activations."""
     while True:
         try:
-            return step()
+            return attempt()
         except torch.cuda.OutOfMemoryError:
             optimizer.zero_grad(set_to_none=True)
             # DDP: the workers must run the same number of backward passes per step (each one all-reduces), and only
@@ -415,14 +427,26 @@ def retry_out_of_memory(split, step: Callable[[], Any], optimizer: torch.optim.O
             if distributed or split.accumulation >= 2 ** MAX_MEMORY_RETRIES or split.accumulation * 2 > batch:
                 raise
             split.accumulation *= 2
-            if before_retry is not None:
-                before_retry()
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        if before_retry is not None:
+            before_retry()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
-def _step(t: Trial, x: torch.Tensor, y: torch.Tensor, sequence: bool):
+def optimizer_step(scaler, optimizer: torch.optim.Optimizer, params: list, grad_clip: float) -> None:
+    """The optimizer step after a batch's backward passes: gradients unscaled and clipped to norm ``grad_clip`` (when
+    > 0), then the GradScaler's step (skipped on inf/NaN gradients under AMP) and its scale update."""
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def _backward(t: Trial, x: torch.Tensor, y: torch.Tensor, sequence: bool):
+    """The forward and backward passes of one batch in ``t.accumulation`` micro-batches: (loss, predictions), or
+    (None, None) when a loss is not finite."""
     device, multiplier = t.session.device, t.config.target_multiplier
     t.optimizer.zero_grad(set_to_none=True)
     total, preds = 0.0, []
@@ -437,14 +461,6 @@ def _step(t: Trial, x: torch.Tensor, y: torch.Tensor, sequence: bool):
         t.scaler.scale(loss * (len(xs) / len(x))).backward()
         total += float(loss.detach()) * len(xs) / len(x)
         preds.append(pred.detach().float().reshape(-1, pred.shape[-1]).cpu().numpy() / multiplier)
-    if t.config.grad_clip > 0:
-        t.scaler.unscale_(t.optimizer)
-        torch.nn.utils.clip_grad_norm_(t.params, t.config.grad_clip)
-    t.scaler.step(t.optimizer)
-    t.scaler.update()
-    t.scheduler.step()
-    if t.ema is not None:
-        t.ema.update(_unwrap(t.model))
     return total, np.concatenate(preds)
 
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from trainables.errors import DataError
 
-__all__ = ["CACHE_VERSION", "CachedVideo", "kept_frame_indices", "load_split", "open_entry"]
+__all__ = ["CACHE_VERSION", "CachedVideo", "cache_root", "kept_frame_indices", "load_split", "open_entry",
+           "read_index"]
 
 CACHE_VERSION = 2
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables.data.cache import read_index
+from trainables.data.cache import cache_root, read_index
 from trainables.errors import DataError, UserError
 
 __all__ = ["FoldPlan", "fold_split", "plan_folds"]
@@ -48,11 +48,6 @@ class FoldPlan:
 
     def describe(self) -> str:
         return "; ".join(f"fold {i}: {', '.join(f)}" for i, f in enumerate(self.folds, start=1))
-
-
-def _entry_root(index: dict, index_path: str | Path) -> Path:
-    root = Path(index["cache_root"])
-    return root if root.is_dir() else Path(index_path).parent
 
 
 def plan_folds(index_path: str | Path, k: int, seed: int = 0) -> FoldPlan:
@@ -109,7 +104,7 @@ def _manifest_folds(videos: list[dict], k: int, index_path) -> FoldPlan:
 
 def _check_faces(index: dict, index_path, videos: list[dict], plan: FoldPlan) -> None:
     """Each fold must hold a valid face frame: a fold whose validation videos have none cannot be scored."""
-    root = _entry_root(index, index_path)
+    root = cache_root(index, index_path)
     for number, subjects in enumerate(plan.folds, start=1):
         mine = [v for v in videos if v["subject"] in subjects]
         frames = sum(int(np.load(root / v["entry"] / "valid.npy").sum()) for v in mine)

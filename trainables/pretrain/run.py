@@ -167,16 +167,18 @@ def pretrain_step(model, pretrainer, x: torch.Tensor, draws: torch.Generator, op
     """One optimizer step of ``model`` (the pretrainer, DDP-wrapped or not) on the batch ``x``: the batch's logged
     values (share-weighted means over its micro-batches), or None when a loss is not finite.
 
-    Out of accelerator memory the step is taken again in ``split.accumulation`` micro-batches
-    (``trainables.loop.retry_out_of_memory``), each loss weighted by its share of the batch. The retry starts from
-    the generator state the failed attempt started from, so the masks and views are drawn micro-batch after
-    micro-batch as the same numbers a whole batch draws, and the failed attempt's DINO teacher outputs are dropped
-    (``Pretrainer.forget_pending``). MAE's step (the mean squared error over an equal number of masked patches per
-    clip, LayerNorm encoders) is then the whole batch's up to rounding. Not identical: BYOL's and DINO's batch-level
-    parts (BatchNorm statistics in BYOL's heads and a ResNet encoder; DINO's centre moves once per step either way,
-    from every micro-batch's teacher outputs).
+    Out of accelerator memory in the forward or backward pass, the batch is taken again in ``split.accumulation``
+    micro-batches (``trainables.loop.retry_out_of_memory``), each loss weighted by its share of the batch. The retry
+    starts from the generator state the failed attempt started from, and the failed attempt's DINO teacher outputs
+    are dropped (``Pretrainer.forget_pending``). MAE's tube masks (one draw of the whole batch's numbers, taken
+    micro-batch after micro-batch) are then the whole batch's, so its step (the mean squared error over an equal
+    number of masked patches per clip, LayerNorm encoders) is the whole batch's up to rounding. Not identical:
+    BYOL's and DINO's views (each augmentation draws its numbers per micro-batch: reproducible, not the whole
+    batch's), their batch-level parts (BatchNorm statistics in BYOL's heads and a ResNet encoder, whose running
+    statistics a failed attempt has already moved once; DINO's centre moves once per step either way, from every
+    micro-batch's teacher outputs).
     """
-    from trainables.loop import retry_out_of_memory
+    from trainables.loop import optimizer_step, retry_out_of_memory
 
     drawn = draws.get_state()
 
@@ -184,13 +186,18 @@ def pretrain_step(model, pretrainer, x: torch.Tensor, draws: torch.Generator, op
         draws.set_state(drawn)
         pretrainer.forget_pending()
 
-    return retry_out_of_memory(split, lambda: _micro_batched_step(model, x, draws, optimizer, scaler, params,
-                                                                  grad_clip, use_amp, device, split.accumulation),
+    logs = retry_out_of_memory(split, lambda: _micro_batched_backward(model, x, draws, optimizer, scaler, use_amp,
+                                                                      device, split.accumulation),
                                optimizer, len(x), before_retry)
+    if logs is not None:
+        optimizer_step(scaler, optimizer, params, grad_clip)
+    return logs
 
 
-def _micro_batched_step(model, x: torch.Tensor, draws: torch.Generator, optimizer, scaler, params, grad_clip: float,
-                        use_amp: bool, device: torch.device, accumulation: int) -> dict[str, float] | None:
+def _micro_batched_backward(model, x: torch.Tensor, draws: torch.Generator, optimizer, scaler, use_amp: bool,
+                            device: torch.device, accumulation: int) -> dict[str, float] | None:
+    """The forward and backward passes of one batch in ``accumulation`` micro-batches: the logged values, or None
+    when a loss is not finite."""
     from trainables.loop import _all_finite
 
     optimizer.zero_grad(set_to_none=True)
@@ -205,9 +212,4 @@ def _micro_batched_step(model, x: torch.Tensor, draws: torch.Generator, optimize
         scaler.scale(loss * share).backward()
         for key, value in out.items():
             logs[key] = logs.get(key, 0.0) + float(value.detach()) * share
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
     return logs
