@@ -236,8 +236,9 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
     concurrent = max_concurrent_trials(cluster_resources(opts.ray_address), workers, cpus, gpus, opts.max_concurrent,
                                        autoscaling)
     if opts.dry_run:
-        console.say(f"dry run: {opts.num_samples} trials of {workers} worker(s) x {cpus:g} CPU / {gpus:g} GPU, "
-                    f"{concurrent} at a time ({executor} executor); nothing started")
+        n = opts.num_samples
+        console.say(f"dry run: {n} trial{'' if n == 1 else 's'} of {workers} worker(s) x {cpus:g} CPU / {gpus:g} GPU, "
+                    f"{min(concurrent, n)} at a time ({executor} executor); nothing started")
         return SweepOutcome(name, None, space, storage, "", "", None, None, checked)
     if _experiment_exists(storage, name):
         raise UserError(f"a sweep named {name!r} already exists in {storage}; resume it with "

@@ -162,6 +162,13 @@ def test_bad_pretraining_input_is_one_line_and_exit_2(pre_data, args, message):
     assert len(lines) == 1 and lines[0].startswith("emotune: error: ") and message in lines[0], proc.stderr
 
 
+def test_a_pretraining_dry_run_says_what_would_start(pre_data):
+    """One trial by default, so one at a time, however many would fit."""
+    work, index = pre_data
+    out = emotune("pretrain", "--data", str(index), "--dry-run", cwd=work).stdout
+    assert "dry run: 1 trial of 1 worker(s) x 1 CPU / 0 GPU, 1 at a time (inline executor); nothing started" in out
+
+
 def test_a_pretraining_study_is_refused_by_sweep(pre_data):
     work, index = pre_data
     proc = run_cli("sweep", "--data", str(index), "--space", "pretrain_smoke", "--dry-run", cwd=work)
