@@ -283,8 +283,11 @@ def test_a_cv_sweep_killed_mid_fold_and_resumed_trains_no_finished_fold_again(re
         end(proc)  # the driver and the Ray it started, as a crash would
     resumed = emotune("sweep", "--resume", "cvr", cwd=tmp_path, timeout=900)
     assert "Leaderboard of sweep cvr" in resumed.stdout
-    first = sorted((tmp_path / "ray_results" / "cvr").glob("trial-*"), key=lambda p: p.stat().st_ctime)[0]
-    reports = [json.loads(line) for line in (first / "result.json").open()]
+    # The trial that ran first (the one killed): by its first epoch's start, not by its folder's ctime, which moves
+    # whenever a checkpoint in it is written or deleted (after the resume, while the other trial runs).
+    runs = [[json.loads(line) for line in (d / "result.json").open()]
+            for d in (tmp_path / "ray_results" / "cvr").glob("trial-*")]
+    reports = min(runs, key=lambda r: r[0]["unit_started_at"])
     pairs = [(r["fold"], r["fold_epoch"]) for r in reports]
     assert sorted(set(pairs)) == [(f, e) for f in (1, 2, 3) for e in (1, 2, 3)]
     assert [p for p in pairs if p[0] == 1] == [(1, 1), (1, 2), (1, 3)]  # fold 1, finished before the kill: once
