@@ -153,7 +153,8 @@ def test_the_demo_report_figures_load_in_a_browser(demo, tmp_path):
     from test_report import figure_widths
 
     widths = figure_widths(demo[0] / "emotune-demo" / "report" / "report.html", tmp_path)
-    assert len(widths) == 4 and all(w > 0 for w in widths.values()), widths
+    names = {f"figures/{n}.png" for n in ("importance", "parallel", "learning_curves", "time", "pareto")}
+    assert set(widths) == names and all(w > 0 for w in widths.values()), widths
 
 
 def test_the_mlflow_ui_command_on_the_demo_store(demo):
