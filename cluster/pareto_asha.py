@@ -27,7 +27,17 @@ import math
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
-__all__ = ["ParetoASHA", "crowding_distances", "nondominated_fronts"]
+__all__ = ["ParetoASHA", "asha_milestones", "crowding_distances", "nondominated_fronts"]
+
+
+def asha_milestones(grace_period: int, max_t: int, reduction_factor: float) -> list[float]:
+    """ASHA's rungs below ``max_t``: ``grace_period * reduction_factor ** j`` (also FoldRacing's within its first
+    fold)."""
+    milestones, m = [], grace_period
+    while m < max_t:
+        milestones.append(m)
+        m *= reduction_factor
+    return milestones
 
 
 def nondominated_fronts(points: list[tuple[float, ...]]) -> list[list[int]]:
@@ -77,11 +87,8 @@ class ParetoASHA(FIFOScheduler):
         super().__init__()
         self._objectives = tuple((str(m), str(mode)) for m, mode in objectives)
         self._time_attr, self._max_t, self._rf = time_attr, max_t, reduction_factor
-        milestones, m = [], grace_period
-        while m < max_t:
-            milestones.append(m)
-            m *= reduction_factor
-        self._rungs: dict[float, dict[str, tuple[float, ...]]] = {m: {} for m in milestones}
+        self._rungs: dict[float, dict[str, tuple[float, ...]]] = {
+            m: {} for m in asha_milestones(grace_period, max_t, reduction_factor)}
         self.stopped: set[str] = set()
 
     def set_search_properties(self, metric, mode, **spec) -> bool:

@@ -41,6 +41,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
+from cluster.pareto_asha import asha_milestones
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "fold-racing-state.pkl"
@@ -134,10 +136,7 @@ class FoldRacing(FIFOScheduler):
         self._rf = reduction_factor
         self._delta, self._z = float(delta), float(z)
         self._metric, self._mode = metric, mode
-        milestones, m = [], grace_period
-        while m < self._fold_len:
-            milestones.append(m)
-            m *= reduction_factor
+        milestones = asha_milestones(grace_period, self._fold_len, reduction_factor)
         # State (what fold-racing-state.pkl holds): fold-1 rungs -> {trial: value}, fold boundaries k -> {trial: the
         # scores of folds 1..k}, every trial's fold scores so far, the trials this scheduler stopped.
         self._rungs: dict[float, dict[str, float]] = {m: {} for m in milestones}

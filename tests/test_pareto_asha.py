@@ -7,7 +7,7 @@ import math
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from cluster.pareto_asha import ParetoASHA, crowding_distances, nondominated_fronts, pareto_order
+from cluster.pareto_asha import ParetoASHA, asha_milestones, crowding_distances, nondominated_fronts, pareto_order
 
 C, S = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
@@ -20,6 +20,12 @@ def test_fronts_by_hand():
     crowd = crowding_distances(pts, [0, 1, 2])
     assert crowd[0] == crowd[2] == math.inf and crowd[1] == pytest.approx((3 - 1) / 2 + (3 - 1) / 2)
     assert pareto_order(pts)[:3] == [0, 2, 1]  # ends first (ties by the first objective), then the middle
+
+
+@pytest.mark.parametrize("grace, max_t, rf, rungs", [(1, 4, 2, [1, 2]), (1, 9, 3, [1, 3]), (2, 16, 2, [2, 4, 8]),
+                                                     (3, 3, 2, [])])
+def test_asha_rungs(grace, max_t, rf, rungs):
+    assert asha_milestones(grace, max_t, rf) == rungs
 
 
 def test_the_rungs_promote_by_fronts():
