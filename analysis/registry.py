@@ -148,7 +148,7 @@ def register_pretrained(client, model_name: str, run_id: str, alias: str,
     promotions (:func:`record_move`). When ``alias`` already names a version of this very run (a finished pretraining
     sweep resumed again), that version is returned and nothing is registered or moved (its tags stay as registered).
     When the alias has moved on to another version since, the run is registered again and the alias moves back to
-    it: resuming a pretraining sweep means taking its encoder, as running it did.""" 
+    it: resuming a pretraining sweep means taking its encoder, as running it did."""
     current = _alias_version(client, model_name, alias)
     if current is not None and client.get_model_version(model_name, current).tags.get("emotune.run_id") == run_id:
         return current, False

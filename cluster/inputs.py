@@ -15,13 +15,10 @@ from pathlib import Path
 
 from search_spaces.schema import SearchSpace
 from trainables.errors import UserError
+from trainables.pretrain import ENCODER_FILE, SUBJECTS_FILE
 
 #: Trial settings that may name a model file by MLflow URI.
 URI_KEYS = ("checkpoint", "pretext_checkpoint")
-#: The encoder a pretraining trial writes into its checkpoint, and the subjects it was pretrained on beside it
-#: (``trainables.pretrain.run``).
-ENCODER_FILE = "encoder.pt"
-SUBJECTS_FILE = "pretrain_subjects.json"
 
 
 def is_model_uri(value: object) -> bool:
@@ -116,15 +113,16 @@ def check_pretraining_leak(space: SearchSpace, indexes: list[str], fold_subjects
 
     from trainables.data.cache import read_index
 
+    scored: set[str] | None = None  # the subjects the sweep validates or tests on, read once when needed
     for key in URI_KEYS:
         value = space.fixed.get(key)
         if not isinstance(value, str) or not (Path(value).parent / SUBJECTS_FILE).is_file():
             continue
         seen = set(json.loads((Path(value).parent / SUBJECTS_FILE).read_text())["subjects"])
-        scored = set(fold_subjects)
-        for index in indexes:
-            entries = read_index(index)["videos"]
-            scored |= {v["subject"] for v in entries if v["split"] in ("val", "test")}
+        if scored is None:
+            scored = set(fold_subjects)
+            for index in indexes:
+                scored |= {v["subject"] for v in read_index(index)["videos"] if v["split"] in ("val", "test")}
         leaked = sorted(seen & scored)
         if leaked:
             shown = ", ".join(leaked[:5]) + (f" and {len(leaked) - 5} more" if len(leaked) > 5 else "")

@@ -42,9 +42,10 @@ SHIPPED: dict[str, Shipped] = {
         shape=("cnn", {"cnn": "test_convnext"})),
     "conv3d_resnet_gru": Shipped(frozenset({
         "bidirectional", "blocks", "dropout", "freeze", "hidden", "layers", "pretext_checkpoint", "pretrained",
-        "stem_channels", "widths"}), pretrain=('byol', 'dino')),
+        "stem_channels", "widths"}), pretrain=("byol", "dino")),
     "conv3d_resnet_gru_tiny": Shipped(frozenset({
-        "bidirectional", "dropout", "freeze", "hidden", "layers", "pretext_checkpoint", "pretrained"}), pretrain=('byol', 'dino')),
+        "bidirectional", "dropout", "freeze", "hidden", "layers", "pretext_checkpoint", "pretrained"}),
+        pretrain=("byol", "dino")),
     "i3d": Shipped(frozenset({
         "cnn", "cnn_kwargs", "dilation", "dropout", "head_hidden", "masking", "mode", "pretrained", "surround",
         "surround_std", "time_kernel", "time_padding"}),
@@ -64,22 +65,22 @@ SHIPPED: dict[str, Shipped] = {
     "tpsbt": Shipped(frozenset({
         "bottleneck_tokens", "checkpoint", "depths", "drop_path", "embed_dim", "img_size", "mlp_ratio", "num_frames",
         "num_heads", "patch_size", "tubelet_size"}), layer_decay=True,
-        shape=("pooled_patches", {"patch_size": 16, "tubelet_size": 2, "stages": 3}), pretrain=('mae',)),
+        shape=("pooled_patches", {"patch_size": 16, "tubelet_size": 2, "stages": 3}), pretrain=("mae",)),
     "tpsbt_base": Shipped(frozenset({
         "bottleneck_tokens", "checkpoint", "drop_path", "img_size", "num_frames", "patch_size", "tubelet_size"}),
         layer_decay=True,
-        shape=("pooled_patches", {"patch_size": 16, "tubelet_size": 2, "stages": 3}), pretrain=('mae',)),
+        shape=("pooled_patches", {"patch_size": 16, "tubelet_size": 2, "stages": 3}), pretrain=("mae",)),
     "tpsbt_tiny": Shipped(frozenset({
         "bottleneck_tokens", "checkpoint", "drop_path", "img_size", "mlp_ratio", "num_frames", "patch_size",
         "tubelet_size"}), layer_decay=True,
-        shape=("pooled_patches", {"patch_size": 8, "tubelet_size": 2, "stages": 3}), pretrain=('mae',)),
+        shape=("pooled_patches", {"patch_size": 8, "tubelet_size": 2, "stages": 3}), pretrain=("mae",)),
     "video_vit": Shipped(frozenset({
         "checkpoint", "depth", "drop", "drop_path", "embed_dim", "img_size", "mlp_ratio", "num_frames", "num_heads",
         "patch_size", "tubelet_size"}), layer_decay=True,
-        shape=("patches", {"patch_size": 16, "tubelet_size": 2}), pretrain=('mae',)),
+        shape=("patches", {"patch_size": 16, "tubelet_size": 2}), pretrain=("mae",)),
     "video_vit_tiny": Shipped(frozenset({
         "checkpoint", "drop", "drop_path", "mlp_ratio", "num_frames", "tubelet_size"}), layer_decay=True,
-        shape=("patches", {"patch_size": 8, "tubelet_size": 2}), pretrain=('mae',)),
+        shape=("patches", {"patch_size": 8, "tubelet_size": 2}), pretrain=("mae",)),
 }
 
 #: The backbone a trial builds when its config names none: the tiny CNN-RNN, which trains on CPU in seconds.

@@ -403,6 +403,11 @@ class MicroBatches:
     accumulation: int = 1
 
 
+def split_report(batch_size: int, accumulation: int) -> dict[str, int]:
+    """What a trial reports of its micro-batch split (``cluster.tracking`` tags a run that has one)."""
+    return {"micro_batch_size": -(-batch_size // accumulation), "memory_retries": int(math.log2(accumulation))}
+
+
 def retry_out_of_memory(split, attempt: Callable[[], Any], optimizer: torch.optim.Optimizer, batch: int,
                         before_retry: Callable[[], None] | None = None) -> Any:
     """``attempt()`` (a batch's forward and backward passes in ``split.accumulation`` micro-batches, gradients
@@ -489,8 +494,7 @@ def score_unit(t: Trial, unit: int, per_epoch: int, result: UnitResult, t0: floa
 
     t.train_seconds += result.train_time
     report = {**progress, **(t.costs or {}), **(t.loaded or {}), "train_s": t.train_seconds,
-              "micro_batch_size": -(-t.config.batch_size // t.accumulation),
-              "memory_retries": int(math.log2(t.accumulation)),
+              **split_report(t.config.batch_size, t.accumulation),
               "peak_mem_mb": peak_memory_mb(t.session.device),
               "train_loss": float(np.mean(result.losses)) if result.losses else math.nan,
               "epoch_time_s": time.perf_counter() - t0, "train_time_s": result.train_time,

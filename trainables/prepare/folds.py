@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables.data.cache import cache_root, read_index
+from trainables.data.cache import cache_root, is_labelled, read_index
 from trainables.errors import DataError, UserError
 
 __all__ = ["FoldPlan", "fold_split", "plan_folds"]
@@ -57,7 +57,6 @@ def plan_folds(index_path: str | Path, k: int, seed: int = 0) -> FoldPlan:
         UserError: one line naming the counts: K < 2, K above the non-test subjects, manifest folds that put a subject
             in two folds, miss some videos or do not number K, or a fold whose videos hold no valid face frame.
     """
-    from trainables.data.cache import is_labelled
     from trainables.prepare.splits import kfold
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:

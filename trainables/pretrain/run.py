@@ -24,7 +24,6 @@ and DINO losses have different scales), so ranking by them would stop the wrong 
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 
@@ -36,10 +35,7 @@ from trainables.data.cache import load_split
 from trainables.data.clips import normalise, to_uint8_tensor
 from trainables.data.views import VideoView, usable_window_starts
 
-
-#: Beside ``encoder.pt`` in a pretraining checkpoint: the subjects it was pretrained on (read by the fine-tuning
-#: sweep's driver, ``cluster.inputs.check_pretraining_leak``).
-SUBJECTS_FILE = "pretrain_subjects.json"
+from trainables.pretrain import ENCODER_FILE, SUBJECTS_FILE
 
 
 class PretrainClips(torch.utils.data.Dataset):
@@ -76,7 +72,8 @@ def pretraining_videos(index_path: str, which: str = "train") -> list:
 def fit_pretrain(cfg: TrialConfig, session) -> None:
     """Pretrain one configuration, reporting after every epoch (see the module docstring)."""
     from trainables.loop import (Diverged, MicroBatches, _unwrap, build_model, report_diverged_to,
-                                 report_with_checkpoint, seed_everything, start_epoch, warmup_cosine)
+                                 report_with_checkpoint, seed_everything, split_report, start_epoch,
+                                 warmup_cosine)
     from trainables.objectives.postprocess import PostProcess
     from trainables.pretrain.methods import create_pretrainer
     from trainables.pretrain.probe import run_probe
@@ -147,8 +144,7 @@ def fit_pretrain(cfg: TrialConfig, session) -> None:
             report_diverged_to(session, cfg, progress, "pretrain_loss")
             return
         report = {**progress, "train_s": train_seconds, "epoch_time_s": time.perf_counter() - t0,
-                  "micro_batch_size": -(-cfg.batch_size // split.accumulation),
-                  "memory_retries": int(math.log2(split.accumulation)),
+                  **split_report(cfg.batch_size, split.accumulation),
                   "train_time_s": train_time, "clips_per_s": len(clips) / max(train_time, 1e-9),
                   "lr": scheduler.get_last_lr()[0], "pretrain_clips": len(clips), "pretrain_videos": len(videos),
                   **{("pretrain_loss" if k == "loss" else f"pretrain_{k}"): float(np.mean(v)) for k, v in logs.items()},
@@ -159,7 +155,7 @@ def fit_pretrain(cfg: TrialConfig, session) -> None:
         # The subjects travel with the encoder: a fine-tuning sweep refuses it when it would validate or test on them.
         report_with_checkpoint(session, report, state, preds, PostProcess(),
                                extra={SUBJECTS_FILE: {"subjects": subjects, "index": str(cfg.index_path)}},
-                               weights={"encoder.pt": pretrainer.encoder_state()} if session.rank == 0 else None)
+                               weights={ENCODER_FILE: pretrainer.encoder_state()} if session.rank == 0 else None)
 
 
 def pretrain_step(model, pretrainer, x: torch.Tensor, draws: torch.Generator, optimizer, scaler, params,
